@@ -1,0 +1,1 @@
+"""Validators: each returns a list of ingestion.report.Finding."""

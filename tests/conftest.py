@@ -1,0 +1,1 @@
+"""Suite-wide fixtures. Area fixtures live in each tests/<area>/conftest.py."""
