@@ -1,0 +1,245 @@
+"""Split a dataset into n signed shares, any k of which rebuild it.
+
+Per segment: AES-256-GCM under a fresh per-transfer key, pad the ciphertext to k
+equal blocks, zfec-encode them to n blocks, hash each block. AESGCM, zfec and
+hashlib all release the GIL, so a small thread pool keeps both cores busy while
+the main thread reads the dataset and appends blocks to the share files in order.
+At most ``2 x workers`` segments are in flight, which bounds memory whatever the
+dataset's size.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import zfec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from secret_sharing import format as fmt
+from secret_sharing.errors import OutputExistsError, ShareParameterError
+from secret_sharing.keys import key_fingerprint
+from secret_sharing.packing import measure_dataset, pack_segments
+from secret_sharing.shamir import split_secret
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    transfer_id: str
+    share_paths: list[Path]
+    manifest: fmt.Manifest
+    bytes_in: int
+
+
+def share_file_name(index: int) -> str:
+    return f"share-{index}"
+
+
+def worker_count() -> int:
+    """Threads doing crypto and coding; the main thread does the file I/O."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class _SegmentEncoder:
+    """Encrypts, pads, erasure-codes and hashes one segment; safe to call from threads."""
+
+    def __init__(self, key: bytes, nonce_prefix: bytes, transfer_id: bytes, k: int, n: int):
+        self._key = key
+        self._prefix = nonce_prefix
+        self._tid = transfer_id
+        self._k = k
+        self._n = n
+        self._local = threading.local()
+
+    def _tools(self) -> tuple[AESGCM, zfec.Encoder]:
+        tools = getattr(self._local, "tools", None)
+        if tools is None:
+            tools = self._local.tools = (AESGCM(self._key), zfec.Encoder(self._k, self._n))
+        return tools
+
+    def __call__(self, index: int, plaintext: bytearray, last: bool) -> tuple[list, list[bytes]]:
+        aes, encoder = self._tools()
+        k, n = self._k, self._n
+        ciphertext_length = len(plaintext) + fmt.TAG_LEN
+        block = fmt.block_length(len(plaintext), k)
+        # A fresh zero-filled buffer per segment: zfec's primary blocks are views of it,
+        # and the zero tail is the padding.
+        padded = bytearray(block * k)
+        view = memoryview(padded)
+        aes.encrypt_into(
+            fmt.nonce(self._prefix, index),
+            plaintext,
+            fmt.associated_data(self._tid, index, last, k, n),
+            view[:ciphertext_length],
+        )
+        primaries = [view[i * block : (i + 1) * block] for i in range(k)]
+        blocks: list = list(primaries)
+        if n > k:
+            blocks += encoder.encode(primaries, list(range(k, n)))
+        hashes = [fmt.block_hash(self._tid, j + 1, index, blocks[j]) for j in range(n)]
+        return blocks, hashes
+
+
+def _check_signing_key(signing_key: object) -> Ed25519PrivateKey:
+    if not isinstance(signing_key, Ed25519PrivateKey):
+        raise ShareParameterError("the signing key must be an Ed25519 private key")
+    return signing_key
+
+
+def split_dataset(
+    source: Path,
+    out_dir: Path,
+    *,
+    k: int,
+    n: int,
+    signing_key: Ed25519PrivateKey,
+    segment_size: int = fmt.DEFAULT_SEGMENT_SIZE,
+    progress: Progress | None = None,
+) -> SplitResult:
+    """Write ``out_dir/share-1`` .. ``share-n`` for the file or folder ``source``.
+
+    Share files appear only when complete (written under temporary names, then
+    renamed); on any failure the partial files are removed.
+    """
+    try:
+        fmt.check_parameters(k, n, segment_size)
+    except fmt.FormatProblem as exc:
+        raise ShareParameterError(str(exc)) from None
+    signing_key = _check_signing_key(signing_key)
+    source = Path(source)
+    summary = measure_dataset(source)  # refuses symlinks etc. before any share exists
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final_paths = [out_dir / share_file_name(j) for j in range(1, n + 1)]
+    for path in final_paths:
+        if path.exists():
+            raise OutputExistsError(f"{path} already exists; refusing to overwrite a share")
+
+    transfer_id = os.urandom(fmt.TRANSFER_ID_LEN)
+    key = os.urandom(fmt.KEY_LEN)
+    nonce_prefix = os.urandom(fmt.NONCE_PREFIX_LEN)
+    key_shares = [bytes((x,)) + y for x, y in split_secret(key, k, n)]
+    encode = _SegmentEncoder(key, nonce_prefix, transfer_id, k, n)
+
+    partial_paths = [out_dir / f".{path.name}.{transfer_id.hex()}.partial" for path in final_paths]
+    handles = []
+    renamed: list[Path] = []
+    try:
+        for j, path in enumerate(partial_paths, start=1):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            handles.append(os.fdopen(fd, "wb"))
+            handles[-1].write(fmt.Header(transfer_id, j, k, n, segment_size).encode())
+
+        index_hashes: list[list[bytes]] = [[] for _ in range(n)]
+        plaintext_length = _pump(
+            pack_segments(source, segment_size), encode, handles, index_hashes, progress
+        )
+
+        indexes = [b"".join(hashes) for hashes in index_hashes]
+        entries = tuple(
+            fmt.ShareEntry(
+                j,
+                fmt.index_hash(transfer_id, j, indexes[j - 1]).hex(),
+                fmt.key_share_hash(transfer_id, j, key_shares[j - 1]).hex(),
+            )
+            for j in range(1, n + 1)
+        )
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        def build(share_length: int) -> fmt.Manifest:
+            return fmt.Manifest(
+                transfer_id=transfer_id.hex(),
+                created=created,
+                k=k,
+                n=n,
+                segment_size=segment_size,
+                segment_count=fmt.segment_count(plaintext_length, segment_size),
+                plaintext_length=plaintext_length,
+                share_length=share_length,
+                nonce_prefix=nonce_prefix.hex(),
+                dataset_name=summary.name,
+                dataset_kind=summary.kind,
+                signer=key_fingerprint(signing_key.public_key()),
+                key_commitment=fmt.key_commitment(key, transfer_id).hex(),
+                shares=entries,
+            )
+
+        manifest, manifest_bytes = fmt.solve_share_length(build)
+        signature = signing_key.sign(manifest_bytes)
+        layout = manifest.layout(len(manifest_bytes))
+        for j, handle in enumerate(handles, start=1):
+            footer = fmt.Footer.for_layout(layout, transfer_id, j)
+            handle.write(indexes[j - 1] + key_shares[j - 1] + manifest_bytes + signature)
+            handle.write(footer.encode())
+            handle.flush()
+            if handle.tell() != layout.share_length:
+                raise RuntimeError(f"share {j} has length {handle.tell()}, layout says {layout.share_length}")
+        for handle in handles:
+            handle.close()
+        for partial, final in zip(partial_paths, final_paths, strict=True):
+            if final.exists():
+                raise OutputExistsError(f"{final} appeared while splitting; refusing to overwrite it")
+            os.rename(partial, final)
+            renamed.append(final)
+    except BaseException:
+        for handle in handles:
+            handle.close()
+        for path in partial_paths + renamed:
+            path.unlink(missing_ok=True)
+        raise
+    return SplitResult(transfer_id.hex(), final_paths, manifest, plaintext_length)
+
+
+def _pump(
+    segments: object,
+    encode: _SegmentEncoder,
+    handles: list,
+    index_hashes: list[list[bytes]],
+    progress: Progress | None,
+) -> int:
+    """Run the bounded pipeline; returns the plaintext length. Blocks are written in
+    segment order; one segment is held back to learn whether it is the last."""
+    workers = worker_count()
+    max_in_flight = 2 * workers
+    in_flight: deque[tuple[int, Future]] = deque()
+    total = 0
+
+    def drain(until: int) -> None:
+        while len(in_flight) > until:
+            length, future = in_flight.popleft()
+            blocks, hashes = future.result()
+            for handle, block, digest, bucket in zip(handles, blocks, hashes, index_hashes, strict=True):
+                handle.write(block)
+                bucket.append(digest)
+            if progress is not None:
+                progress(length)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="share-split") as pool:
+        try:
+            iterator = iter(segments)  # type: ignore[call-overload]
+            pending = next(iterator, None)
+            index = 0
+            while pending is not None:
+                following = next(iterator, None)
+                last = following is None
+                in_flight.append((len(pending), pool.submit(encode, index, pending, last)))
+                total += len(pending)
+                index += 1
+                pending = following
+                drain(max_in_flight - 1)
+            drain(0)
+        except BaseException:
+            for _, future in in_flight:
+                future.cancel()
+            raise
+    return total
