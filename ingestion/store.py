@@ -1,0 +1,349 @@
+"""The encrypted dataset store: every cataloged dataset version, encrypted at rest.
+
+Format (``enclave-store/1``), one directory per stored version::
+
+    store/<store id>/
+      store.json          plaintext facts only: format, store id, cipher, counts (no file names)
+      index.enc           encrypted JSON list of files: path, object number, size, sha256
+      objects/000001.enc  one encrypted object per file, named by number (names leak nothing)
+
+Each version has its own fresh 32-byte data key, kept only wrapped by the enclave master key
+(``MasterKey.wrap(data_key, context=b"enclave-store/1:" + store id)``); the catalog holds the
+wrapped key, the store never holds it in the clear.
+
+An object is ``MAGIC`` followed by segments of at most ``segment_size`` plaintext bytes (4 MiB),
+each ``u32 ciphertext length | u8 flags | AES-256-GCM ciphertext+tag``. The nonce is
+``u32 object number | u64 segment index`` (unique under a per-version key, so no randomness is
+drawn per segment); the associated data binds the store id, the file's path, the segment index
+and the last-segment flag. Reordered, swapped, truncated or extended segments and objects
+moved between files or versions therefore fail authentication instead of decrypting to
+something else. An empty file is one empty, last segment.
+
+Writes are atomic: a version is written under ``store/.tmp-*`` and renamed into place only when
+every object is fsynced, so a crash leaves either nothing or a complete version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.errors import EnclaveError
+
+FORMAT = "enclave-store/1"
+MAGIC = b"ENCSTOR1"
+SEGMENT_SIZE = 4 * 1024 * 1024
+INDEX_OBJECT = 0
+_SEG_HEADER = struct.Struct(">IB")
+_FLAG_LAST = 1
+
+
+class StoreError(EnclaveError):
+    """A stored dataset version is missing, damaged, or the key does not open it."""
+
+
+class KeyWrapper(Protocol):
+    """What the store needs from the enclave master key (``enclave.custody.MasterKey``)."""
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes: ...
+
+    def unwrap(self, blob: bytes, context: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str
+    object: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """Where a version lies and its wrapped key: what the catalog keeps about a stored version."""
+
+    store_location: str
+    wrapped_key: bytes
+    store_id: str
+    size_bytes: int
+    file_count: int
+
+
+def key_context(store_id: str) -> bytes:
+    return f"{FORMAT}:{store_id}".encode()
+
+
+def _nonce(obj: int, segment: int) -> bytes:
+    return struct.pack(">IQ", obj, segment)
+
+
+def _aad(store_id: str, path: str, segment: int, last: bool) -> bytes:
+    return b"\0".join(
+        [FORMAT.encode(), store_id.encode(), path.encode("utf-8"), struct.pack(">QB", segment, last)]
+    )
+
+
+def _encrypt_stream(
+    aead: AESGCM, store_id: str, obj: int, path: str, src: BinaryIO, dst: BinaryIO, seg_size: int
+) -> tuple[int, str]:
+    """Encrypt ``src`` into ``dst`` segment by segment; return plaintext size and sha256."""
+    digest = hashlib.sha256()
+    total = 0
+    dst.write(MAGIC)
+    index = 0
+    chunk = src.read(seg_size)
+    while True:
+        nxt = src.read(seg_size) if len(chunk) == seg_size else b""
+        last = not nxt
+        digest.update(chunk)
+        total += len(chunk)
+        ct = aead.encrypt(_nonce(obj, index), chunk, _aad(store_id, path, index, last))
+        dst.write(_SEG_HEADER.pack(len(ct), _FLAG_LAST if last else 0))
+        dst.write(ct)
+        if last:
+            return total, digest.hexdigest()
+        chunk = nxt
+        index += 1
+
+
+def _decrypt_segments(
+    aead: AESGCM, store_id: str, obj: int, path: str, src: BinaryIO, what: str
+) -> Iterator[bytes]:
+    if src.read(len(MAGIC)) != MAGIC:
+        raise StoreError(f"{what} is not an enclave store object")
+    index = 0
+    while True:
+        header = src.read(_SEG_HEADER.size)
+        if len(header) < _SEG_HEADER.size:
+            raise StoreError(f"{what} is truncated (no final segment)")
+        length, flags = _SEG_HEADER.unpack(header)
+        ct = src.read(length)
+        last = bool(flags & _FLAG_LAST)
+        if len(ct) != length:
+            raise StoreError(f"{what} is truncated in segment {index}")
+        try:
+            yield aead.decrypt(_nonce(obj, index), ct, _aad(store_id, path, index, last))
+        except InvalidTag:
+            raise StoreError(
+                f"{what} segment {index} failed authentication (damaged, moved or wrong key)"
+            ) from None
+        if last:
+            if src.read(1):
+                raise StoreError(f"{what} has data after its final segment")
+            return
+        index += 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_version(
+    source: Path,
+    store_root: Path,
+    master_key: KeyWrapper,
+    *,
+    name_hint: str,
+    segment_size: int = SEGMENT_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> StoredVersion:
+    """Encrypt the dataset folder ``source`` into a new version under ``store_root``.
+
+    ``name_hint`` (the transfer id) prefixes the store id; a random suffix keeps a retried
+    attempt from ever overwriting a version that an earlier attempt already cataloged.
+    """
+    source = Path(source)
+    store_root = Path(store_root)
+    store_root.mkdir(parents=True, exist_ok=True)
+    store_id = f"{name_hint}-{uuid.uuid4().hex[:8]}"
+    tmp = store_root / f".tmp-{store_id}"
+    final = store_root / store_id
+    data_key = AESGCM.generate_key(bit_length=256)
+    aead = AESGCM(data_key)
+    files: list[StoredFile] = []
+    try:
+        (tmp / "objects").mkdir(parents=True)
+        paths = sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+        for number, path in enumerate(paths, start=1):
+            rel = path.relative_to(source).as_posix()
+            obj_path = tmp / "objects" / f"{number:06d}.enc"
+            with open(path, "rb") as src, open(obj_path, "wb") as dst:
+                size, sha = _encrypt_stream(aead, store_id, number, rel, src, dst, segment_size)
+                dst.flush()
+                os.fsync(dst.fileno())
+            files.append(StoredFile(rel, number, size, sha))
+            if progress:
+                progress(size)
+        index = json.dumps([f.__dict__ for f in files]).encode()
+        with open(tmp / "index.enc", "wb") as dst:
+            _encrypt_stream(
+                aead, store_id, INDEX_OBJECT, "", io.BytesIO(index), dst, segment_size
+            )
+            dst.flush()
+            os.fsync(dst.fileno())
+        size_bytes = sum(f.size for f in files)
+        meta = {
+            "format": FORMAT,
+            "store_id": store_id,
+            "cipher": "AES-256-GCM",
+            "segment_size": segment_size,
+            "files": len(files),
+            "size_bytes": size_bytes,
+        }
+        (tmp / "store.json").write_text(json.dumps(meta, indent=2))
+        _fsync_dir(tmp / "objects")
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(store_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    wrapped = master_key.wrap(data_key, key_context(store_id))
+    return StoredVersion(str(final), wrapped, store_id, size_bytes, len(files))
+
+
+def delete_version(store_location: str | Path) -> None:
+    shutil.rmtree(store_location, ignore_errors=True)
+
+
+def clean_temporary(store_root: Path) -> list[Path]:
+    """Remove half-written versions left by a crash (they were never cataloged)."""
+    removed = []
+    if Path(store_root).is_dir():
+        for tmp in Path(store_root).glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _location_and_key(version: Any) -> tuple[Path, bytes]:
+    try:
+        return Path(version.store_location), bytes(version.wrapped_key)
+    except AttributeError:
+        raise StoreError(
+            "a stored version needs store_location and wrapped_key (a catalog DatasetVersion)"
+        ) from None
+
+
+class StoredDataset:
+    """An opened stored version: list its files and stream any of them, decrypted."""
+
+    def __init__(self, version: Any, master_key: KeyWrapper) -> None:
+        self.location, wrapped = _location_and_key(version)
+        meta_path = self.location / "store.json"
+        if not meta_path.is_file():
+            raise StoreError(f"no stored dataset version at {self.location}")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise StoreError(f"{meta_path} has unknown format {self.meta.get('format')!r}")
+        self.store_id: str = self.meta["store_id"]
+        try:
+            data_key = master_key.unwrap(wrapped, key_context(self.store_id))
+        except EnclaveError:
+            raise
+        except Exception as exc:  # the custody module decides its own error types
+            raise StoreError(
+                f"the master key does not open stored version {self.store_id} ({exc})"
+            ) from None
+        self._aead = AESGCM(data_key)
+        with open(self.location / "index.enc", "rb") as src:
+            raw = b"".join(
+                _decrypt_segments(
+                    self._aead, self.store_id, INDEX_OBJECT, "", src, f"{self.store_id} index"
+                )
+            )
+        self.files: dict[str, StoredFile] = {
+            f["path"]: StoredFile(**f) for f in json.loads(raw)
+        }
+
+    def iter_bytes(self, path: str) -> Iterator[bytes]:
+        """Stream one file's plaintext, segment by segment, checking its sha256 at the end."""
+        try:
+            entry = self.files[path]
+        except KeyError:
+            raise StoreError(f"{path} is not in stored version {self.store_id}") from None
+        digest = hashlib.sha256()
+        obj = self.location / "objects" / f"{entry.object:06d}.enc"
+        with open(obj, "rb") as src:
+            for chunk in _decrypt_segments(
+                self._aead, self.store_id, entry.object, path, src, f"{path} ({obj.name})"
+            ):
+                digest.update(chunk)
+                yield chunk
+        if digest.hexdigest() != entry.sha256:
+            raise StoreError(f"{path} in stored version {self.store_id} does not match its hash")
+
+    def open(self, path: str) -> BinaryIO:
+        """A read-only file object over one decrypted file (for pydicom, pandas, nibabel)."""
+        return io.BufferedReader(_SegmentReader(self.iter_bytes(path)), buffer_size=1 << 20)
+
+    def read_bytes(self, path: str) -> bytes:
+        return b"".join(self.iter_bytes(path))
+
+
+class _SegmentReader(io.RawIOBase):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def open_version(version: Any, master_key: KeyWrapper) -> StoredDataset:
+    return StoredDataset(version, master_key)
+
+
+def materialize(version: Any, dest_dir: Path, master_key: KeyWrapper) -> Path:
+    """Decrypt a stored version into ``dest_dir`` (created; must be empty) and return it.
+
+    Files are written under a temporary name and renamed when their hash has been checked,
+    so a damaged object never leaves a plausible-looking file behind.
+    """
+    dataset = StoredDataset(version, master_key)
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise StoreError(f"{dest} is not empty; materialize into a new folder")
+    for path in dataset.files:
+        target = dest / path
+        if not target.resolve().is_relative_to(dest.resolve()):
+            raise StoreError(f"stored path {path!r} escapes the destination folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in dataset.iter_bytes(path):
+                    out.write(chunk)
+            os.rename(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return dest

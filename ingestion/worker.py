@@ -1,0 +1,354 @@
+"""The reconstruction worker: k verified shares in, a cataloged (or quarantined) dataset out.
+
+It polls the receivers for complete shares. When a transfer has k of them it moves the
+transfer through ``reconstructing`` (``combine_shares`` into private staging, using spare
+shares if one turns out corrupt) and ``validating`` (``validate_dataset``), then either
+encrypts the dataset into the store and catalogs it in one catalog transaction, or keeps the
+report in quarantine. Staging is wiped after every transfer and whenever the worker starts.
+
+Crash safety: on start, transfers left in ``reconstructing`` or ``validating`` are retried
+from the beginning (their shares stay on the receivers until the transfer is finished);
+store writes are atomic renames and ``catalog_version`` is idempotent per transfer, so a
+retry can neither half-catalog a dataset nor catalog it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from enclave.errors import EnclaveError
+from ingestion import quarantine, shares, store
+from ingestion.settings import WORKER_ACTOR, IngestPaths, WorkerSettings
+
+log = logging.getLogger("enclave.ingest.worker")
+
+IN_PROGRESS = ("reconstructing", "validating")
+FINAL = ("cataloged", "quarantined", "failed")
+
+
+def _attr(obj: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        if obj is not None and hasattr(obj, name):
+            value = getattr(obj, name)
+            if value is not None:
+                return value
+    return default
+
+
+def _name(obj: Any) -> str | None:
+    if obj is None or isinstance(obj, str):
+        return obj
+    return _attr(obj, "name")
+
+
+class ReceiverLink:
+    """The worker's side of one receiver's internal API."""
+
+    def __init__(self, url: str, worker_token: str, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.url,
+            headers={"x-enclave-worker-token": worker_token},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def shares(self) -> list[dict[str, Any]]:
+        resp = self._client.get("/internal/shares")
+        resp.raise_for_status()
+        return resp.json()
+
+    def progress(self, transfer_id: str) -> dict[str, Any]:
+        resp = self._client.get(f"/internal/transfers/{transfer_id}")
+        resp.raise_for_status()
+        return resp.json()
+
+    def fetch(self, meta: dict[str, Any], dest_dir: Path, *, local_ok: bool = True) -> Path:
+        """The complete share: read in place when this host can see it, else downloaded."""
+        local = Path(meta.get("path") or "")
+        if local_ok and meta.get("path") and local.is_file():
+            return local
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        target = dest_dir / f"share-{meta['index']}"
+        with self._client.stream("GET", f"/internal/transfers/{meta['transfer_id']}/share") as r:
+            r.raise_for_status()
+            with open(target, "wb") as fh:
+                for chunk in r.iter_bytes(1 << 20):
+                    fh.write(chunk)
+        return target
+
+    def purge(self, transfer_id: str) -> None:
+        self._client.delete(f"/internal/transfers/{transfer_id}").raise_for_status()
+
+
+def describe_transfer(catalog: Any, transfer_id: str, record: Any = None) -> dict[str, Any]:
+    """Where a transfer stands, as the status API and ``enclave share status`` show it."""
+    if record is None:
+        from catalog.errors import NotFound
+
+        try:
+            record = catalog.get_transfer(transfer_id)
+        except NotFound:
+            record = None
+    if record is None:
+        return {"transfer_id": transfer_id, "state": "unknown"}
+    out: dict[str, Any] = {
+        "transfer_id": transfer_id,
+        "state": _attr(record, "state"),
+        "dataset": _attr(record, "dataset_name"),
+        "provider": _name(_attr(record, "provider_name", "provider")),
+        "k": _attr(record, "k"),
+        "n": _attr(record, "n"),
+    }
+    reason = _attr(record, "reason")
+    if reason:
+        out["reason"] = reason
+    version = _attr(record, "version", "dataset_version")
+    if version is not None and not isinstance(version, (str, int)):
+        out["version"] = {
+            "dataset": _name(_attr(version, "dataset")) or out["dataset"],
+            "version": _attr(version, "version", "number"),
+            "status": _attr(version, "status"),
+        }
+    elif version is not None:
+        out["version"] = {"dataset": out["dataset"], "version": version}
+    return out
+
+
+class ReconstructionWorker:
+    """Turns complete transfers into cataloged versions or quarantine reports, one at a time."""
+
+    def __init__(
+        self,
+        *,
+        paths: IngestPaths,
+        catalog: Any,
+        master_key: store.KeyWrapper,
+        receivers: list[ReceiverLink],
+        settings: WorkerSettings | None = None,
+        local_shares: bool = True,
+    ) -> None:
+        self.paths = paths
+        self.catalog = catalog
+        self.master_key = master_key
+        self.receivers = receivers
+        self.settings = settings or WorkerSettings()
+        self.local_shares = local_shares
+        self._requeued: set[str] = set()
+        self.last_error: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Wipe scratch left by a crash and re-queue transfers it interrupted."""
+        shutil.rmtree(self.paths.staging, ignore_errors=True)
+        self.paths.staging.mkdir(parents=True, mode=0o700)
+        store.clean_temporary(self.paths.store)
+        requeued = []
+        for state in IN_PROGRESS:
+            for record in self.catalog.transfers_in_state(state):
+                tid = _attr(record, "transfer_id", "id")
+                requeued.append(tid)
+                log.warning("transfer %s was interrupted while %s; retrying it", tid, state)
+        self._requeued.update(requeued)
+        return requeued
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll and process until ``stop`` is set; never dies on one bad transfer."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+                self.last_error = None
+            except Exception as exc:  # keep serving; the next poll retries
+                if str(exc) != self.last_error:
+                    log.exception("worker poll failed")
+                self.last_error = str(exc)
+            stop.wait(self.settings.poll_interval_s)
+
+    # --- one poll ------------------------------------------------------------------------
+
+    def ready(self) -> dict[str, list[tuple[ReceiverLink, dict[str, Any]]]]:
+        """Transfers with at least k complete shares, with where each share lies."""
+        complete: dict[str, list[tuple[ReceiverLink, dict[str, Any]]]] = {}
+        for link in self.receivers:
+            try:
+                metas = link.shares()
+            except httpx.HTTPError as exc:
+                log.warning("receiver %s unreachable: %s", link.url, exc)
+                continue
+            for meta in metas:
+                if meta.get("state") == "complete":
+                    complete.setdefault(meta["transfer_id"], []).append((link, meta))
+        return {
+            tid: found
+            for tid, found in complete.items()
+            if len(found) >= int(found[0][1]["k"]) or tid in self._requeued
+        }
+
+    def run_once(self) -> list[str]:
+        done = []
+        for tid, found in self.ready().items():
+            self.process(tid, found)
+            done.append(tid)
+        return done
+
+    # --- one transfer --------------------------------------------------------------------
+
+    def _state(self, tid: str, state: str, **kw: Any) -> None:
+        self.catalog.set_transfer_state(tid, state, actor=WORKER_ACTOR, **kw)
+
+    def _pause(self) -> None:
+        if self.settings.stage_delay_s:
+            time.sleep(self.settings.stage_delay_s)
+
+    def process(self, tid: str, found: list[tuple[ReceiverLink, dict[str, Any]]]) -> str:
+        """Reconstruct, validate, store + catalog or quarantine; returns the final state."""
+        record = self.catalog.get_transfer(tid)
+        state = _attr(record, "state")
+        if state in FINAL:
+            self._finish(tid, purge=self.settings.purge_shares)
+            return state
+        if state not in ("receiving", *IN_PROGRESS):
+            log.warning("transfer %s is %s; not processing it", tid, state)
+            return state
+        staging = self.paths.staging / tid
+        try:
+            final = self._process(tid, record, found, staging)
+        except EnclaveError as exc:
+            log.warning("transfer %s failed: %s", tid, exc)
+            self._state(tid, "failed", reason=str(exc))
+            final = "failed"
+        except Exception as exc:
+            log.exception("transfer %s failed unexpectedly", tid)
+            self._state(tid, "failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+            self._finish(tid, purge=False)
+            return "failed"
+        self._finish(tid, purge=self.settings.purge_shares)
+        return final
+
+    def _finish(self, tid: str, *, purge: bool) -> None:
+        shutil.rmtree(self.paths.staging / tid, ignore_errors=True)
+        self._requeued.discard(tid)
+        if not purge:
+            return
+        for link in self.receivers:
+            try:
+                link.purge(tid)
+            except httpx.HTTPError as exc:
+                log.warning("could not purge %s from %s: %s", tid, link.url, exc)
+
+    def _process(
+        self,
+        tid: str,
+        record: Any,
+        found: list[tuple[ReceiverLink, dict[str, Any]]],
+        staging: Path,
+    ) -> str:
+        from ingestion.validate import validate_dataset
+        from secret_sharing import combine_shares
+
+        owner = _name(_attr(record, "provider_name", "provider"))
+        provider = self.catalog.get_provider(owner)
+        verify_key = shares.verify_key_from_pem(_attr(provider, "verify_key_pem", "verify_key"))
+        if _attr(record, "state") != "reconstructing":
+            self._state(tid, "reconstructing")
+        self._pause()
+
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, mode=0o700)
+        share_paths = []
+        for link, meta in sorted(found, key=lambda f: f[1]["index"]):
+            try:
+                share_paths.append(link.fetch(meta, staging / "shares", local_ok=self.local_shares))
+            except (httpx.HTTPError, OSError) as exc:
+                log.warning("share %s of %s unavailable: %s", meta["index"], tid, exc)
+        result = combine_shares(share_paths, staging / "data", verify_key=verify_key)
+        rejected = {Path(p).name: why for p, why in (result.rejected or {}).items()}
+        for name, why in rejected.items():
+            log.warning("transfer %s: %s rejected, used a spare share: %s", tid, name, why)
+
+        self._state(tid, "validating")
+        self._pause()
+        outcome = validate_dataset(Path(result.output_path), transfer_id=tid)
+        report = outcome.report
+        report.transfer_id = report.transfer_id or tid
+        report.summary.setdefault(
+            "shares",
+            {"used": sorted(Path(p).name for p in result.used_shares), "rejected": rejected},
+        )
+        if not report.passed:
+            quarantine.write_report(self.paths.quarantine, tid, report)
+            self._state(
+                tid,
+                "quarantined",
+                reason=quarantine.summarise(report),
+                report_json=report.to_json(),
+            )
+            log.info("transfer %s quarantined: %s", tid, quarantine.summarise(report))
+            return "quarantined"
+
+        stored = store.write_version(
+            Path(result.output_path), self.paths.store, self.master_key, name_hint=tid
+        )
+        try:
+            version = self.catalog.catalog_version(
+                tid,
+                manifest=_as_dict(outcome.manifest),
+                content_hash=outcome.content_hash,
+                size_bytes=stored.size_bytes,
+                store_location=stored.store_location,
+                wrapped_key=stored.wrapped_key,
+                files=list(outcome.files),
+                series=list(outcome.series),
+                report_json=report.to_json(),
+                feature_tables=list(outcome.feature_tables),
+                actor=WORKER_ACTOR,
+            )
+        except BaseException:
+            store.delete_version(stored.store_location)
+            raise
+        if str(_attr(version, "store_location")) != stored.store_location:
+            # An earlier attempt already cataloged this transfer; keep that one.
+            store.delete_version(stored.store_location)
+        if _attr(self.catalog.get_transfer(tid), "state") != "cataloged":
+            self._state(tid, "cataloged")
+        log.info("transfer %s cataloged (%d files)", tid, stored.file_count)
+        return "cataloged"
+
+
+def _as_dict(manifest: Any) -> dict[str, Any]:
+    if isinstance(manifest, dict):
+        return manifest
+    for method in ("to_dict", "as_dict", "model_dump"):
+        if hasattr(manifest, method):
+            return getattr(manifest, method)()
+    import dataclasses
+
+    if dataclasses.is_dataclass(manifest):
+        return dataclasses.asdict(manifest)
+    raise TypeError(f"cannot turn {type(manifest).__name__} into a manifest dict")
+
+
+def start_worker_thread(
+    worker: ReconstructionWorker, stop: threading.Event, *, on_exit: Callable[[], None] | None = None
+) -> threading.Thread:
+    def target() -> None:
+        try:
+            worker.run(stop)
+        finally:
+            if on_exit:
+                on_exit()
+
+    thread = threading.Thread(target=target, name="ingest-worker", daemon=True)
+    thread.start()
+    return thread
