@@ -469,10 +469,10 @@ class _Checker:
             if isinstance(key, str) and key.strip().isdigit():
                 number = int(key)
             if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-                self.fail(("labels", key), "label numbers must be whole numbers >= 0")
+                self.fail(("labels", str(key)), "label numbers must be whole numbers >= 0")
                 continue
             if not isinstance(name, str) or not name.strip():
-                self.fail(("labels", key), "label name must be non-empty text")
+                self.fail(("labels", str(key)), "label name must be non-empty text")
                 continue
             labels[number] = name.strip()
         return labels
