@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way the catalog schema changes."""

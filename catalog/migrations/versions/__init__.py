@@ -1,0 +1,1 @@
+"""Catalog migration scripts (a package so that they ship with the wheel)."""

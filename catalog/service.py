@@ -1,0 +1,1389 @@
+"""The catalog service: every read and state change of the catalog goes through here.
+
+Each public method is its own transaction, and each state change writes an audit row
+naming its actor in that same transaction, so the audit trail cannot miss a change
+that happened (nor record one that rolled back).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, exists, func, insert, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from catalog import migrate
+from catalog.auth import (
+    PROVIDER_TOKEN_PREFIX,
+    ROLES,
+    Principal,
+    Role,
+    hash_token,
+    new_token,
+)
+from catalog.db import create_catalog_engine
+from catalog.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    UnknownDataset,
+    UnknownProvider,
+    UnknownTransfer,
+    UnknownVersion,
+)
+from catalog.models import (
+    FILE_KINDS,
+    TRANSFER_STATES,
+    ApiToken,
+    AuditEvent,
+    Dataset,
+    DatasetVersion,
+    FeatureTable,
+    File,
+    Grant,
+    PrincipalGroup,
+    Provider,
+    Series,
+    Study,
+    Transfer,
+    ValidationReportRow,
+    VersionModality,
+    utcnow,
+)
+from catalog.models import Principal as PrincipalRow
+from catalog.views import (
+    AuditView,
+    DatasetSummary,
+    GrantView,
+    MountableVersion,
+    TransferView,
+    VersionDetail,
+    VersionSummary,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TRANSFER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Groups and user names come from JupyterHub, which allows a few more characters.
+SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+MODALITY_RE = re.compile(r"^[A-Z0-9]{1,16}$")
+# Manifest fields a curator may override with ``edit``.
+EDITABLE_FIELDS = ("title", "description", "license", "tags")
+
+
+def check_name(name: object, what: str = "dataset") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidInput(
+            f"bad {what} name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)"
+        )
+    return name
+
+
+def _check_subject(value: str, what: str) -> str:
+    if not SUBJECT_RE.match(value):
+        raise InvalidInput(f"bad {what} name {value!r}")
+    return value
+
+
+def parse_version(version: object) -> int:
+    """Accept ``2``, ``"2"`` or ``"v2"``."""
+    if isinstance(version, bool):
+        raise InvalidInput(f"bad version {version!r}: expected a number such as 2")
+    if isinstance(version, int):
+        number = version
+    else:
+        text = str(version).strip().lower().removeprefix("v")
+        if not text.isdigit():
+            raise InvalidInput(f"bad version {version!r}: expected a number such as 2")
+        number = int(text)
+    if number < 1:
+        raise InvalidInput(f"bad version {version!r}: versions start at 1")
+    return number
+
+
+def parse_expiry(value: str | date | datetime | None, *, now: datetime | None = None) -> datetime | None:
+    """A grant's end: a date means through the end of that day (UTC); must be in the future."""
+    if value is None or value == "":
+        return None
+    now = now or utcnow()
+    if isinstance(value, datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, date):
+        when = datetime.combine(value + timedelta(days=1), time(0), tzinfo=UTC)
+    else:
+        text = str(value).strip()
+        try:
+            if len(text) == 10:
+                day = date.fromisoformat(text)
+                when = datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+            else:
+                when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)
+        except ValueError:
+            raise InvalidInput(
+                f"bad expiry date {text!r}: use YYYY-MM-DD or an ISO 8601 date and time"
+            ) from None
+    if when <= now:
+        raise InvalidInput(f"expiry {when.date().isoformat()} is in the past")
+    return when
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, dict):
+        return [f"{k}={v}" if v not in (None, "") else str(k) for k, v in value.items()]
+    return list(value)
+
+
+def _modalities(value: Any) -> list[str]:
+    out = []
+    for item in _as_list(value):
+        m = str(item).strip().upper()
+        if m and MODALITY_RE.match(m):
+            out.append(m)
+    return out
+
+
+def _report_counts(report_json: str | None) -> tuple[bool, int, int, int, str]:
+    """Parse an ``ingestion.report.ValidationReport`` JSON into (passed, errors, warnings, infos)."""
+    if not report_json:
+        return True, 0, 0, 0, json.dumps({"findings": [], "passed": True})
+    try:
+        data = json.loads(report_json)
+    except ValueError:
+        raise InvalidInput("validation report is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("validation report must be a JSON object")
+    findings = data.get("findings") or []
+    counts = dict(data.get("counts") or {})
+    for key in ("error", "warning", "info"):
+        if key not in counts:
+            counts[key] = sum(1 for f in findings if isinstance(f, dict) and f.get("severity") == key)
+    errors = int(counts.get("error", 0))
+    passed = bool(data.get("passed", errors == 0))
+    return passed, errors, int(counts.get("warning", 0)), int(counts.get("info", 0)), report_json
+
+
+class Catalog:
+    """The dataset catalog on one database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine, url: str | None = None) -> None:
+        self.engine = engine
+        self.url = url or engine.url.render_as_string(hide_password=True)
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    @staticmethod
+    def _audit(
+        session: Session, actor: str, action: str, target: str, **details: Any
+    ) -> None:
+        if not actor or not isinstance(actor, str):
+            raise InvalidInput("every catalog change needs an actor (who is making it)")
+        session.add(AuditEvent(actor=actor, action=action, target=target, details=details))
+
+    def _locked(self, stmt: Any) -> Any:
+        # Row locks matter on PostgreSQL; SQLite transactions already hold the write lock.
+        if self.dialect != "postgresql":
+            return stmt
+        # Lock only the selected table's row, not the eagerly joined ones.
+        return stmt.with_for_update(of=stmt.column_descriptions[0]["entity"])
+
+    # -- providers --------------------------------------------------------------------------
+
+    def add_provider(
+        self,
+        name: str,
+        verify_key_pem: bytes,
+        fingerprint: str,
+        *,
+        actor: str,
+        quota_bytes: int | None = None,
+    ) -> tuple[Provider, str]:
+        """Register a provider and return it with its upload token (shown only now)."""
+        check_name(name, "provider")
+        if not verify_key_pem or not isinstance(verify_key_pem, bytes):
+            raise InvalidInput(f"provider {name!r}: verify key must be PEM bytes")
+        if not fingerprint:
+            raise InvalidInput(f"provider {name!r}: key fingerprint is empty")
+        token = new_token(PROVIDER_TOKEN_PREFIX)
+        try:
+            with self._tx() as s:
+                if s.scalar(select(Provider.id).where(Provider.name == name)) is not None:
+                    raise Conflict(f"provider {name!r} already exists")
+                provider = Provider(
+                    name=name,
+                    verify_key_pem=verify_key_pem,
+                    fingerprint=fingerprint,
+                    token_hash=hash_token(token),
+                )
+                if quota_bytes is not None:
+                    provider.quota_bytes = int(quota_bytes)
+                s.add(provider)
+                s.flush()
+                self._audit(s, actor, "provider.add", f"provider:{name}", fingerprint=fingerprint)
+        except IntegrityError:
+            raise Conflict(f"provider {name!r} already exists") from None
+        return provider, token
+
+    def authenticate_provider(self, token: str) -> Provider | None:
+        if not token:
+            return None
+        with self._tx() as s:
+            return s.scalar(
+                select(Provider).where(
+                    Provider.token_hash == hash_token(token), Provider.active.is_(True)
+                )
+            )
+
+    def get_provider(self, name: str) -> Provider:
+        """The provider called ``name``; raises UnknownProvider."""
+        with self._tx() as s:
+            provider = s.scalar(select(Provider).where(Provider.name == name))
+            if provider is None:
+                raise UnknownProvider(name)
+            return provider
+
+    def list_providers(self) -> list[Provider]:
+        with self._tx() as s:
+            return list(s.scalars(select(Provider).order_by(Provider.name)))
+
+    def set_provider_quota(self, name: str, quota_bytes: int, *, actor: str) -> Provider:
+        if quota_bytes < 0:
+            raise InvalidInput(f"provider {name!r}: quota must not be negative")
+        with self._tx() as s:
+            provider = s.scalar(select(Provider).where(Provider.name == name))
+            if provider is None:
+                raise UnknownProvider(name)
+            old = provider.quota_bytes
+            provider.quota_bytes = int(quota_bytes)
+            self._audit(s, actor, "provider.quota", f"provider:{name}", old=old, new=quota_bytes)
+            return provider
+
+    def rotate_provider_token(self, name: str, *, actor: str) -> str:
+        """Replace a provider's upload token (for a lost or leaked one)."""
+        token = new_token(PROVIDER_TOKEN_PREFIX)
+        with self._tx() as s:
+            provider = s.scalar(select(Provider).where(Provider.name == name))
+            if provider is None:
+                raise UnknownProvider(name)
+            provider.token_hash = hash_token(token)
+            self._audit(s, actor, "provider.token", f"provider:{name}")
+        return token
+
+    @staticmethod
+    def _provider_row(s: Session, provider: Provider | str) -> Provider:
+        name = provider if isinstance(provider, str) else provider.name
+        row = s.scalar(select(Provider).where(Provider.name == name))
+        if row is None:
+            raise UnknownProvider(name)
+        return row
+
+    # -- transfers --------------------------------------------------------------------------
+
+    def record_transfer(
+        self,
+        transfer_id: str,
+        provider: Provider | str,
+        *,
+        dataset_name: str,
+        k: int,
+        n: int,
+        share_length: int,
+        state: str = "receiving",
+    ) -> Transfer:
+        """Note a transfer the first time one of its shares arrives (idempotent)."""
+        if not isinstance(transfer_id, str) or not TRANSFER_ID_RE.match(transfer_id):
+            raise InvalidInput(f"bad transfer id {transfer_id!r}")
+        check_name(dataset_name)
+        self._check_state(state)
+        if state == "cataloged":
+            raise InvalidInput("a transfer becomes cataloged only through catalog_version")
+        if not (1 <= k <= n <= 255):
+            raise InvalidInput(f"transfer {transfer_id!r}: need 1 <= k <= n <= 255, got {k}-of-{n}")
+        if share_length < 0:
+            raise InvalidInput(f"transfer {transfer_id!r}: negative share length")
+        for _attempt in range(2):
+            try:
+                with self._tx() as s:
+                    row = self._provider_row(s, provider)
+                    existing = s.scalar(select(Transfer).where(Transfer.transfer_id == transfer_id))
+                    if existing is not None:
+                        self._check_same_transfer(existing, row, dataset_name, k, n, share_length)
+                        return existing
+                    transfer = Transfer(
+                        transfer_id=transfer_id,
+                        provider_id=row.id,
+                        provider=row,
+                        dataset_name=dataset_name,
+                        k=k,
+                        n=n,
+                        share_length=share_length,
+                        state=state,
+                    )
+                    s.add(transfer)
+                    s.flush()
+                    self._audit(
+                        s,
+                        f"provider:{row.name}",
+                        "transfer.record",
+                        f"transfer:{transfer_id}",
+                        dataset=dataset_name,
+                        k=k,
+                        n=n,
+                        share_length=share_length,
+                        state=state,
+                    )
+                    return transfer
+            except IntegrityError:
+                continue  # another process recorded it first: the next pass finds it
+        raise Conflict(f"transfer {transfer_id!r} could not be recorded")
+
+    @staticmethod
+    def _check_same_transfer(
+        t: Transfer, provider: Provider, dataset_name: str, k: int, n: int, share_length: int
+    ) -> None:
+        if t.provider_id != provider.id:
+            raise Conflict(f"transfer {t.transfer_id!r} belongs to another provider")
+        theirs = (t.dataset_name, t.k, t.n, t.share_length)
+        if theirs != (dataset_name, k, n, share_length):
+            raise Conflict(
+                f"transfer {t.transfer_id!r} was recorded as {t.dataset_name} {t.k}-of-{t.n} "
+                f"with {t.share_length}-byte shares; this share says {dataset_name} "
+                f"{k}-of-{n} with {share_length}-byte shares"
+            )
+
+    @staticmethod
+    def _check_state(state: str) -> None:
+        if state not in TRANSFER_STATES:
+            raise InvalidInput(
+                f"unknown transfer state {state!r} (one of: {', '.join(TRANSFER_STATES)})"
+            )
+
+    def set_transfer_state(
+        self,
+        transfer_id: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        report_json: str | None = None,
+        actor: str,
+    ) -> Transfer:
+        self._check_state(state)
+        with self._tx() as s:
+            t = s.scalar(self._locked(select(Transfer).where(Transfer.transfer_id == transfer_id)))
+            if t is None:
+                raise UnknownTransfer(transfer_id)
+            if t.state == "cataloged" and state != "cataloged":
+                raise Conflict(f"transfer {transfer_id!r} is already cataloged")
+            if state == "cataloged" and t.state != "cataloged":
+                raise Conflict(
+                    f"transfer {transfer_id!r}: use catalog_version to catalog a transfer"
+                )
+            if t.state == state and reason is None and report_json is None:
+                return t
+            old = t.state
+            t.state = state
+            if reason is not None:
+                t.reason = reason
+            if report_json is not None:
+                t.report_json = report_json
+            self._audit(
+                s, actor, "transfer.state", f"transfer:{transfer_id}", old=old, new=state, reason=reason
+            )
+            return t
+
+    def get_transfer(self, transfer_id: str) -> Transfer:
+        with self._tx() as s:
+            t = s.scalar(select(Transfer).where(Transfer.transfer_id == transfer_id))
+            if t is None:
+                raise UnknownTransfer(transfer_id)
+            return t
+
+    def transfers_for_provider(self, provider: Provider | str) -> list[Transfer]:
+        with self._tx() as s:
+            row = self._provider_row(s, provider)
+            return list(
+                s.scalars(
+                    select(Transfer)
+                    .where(Transfer.provider_id == row.id)
+                    .order_by(Transfer.created_at, Transfer.id)
+                ).unique()
+            )
+
+    def transfers_in_state(self, state: str) -> list[Transfer]:
+        self._check_state(state)
+        with self._tx() as s:
+            return list(
+                s.scalars(
+                    select(Transfer).where(Transfer.state == state).order_by(Transfer.created_at, Transfer.id)
+                ).unique()
+            )
+
+    def list_transfers(self, provider: str | None = None, state: str | None = None) -> list[TransferView]:
+        """Transfers as views (for the API and CLI), optionally one provider's or one state's."""
+        if state is not None:
+            self._check_state(state)
+        with self._tx() as s:
+            stmt = select(Transfer).order_by(Transfer.created_at, Transfer.id)
+            if provider is not None:
+                stmt = stmt.join(Provider, Transfer.provider_id == Provider.id).where(
+                    Provider.name == provider
+                )
+            if state is not None:
+                stmt = stmt.where(Transfer.state == state)
+            return [
+                TransferView.from_row(t, t.version.version if t.version else None)
+                for t in s.scalars(stmt).unique()
+            ]
+
+    # -- cataloging ---------------------------------------------------------------------------
+
+    def catalog_version(
+        self,
+        transfer_id: str,
+        *,
+        manifest: dict[str, Any],
+        content_hash: str,
+        size_bytes: int,
+        store_location: str,
+        wrapped_key: bytes,
+        files: Sequence[dict[str, Any]],
+        series: Sequence[dict[str, Any]] = (),
+        report_json: str | None = None,
+        feature_tables: Sequence[dict[str, Any]] = (),
+        actor: str,
+    ) -> DatasetVersion:
+        """Turn a validated transfer into a new pending-review version, all or nothing.
+
+        Calling it again for a cataloged transfer returns the version it made, and
+        content identical to an existing version of the dataset is recorded as a
+        duplicate of that version rather than a new one.
+        """
+        if not isinstance(manifest, dict):
+            raise InvalidInput(f"transfer {transfer_id!r}: manifest must be a mapping")
+        name = check_name(manifest.get("name"))
+        if not content_hash or not isinstance(content_hash, str):
+            raise InvalidInput(f"dataset {name!r}: content hash is empty")
+        if not isinstance(wrapped_key, bytes) or not wrapped_key:
+            raise InvalidInput(f"dataset {name!r}: wrapped key must be non-empty bytes")
+        if not store_location:
+            raise InvalidInput(f"dataset {name!r}: store location is empty")
+        if size_bytes < 0:
+            raise InvalidInput(f"dataset {name!r}: negative size")
+        file_rows = self._check_files(name, files)
+        series_rows = self._check_series(name, series)
+        features = self._check_features(name, feature_tables)
+        report = _report_counts(report_json)
+        for attempt in range(3):
+            try:
+                with self._tx() as s:
+                    return self._catalog_version(
+                        s,
+                        transfer_id,
+                        manifest=manifest,
+                        content_hash=content_hash,
+                        size_bytes=size_bytes,
+                        store_location=store_location,
+                        wrapped_key=wrapped_key,
+                        files=file_rows,
+                        series=series_rows,
+                        report=report,
+                        features=features,
+                        actor=actor,
+                    )
+            except IntegrityError:
+                # A concurrent catalog_version for the same dataset took the version
+                # number or created the dataset first: retry on the new state.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _check_files(name: str, files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        rows = []
+        for f in files:
+            path = f.get("path")
+            if not path or not isinstance(path, str):
+                raise InvalidInput(f"dataset {name!r}: a file entry has no path")
+            if path in seen:
+                raise InvalidInput(f"dataset {name!r}: file {path} is listed twice")
+            seen.add(path)
+            kind = f.get("kind", "other")
+            if kind not in FILE_KINDS:
+                raise InvalidInput(
+                    f"dataset {name!r}: file {path} has kind {kind!r} (one of {', '.join(FILE_KINDS)})"
+                )
+            size = f.get("size", f.get("size_bytes"))
+            if size is None or int(size) < 0:
+                raise InvalidInput(f"dataset {name!r}: file {path} has no size")
+            sha = f.get("sha256") or ""
+            if not re.fullmatch(r"[0-9a-f]{64}", sha):
+                raise InvalidInput(f"dataset {name!r}: file {path} has no valid sha256")
+            modality = f.get("modality")
+            rows.append(
+                {
+                    "path": path,
+                    "size_bytes": int(size),
+                    "sha256": sha,
+                    "kind": kind,
+                    "modality": str(modality).upper() if modality else None,
+                    "study_uid": f.get("study_uid") or None,
+                    "series_uid": f.get("series_uid") or None,
+                    "sop_instance_uid": f.get("sop_instance_uid") or None,
+                }
+            )
+        return rows
+
+    @staticmethod
+    def _check_series(name: str, series: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        rows = []
+        for item in series:
+            uid = item.get("series_uid")
+            if not uid:
+                raise InvalidInput(f"dataset {name!r}: a series entry has no series_uid")
+            if uid in seen:
+                raise InvalidInput(f"dataset {name!r}: series {uid} is listed twice")
+            seen.add(uid)
+            spacing = list(item.get("spacing") or [])
+            if spacing and len(spacing) not in (2, 3):
+                raise InvalidInput(f"dataset {name!r}: series {uid} spacing must be [x, y, z]")
+            spacing += [None] * (3 - len(spacing))
+            orientation = item.get("orientation")
+            rows.append(
+                {
+                    "series_uid": uid,
+                    "study_uid": item.get("study_uid") or None,
+                    "modality": str(item.get("modality") or "").upper(),
+                    "body_part": str(item.get("body_part") or ""),
+                    "rows": item.get("rows"),
+                    "columns": item.get("columns"),
+                    "slices": item.get("slices"),
+                    "spacing_x": None if spacing[0] is None else float(spacing[0]),
+                    "spacing_y": None if spacing[1] is None else float(spacing[1]),
+                    "spacing_z": None if spacing[2] is None else float(spacing[2]),
+                    "orientation": list(orientation) if orientation is not None else None,
+                }
+            )
+        return rows
+
+    @staticmethod
+    def _check_features(name: str, tables: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = []
+        seen: set[str] = set()
+        for t in tables:
+            tname, path = t.get("name"), t.get("path")
+            if not tname or not path:
+                raise InvalidInput(f"dataset {name!r}: a feature table needs a name and a path")
+            if tname in seen:
+                raise InvalidInput(f"dataset {name!r}: feature table {tname} is listed twice")
+            seen.add(tname)
+            columns = t.get("columns")
+            names = [str(c) for c in columns] if isinstance(columns, list | tuple | dict) else []
+            if names or isinstance(columns, list | tuple | dict):
+                count: int | None = len(names)
+            else:
+                count = int(columns) if isinstance(columns, int) else None
+            rows.append(
+                {
+                    "name": tname,
+                    "path": path,
+                    "row_count": t.get("rows"),
+                    "column_count": count,
+                    "column_names": names,
+                }
+            )
+        return rows
+
+    def _catalog_version(
+        self,
+        s: Session,
+        transfer_id: str,
+        *,
+        manifest: dict[str, Any],
+        content_hash: str,
+        size_bytes: int,
+        store_location: str,
+        wrapped_key: bytes,
+        files: list[dict[str, Any]],
+        series: list[dict[str, Any]],
+        report: tuple[bool, int, int, int, str],
+        features: list[dict[str, Any]],
+        actor: str,
+    ) -> DatasetVersion:
+        name = manifest["name"]
+        t = s.scalar(self._locked(select(Transfer).where(Transfer.transfer_id == transfer_id)))
+        if t is None:
+            raise UnknownTransfer(transfer_id)
+        if t.state == "cataloged" and t.version_id is not None:
+            return self._load_version(s, t.version_id)
+        if t.state in ("quarantined", "failed"):
+            raise Conflict(f"transfer {transfer_id!r} is {t.state}; it cannot be cataloged")
+        if t.dataset_name != name:
+            raise Conflict(
+                f"transfer {transfer_id!r} was announced for dataset {t.dataset_name!r} "
+                f"but its manifest names {name!r}"
+            )
+        dataset = s.scalar(self._locked(select(Dataset).where(Dataset.name == name)))
+        if dataset is None:
+            dataset = Dataset(name=name, provider_id=t.provider_id, edited_fields=[])
+            s.add(dataset)
+            s.flush()
+        elif dataset.provider_id not in (None, t.provider_id):
+            owner = dataset.provider.name if dataset.provider else "another provider"
+            raise Conflict(f"dataset {name!r} belongs to provider {owner!r}")
+
+        duplicate = s.scalar(
+            select(DatasetVersion).where(
+                DatasetVersion.dataset_id == dataset.id,
+                DatasetVersion.content_hash == content_hash,
+            )
+        )
+        if duplicate is not None:
+            t.state = "cataloged"
+            t.version_id = duplicate.id
+            t.reason = f"same content as {name} version {duplicate.version}; not duplicated"
+            self._audit(
+                s,
+                actor,
+                "version.duplicate",
+                f"dataset:{name}@{duplicate.version}",
+                transfer=transfer_id,
+                content_hash=content_hash,
+            )
+            return self._load_version(s, duplicate.id)
+
+        number = (
+            s.scalar(
+                select(func.max(DatasetVersion.version)).where(
+                    DatasetVersion.dataset_id == dataset.id
+                )
+            )
+            or 0
+        ) + 1
+        version = DatasetVersion(
+            dataset=dataset,
+            version=number,
+            status="pending-review",
+            content_hash=content_hash,
+            size_bytes=int(size_bytes),
+            store_location=store_location,
+            wrapped_key=wrapped_key,
+            manifest=json.loads(json.dumps(manifest, default=str)),
+            file_count=len(files),
+            created_by=actor,
+        )
+        s.add(version)
+        s.flush()
+
+        # Studies and series: counts and sizes come from the file list.
+        per_series: dict[str, list[int]] = {}
+        per_study: dict[str, dict[str, Any]] = {}
+        for f in files:
+            if f["series_uid"]:
+                acc = per_series.setdefault(f["series_uid"], [0, 0])
+                acc[0] += 1
+                acc[1] += f["size_bytes"]
+            if f["study_uid"]:
+                st = per_study.setdefault(f["study_uid"], {"files": 0, "bytes": 0, "mods": set(), "series": set()})
+                st["files"] += 1
+                st["bytes"] += f["size_bytes"]
+                if f["modality"]:
+                    st["mods"].add(f["modality"])
+                if f["series_uid"]:
+                    st["series"].add(f["series_uid"])
+        for item in series:
+            if item["study_uid"]:
+                st = per_study.setdefault(item["study_uid"], {"files": 0, "bytes": 0, "mods": set(), "series": set()})
+                st["series"].add(item["series_uid"])
+                if item["modality"]:
+                    st["mods"].add(item["modality"])
+        studies = {
+            uid: Study(
+                version_id=version.id,
+                study_uid=uid,
+                modalities=" ".join(sorted(st["mods"])),
+                series_count=len(st["series"]),
+                file_count=st["files"],
+                size_bytes=st["bytes"],
+            )
+            for uid, st in per_study.items()
+        }
+        s.add_all(studies.values())
+        s.flush()
+        series_rows = {}
+        for item in series:
+            count, nbytes = per_series.get(item["series_uid"], [0, 0])
+            study = studies.get(item["study_uid"]) if item["study_uid"] else None
+            series_rows[item["series_uid"]] = Series(
+                version_id=version.id,
+                study_id=study.id if study else None,
+                file_count=count,
+                size_bytes=nbytes,
+                **{k: v for k, v in item.items() if k != "study_uid"},
+            )
+        s.add_all(series_rows.values())
+        s.flush()
+        if files:
+            s.execute(
+                insert(File),
+                [
+                    {
+                        **f,
+                        "version_id": version.id,
+                        "series_id": series_rows[f["series_uid"]].id
+                        if f["series_uid"] in series_rows
+                        else None,
+                    }
+                    for f in files
+                ],
+            )
+        modalities = set(_modalities(manifest.get("modality")))
+        modalities.update(item["modality"] for item in series if item["modality"])
+        modalities.update(f["modality"] for f in files if f["modality"])
+        modalities = {m for m in modalities if MODALITY_RE.match(m)}
+        s.add_all(VersionModality(version_id=version.id, modality=m) for m in sorted(modalities))
+        version.series_count = len(series_rows)
+        version.study_count = len(studies)
+        passed, errors, warnings, infos, raw = report
+        s.add(
+            ValidationReportRow(
+                version_id=version.id,
+                passed=passed,
+                error_count=errors,
+                warning_count=warnings,
+                info_count=infos,
+                report_json=raw,
+            )
+        )
+        s.add_all(FeatureTable(version_id=version.id, **f) for f in features)
+
+        self._apply_manifest(dataset, manifest)
+        t.state = "cataloged"
+        t.version_id = version.id
+        t.reason = None
+        s.flush()
+        self._refresh_search_text(s, dataset)
+        self._audit(
+            s,
+            actor,
+            "version.catalog",
+            f"dataset:{name}@{number}",
+            transfer=transfer_id,
+            content_hash=content_hash,
+            files=len(files),
+            size_bytes=int(size_bytes),
+        )
+        return self._load_version(s, version.id)
+
+    @staticmethod
+    def _load_version(s: Session, version_id: int) -> DatasetVersion:
+        s.flush()
+        v = s.get(DatasetVersion, version_id, populate_existing=True)
+        assert v is not None
+        # Touch what callers read after the session closes.
+        _ = (v.dataset.name, v.modalities, v.report)
+        return v
+
+    @staticmethod
+    def _apply_manifest(dataset: Dataset, manifest: dict[str, Any]) -> None:
+        """Copy descriptive fields from the newest manifest, except those a curator edited."""
+        edited = set(dataset.edited_fields or [])
+        values = {
+            "title": str(manifest.get("title") or dataset.title or dataset.name)[:512],
+            "description": str(manifest.get("description") or ""),
+            "license": str(manifest.get("license") or "")[:256],
+            "modality": " ".join(_modalities(manifest.get("modality")))[:128],
+            "body_part": str(manifest.get("body_part") or "")[:128],
+            "tags": [str(t) for t in _as_list(manifest.get("tags"))],
+            "labels": json.loads(json.dumps(_as_list(manifest.get("labels")), default=str)),
+        }
+        for key, value in values.items():
+            if key not in edited:
+                setattr(dataset, key, value)
+
+    def _refresh_search_text(self, s: Session, dataset: Dataset) -> None:
+        modalities = s.scalars(
+            select(VersionModality.modality)
+            .join(DatasetVersion, VersionModality.version_id == DatasetVersion.id)
+            .where(DatasetVersion.dataset_id == dataset.id)
+            .distinct()
+        ).all()
+        labels = " ".join(str(label) for label in dataset.labels or [])
+        parts = [
+            dataset.name,
+            dataset.title,
+            dataset.description,
+            " ".join(dataset.tags or []),
+            labels,
+            dataset.body_part,
+            dataset.modality,
+            " ".join(modalities),
+        ]
+        dataset.search_text = " ".join(p for p in parts if p).lower()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _visible_clause(principal: Principal, now: datetime) -> ColumnElement[bool]:
+        """SQL for 'this version is published and granted, unexpired, to this principal'."""
+        subject = Grant.user_name == principal.name
+        if principal.groups:
+            subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
+        granted = exists().where(
+            Grant.version_id == DatasetVersion.id,
+            Grant.revoked_at.is_(None),
+            or_(Grant.expires_at.is_(None), Grant.expires_at > now),
+            subject,
+        )
+        return and_(DatasetVersion.status == "published", granted)
+
+    def _visible_versions_of(
+        self, s: Session, dataset_ids: Iterable[int], principal: Principal | None, now: datetime
+    ) -> dict[int, list[DatasetVersion]]:
+        ids = list(dataset_ids)
+        out: dict[int, list[DatasetVersion]] = {i: [] for i in ids}
+        if not ids:
+            return out
+        stmt = select(DatasetVersion).where(DatasetVersion.dataset_id.in_(ids))
+        if principal is not None and not principal.is_admin:
+            stmt = stmt.where(self._visible_clause(principal, now))
+        for v in s.scalars(stmt.order_by(DatasetVersion.version)).unique():
+            out[v.dataset_id].append(v)
+        return out
+
+    @staticmethod
+    def _sees_nothing(principal: Principal | None) -> bool:
+        return principal is not None and not principal.is_admin and not principal.sees_by_grant
+
+    def _summaries(
+        self, s: Session, datasets: Sequence[Dataset], principal: Principal | None, now: datetime
+    ) -> list[DatasetSummary]:
+        versions = self._visible_versions_of(s, [d.id for d in datasets], principal, now)
+        out = []
+        for d in datasets:
+            rows = versions[d.id]
+            if principal is not None and not principal.is_admin and not rows:
+                continue
+            out.append(DatasetSummary.from_row(d, rows))
+        return out
+
+    def list_datasets(
+        self, principal: Principal | None = None, *, now: datetime | None = None
+    ) -> list[DatasetSummary]:
+        """All datasets (admin, or no principal), or those with versions granted to ``principal``."""
+        if self._sees_nothing(principal):
+            return []
+        now = now or utcnow()
+        with self._tx() as s:
+            stmt = select(Dataset).order_by(Dataset.name)
+            if principal is not None and not principal.is_admin:
+                stmt = stmt.where(
+                    exists().where(
+                        DatasetVersion.dataset_id == Dataset.id,
+                        self._visible_clause(principal, now),
+                    )
+                )
+            return self._summaries(s, list(s.scalars(stmt).unique()), principal, now)
+
+    def get_dataset(
+        self, name: str, principal: Principal | None = None, *, now: datetime | None = None
+    ) -> DatasetSummary:
+        now = now or utcnow()
+        with self._tx() as s:
+            d = s.scalar(select(Dataset).where(Dataset.name == name))
+            if d is None or self._sees_nothing(principal):
+                raise UnknownDataset(name)
+            found = self._summaries(s, [d], principal, now)
+            if not found:
+                raise UnknownDataset(name)
+            return found[0]
+
+    def _version_row(self, s: Session, name: str, version: object) -> DatasetVersion:
+        number = parse_version(version)
+        d_id = s.scalar(select(Dataset.id).where(Dataset.name == name))
+        if d_id is None:
+            raise UnknownDataset(name)
+        v = s.scalar(
+            self._locked(
+                select(DatasetVersion).where(
+                    DatasetVersion.dataset_id == d_id, DatasetVersion.version == number
+                )
+            )
+        )
+        if v is None:
+            raise UnknownVersion(name, number)
+        return v
+
+    def get_version(
+        self,
+        name: str,
+        version: object,
+        principal: Principal | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> VersionDetail:
+        now = now or utcnow()
+        number = parse_version(version)
+        with self._tx() as s:
+            if self._sees_nothing(principal):
+                raise UnknownDataset(name)
+            if principal is not None and not principal.is_admin:
+                visible = s.scalar(
+                    select(DatasetVersion.id)
+                    .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
+                    .where(
+                        Dataset.name == name,
+                        DatasetVersion.version == number,
+                        self._visible_clause(principal, now),
+                    )
+                )
+                if visible is None:
+                    # Say the same for a hidden dataset as for a missing one.
+                    d_id = s.scalar(select(Dataset.id).where(Dataset.name == name))
+                    shown = d_id is not None and s.scalar(
+                        select(DatasetVersion.id)
+                        .where(DatasetVersion.dataset_id == d_id, self._visible_clause(principal, now))
+                        .limit(1)
+                    )
+                    if not shown:
+                        raise UnknownDataset(name)
+                    raise UnknownVersion(name, number)
+            v = self._version_row(s, name, number)
+            return self._detail(s, v)
+
+    def _detail(self, s: Session, v: DatasetVersion) -> VersionDetail:
+        from catalog.views import FeatureTableView, SeriesView
+
+        study_uids = dict(
+            s.execute(select(Study.id, Study.study_uid).where(Study.version_id == v.id)).all()
+        )
+        series = [
+            SeriesView(
+                series_uid=r.series_uid,
+                study_uid=study_uids.get(r.study_id),
+                modality=r.modality,
+                body_part=r.body_part,
+                rows=r.rows,
+                columns=r.columns,
+                slices=r.slices,
+                spacing=[r.spacing_x, r.spacing_y, r.spacing_z],
+                orientation=r.orientation,
+                file_count=r.file_count,
+                size_bytes=r.size_bytes,
+            )
+            for r in s.scalars(select(Series).where(Series.version_id == v.id).order_by(Series.id))
+        ]
+        features = [
+            FeatureTableView(f.name, f.path, f.row_count, f.column_count, list(f.column_names or []))
+            for f in s.scalars(
+                select(FeatureTable).where(FeatureTable.version_id == v.id).order_by(FeatureTable.name)
+            )
+        ]
+        grants = [
+            GrantView.from_row(g)
+            for g in s.scalars(
+                select(Grant)
+                .where(Grant.version_id == v.id, Grant.revoked_at.is_(None))
+                .order_by(Grant.id)
+            ).unique()
+        ]
+        transfers = list(
+            s.scalars(select(Transfer.transfer_id).where(Transfer.version_id == v.id).order_by(Transfer.id))
+        )
+        report = json.loads(v.report.report_json) if v.report else None
+        return VersionDetail(
+            summary=VersionSummary.from_row(v, v.dataset.name),
+            transfer_ids=transfers,
+            store_location=v.store_location,
+            manifest=dict(v.manifest or {}),
+            series=series,
+            feature_tables=features,
+            grants=grants,
+            report=report,
+            created_by=v.created_by,
+            published_by=v.published_by,
+            retired_by=v.retired_by,
+        )
+
+    def search(
+        self,
+        text: str,
+        modality: str | None = None,
+        principal: Principal | None = None,
+        limit: int = 50,
+        *,
+        now: datetime | None = None,
+    ) -> list[DatasetSummary]:
+        """Datasets whose name, title, description, tags, labels or body part contain every word.
+
+        Substring match per word (trigram-indexed on PostgreSQL, LIKE on SQLite); best
+        matches first: exact name, then name prefix, then title hits.
+        """
+        if self._sees_nothing(principal):
+            return []
+        now = now or utcnow()
+        words = [w for w in str(text or "").lower().split() if w][:8]
+        mod = None
+        if modality:
+            mod = modality.strip().upper()
+            if not MODALITY_RE.match(mod):
+                raise InvalidInput(f"bad modality {modality!r} (DICOM codes such as CT, MR, SEG)")
+        limit = max(1, min(int(limit), 500))
+        with self._tx() as s:
+            stmt = select(Dataset)
+            for word in words:
+                stmt = stmt.where(Dataset.search_text.like(f"%{_like_escape(word)}%", escape="\\"))
+            version_filter = [DatasetVersion.dataset_id == Dataset.id]
+            if principal is not None and not principal.is_admin:
+                version_filter.append(self._visible_clause(principal, now))
+            if mod:
+                version_filter.append(
+                    exists().where(
+                        VersionModality.version_id == DatasetVersion.id,
+                        VersionModality.modality == mod,
+                    )
+                )
+            if len(version_filter) > 1:
+                stmt = stmt.where(exists().where(*version_filter))
+            phrase = " ".join(words)
+            rank = []
+            if phrase:
+                rank = [
+                    case((func.lower(Dataset.name) == phrase, 0), else_=1),
+                    case(
+                        (func.lower(Dataset.name).like(f"{_like_escape(phrase)}%", escape="\\"), 0),
+                        else_=1,
+                    ),
+                    case(
+                        (func.lower(Dataset.title).like(f"%{_like_escape(phrase)}%", escape="\\"), 0),
+                        else_=1,
+                    ),
+                ]
+            stmt = stmt.order_by(*rank, Dataset.name).limit(limit)
+            datasets = list(s.scalars(stmt).unique())
+            return self._summaries(s, datasets, principal, now)
+
+    def visible_versions(
+        self, principal: Principal, *, now: datetime | None = None
+    ) -> list[MountableVersion]:
+        """What ``principal`` may mount now: published versions granted to them or their groups."""
+        now = now or utcnow()
+        if not isinstance(principal, Principal):
+            raise InvalidInput("visible_versions needs a Principal")
+        subject = Grant.user_name == principal.name
+        if principal.groups:
+            subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
+        with self._tx() as s:
+            rows = s.execute(
+                select(Dataset.name, DatasetVersion, Grant.expires_at)
+                .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
+                .join(Grant, Grant.version_id == DatasetVersion.id)
+                .where(
+                    DatasetVersion.status == "published",
+                    Grant.revoked_at.is_(None),
+                    or_(Grant.expires_at.is_(None), Grant.expires_at > now),
+                    subject,
+                )
+                .order_by(Dataset.name, DatasetVersion.version)
+            ).unique()
+            best: dict[tuple[str, int], MountableVersion] = {}
+            for name, v, expires in rows:
+                key = (name, v.version)
+                prior = best.get(key)
+                # Several grants (user and group) may cover one version: keep the longest.
+                if prior is not None and (prior.expires_at is None or (expires and prior.expires_at >= expires)):
+                    continue
+                best[key] = MountableVersion(
+                    name=name,
+                    version=v.version,
+                    content_hash=v.content_hash,
+                    store_location=v.store_location,
+                    wrapped_key=v.wrapped_key,
+                    expires_at=expires,
+                )
+            return list(best.values())
+
+    grants_for = visible_versions
+
+    def grants(self, name: str, version: object, *, include_revoked: bool = False) -> list[GrantView]:
+        with self._tx() as s:
+            v = self._version_row(s, name, version)
+            stmt = select(Grant).where(Grant.version_id == v.id).order_by(Grant.id)
+            if not include_revoked:
+                stmt = stmt.where(Grant.revoked_at.is_(None))
+            return [GrantView.from_row(g) for g in s.scalars(stmt).unique()]
+
+    def audit_events(self, limit: int = 100) -> list[AuditView]:
+        """The newest audit events first."""
+        with self._tx() as s:
+            stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(max(1, int(limit)))
+            return [AuditView.from_row(e) for e in s.scalars(stmt)]
+
+    # -- curation -----------------------------------------------------------------------------
+
+    def publish(self, name: str, version: object, *, actor: str) -> VersionSummary:
+        with self._tx() as s:
+            v = self._version_row(s, name, version)
+            if v.status != "pending-review":
+                raise Conflict(f"dataset {name!r} version {v.version} is {v.status}, not pending-review")
+            if v.report is not None and not v.report.passed:
+                raise Conflict(
+                    f"dataset {name!r} version {v.version} failed validation; it cannot be published"
+                )
+            v.status = "published"
+            v.published_at = utcnow()
+            v.published_by = actor
+            self._audit(s, actor, "version.publish", f"dataset:{name}@{v.version}")
+            s.flush()
+            return VersionSummary.from_row(v, name)
+
+    def retire(self, name: str, version: object, *, actor: str, reason: str | None = None) -> VersionSummary:
+        """Withdraw a version for good; its grants stop giving access."""
+        with self._tx() as s:
+            v = self._version_row(s, name, version)
+            if v.status == "retired":
+                raise Conflict(f"dataset {name!r} version {v.version} is already retired")
+            old = v.status
+            v.status = "retired"
+            v.retired_at = utcnow()
+            v.retired_by = actor
+            self._audit(s, actor, "version.retire", f"dataset:{name}@{v.version}", old=old, reason=reason)
+            s.flush()
+            return VersionSummary.from_row(v, name)
+
+    def edit(
+        self,
+        name: str,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        license: str | None = None,
+        tags: Iterable[str] | None = None,
+        actor: str,
+    ) -> DatasetSummary:
+        """Curate a dataset's description; edited fields survive later versions' manifests."""
+        changes: dict[str, Any] = {}
+        if title is not None:
+            if not title.strip():
+                raise InvalidInput(f"dataset {name!r}: title must not be empty")
+            changes["title"] = title.strip()[:512]
+        if description is not None:
+            changes["description"] = description.strip()
+        if license is not None:
+            changes["license"] = license.strip()[:256]
+        if tags is not None:
+            clean = []
+            for tag in tags:
+                tag = str(tag).strip()
+                if not tag or len(tag) > 64:
+                    raise InvalidInput(f"dataset {name!r}: bad tag {tag!r}")
+                if tag not in clean:
+                    clean.append(tag)
+            changes["tags"] = clean
+        if not changes:
+            raise InvalidInput(f"dataset {name!r}: nothing to change (give a title, description or tag)")
+        with self._tx() as s:
+            d = s.scalar(self._locked(select(Dataset).where(Dataset.name == name)))
+            if d is None:
+                raise UnknownDataset(name)
+            old = {k: getattr(d, k) for k in changes}
+            for key, value in changes.items():
+                setattr(d, key, value)
+            d.edited_fields = sorted(set(d.edited_fields or []) | set(changes))
+            self._refresh_search_text(s, d)
+            self._audit(s, actor, "dataset.edit", f"dataset:{name}", old=old, new=changes)
+            s.flush()
+            return self._summaries(s, [d], None, utcnow())[0]
+
+    def grant(
+        self,
+        name: str,
+        version: object,
+        *,
+        group: str | None = None,
+        user: str | None = None,
+        expires: str | date | datetime | None = None,
+        actor: str,
+        now: datetime | None = None,
+    ) -> GrantView:
+        """Give a group or a user access to one published version (renewing an existing grant)."""
+        if (group is None) == (user is None):
+            raise InvalidInput("grant to exactly one of a group or a user")
+        if group is not None:
+            _check_subject(group, "group")
+        if user is not None:
+            _check_subject(user, "user")
+        expires_at = parse_expiry(expires, now=now)
+        with self._tx() as s:
+            v = self._version_row(s, name, version)
+            if v.status != "published":
+                raise Conflict(
+                    f"dataset {name!r} version {v.version} is {v.status}; only published versions can be granted"
+                )
+            subject = Grant.group_name == group if group is not None else Grant.user_name == user
+            g = s.scalar(
+                select(Grant).where(Grant.version_id == v.id, Grant.revoked_at.is_(None), subject)
+            )
+            who = f"group:{group}" if group is not None else f"user:{user}"
+            if g is not None:
+                old = g.expires_at
+                g.expires_at = expires_at
+                self._audit(
+                    s,
+                    actor,
+                    "grant.renew",
+                    f"dataset:{name}@{v.version}",
+                    subject=who,
+                    old_expires=old.isoformat() if old else None,
+                    expires=expires_at.isoformat() if expires_at else None,
+                )
+            else:
+                g = Grant(
+                    version_id=v.id,
+                    version=v,
+                    group_name=group,
+                    user_name=user,
+                    expires_at=expires_at,
+                    granted_by=actor,
+                )
+                s.add(g)
+                self._audit(
+                    s,
+                    actor,
+                    "grant.add",
+                    f"dataset:{name}@{v.version}",
+                    subject=who,
+                    expires=expires_at.isoformat() if expires_at else None,
+                )
+            s.flush()
+            return GrantView.from_row(g)
+
+    def revoke(
+        self,
+        name: str,
+        version: object,
+        *,
+        group: str | None = None,
+        user: str | None = None,
+        actor: str,
+    ) -> GrantView:
+        if (group is None) == (user is None):
+            raise InvalidInput("revoke from exactly one of a group or a user")
+        with self._tx() as s:
+            v = self._version_row(s, name, version)
+            subject = Grant.group_name == group if group is not None else Grant.user_name == user
+            g = s.scalar(
+                select(Grant).where(Grant.version_id == v.id, Grant.revoked_at.is_(None), subject)
+            )
+            who = f"group {group}" if group is not None else f"user {user}"
+            if g is None:
+                raise NotFound(f"dataset {name!r} version {v.version} is not granted to {who}")
+            g.revoked_at = utcnow()
+            g.revoked_by = actor
+            self._audit(
+                s, actor, "grant.revoke", f"dataset:{name}@{v.version}", subject=who.replace(" ", ":")
+            )
+            s.flush()
+            return GrantView.from_row(g)
+
+    # -- principals and API tokens -------------------------------------------------------------
+
+    def create_token(
+        self, name: str, role: Role, groups: Iterable[str] = (), *, actor: str
+    ) -> str:
+        """Create the principal if needed (adding ``groups``) and return a new token, once."""
+        _check_subject(name, "principal")
+        if role not in ROLES:
+            raise InvalidInput(f"unknown role {role!r} (one of: {', '.join(ROLES)})")
+        groups = [_check_subject(g, "group") for g in groups]
+        token = new_token()
+        with self._tx() as s:
+            p = s.scalar(select(PrincipalRow).where(PrincipalRow.name == name))
+            if p is None:
+                p = PrincipalRow(name=name, role=role)
+                s.add(p)
+                s.flush()
+                self._audit(s, actor, "principal.create", f"principal:{name}", role=role)
+            elif p.role != role:
+                raise Conflict(f"principal {name!r} exists with role {p.role}, not {role}")
+            have = {g.group_name for g in p.groups}
+            added = [g for g in dict.fromkeys(groups) if g not in have]
+            for g in added:
+                p.groups.append(PrincipalGroup(group_name=g))
+            if added:
+                self._audit(s, actor, "principal.groups", f"principal:{name}", added=added)
+            s.add(ApiToken(principal_id=p.id, token_hash=hash_token(token)))
+            self._audit(s, actor, "token.create", f"principal:{name}")
+        return token
+
+    def resolve_principal(self, token: str) -> Principal | None:
+        """The principal a bearer token belongs to (API token or provider upload token)."""
+        if not token:
+            return None
+        digest = hash_token(token)
+        with self._tx() as s:
+            row = s.scalar(
+                select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
+            )
+            if row is not None:
+                p = row.principal
+                return Principal.of(p.name, p.role, (g.group_name for g in p.groups))  # type: ignore[arg-type]
+            provider = s.scalar(
+                select(Provider).where(Provider.token_hash == digest, Provider.active.is_(True))
+            )
+            if provider is not None:
+                return Principal.of(provider.name, "provider")
+        return None
+
+    def get_principal(self, name: str) -> Principal:
+        with self._tx() as s:
+            p = s.scalar(select(PrincipalRow).where(PrincipalRow.name == name))
+            if p is None:
+                raise NotFound(f"unknown principal {name!r}")
+            return Principal.of(p.name, p.role, (g.group_name for g in p.groups))  # type: ignore[arg-type]
+
+
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def open_catalog(url: str) -> Catalog:
+    """Connect to the catalog at ``url``, upgrading its schema to the newest migration."""
+    engine = create_catalog_engine(url)
+    try:
+        migrate.upgrade(engine)
+    except Exception:
+        engine.dispose()
+        raise
+    return Catalog(engine, url)
