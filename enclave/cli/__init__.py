@@ -17,6 +17,7 @@ from enclave.errors import EnclaveError
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "share": ("enclave.cli.share", "share", "Split, verify, combine and send secret-shared datasets."),
     "keys": ("enclave.cli.keys", "keys", "Enclave master key custody (SLIP-39 mnemonic shares)."),
+    "catalog": ("enclave.cli.catalog", "catalog", "Curate the dataset catalog: list, publish, grant."),
     "ingest": ("enclave.cli.ingest", "ingest", "Run the ingestion service (share receivers and reconstruction worker)."),
     "providers": ("enclave.cli.ingest", "providers", "Register data providers and their signing keys."),
     "up": ("enclave.cli.up", "up", "Bring the enclave up on this machine."),
