@@ -503,7 +503,7 @@ def _manifest_from_dict(data: Any) -> Manifest:
         unknown = sorted(set(data) ^ _MANIFEST_KEYS)
         raise FormatProblem(f"manifest has missing or unknown fields: {', '.join(unknown)}")
     if data["algorithms"] != ALGORITHMS:
-        raise FormatProblem("manifest names algorithms this reader does not implement")
+        raise FormatProblem("manifest names algorithms this reader does not implement (corrupt?)")
     k = _expect(data, "k", int)
     n = _expect(data, "n", int)
     segment_size = _expect(data, "segment_size", int)
