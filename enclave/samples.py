@@ -1,0 +1,546 @@
+"""Realistic, fully de-identified sample datasets, built offline from data that ships in packages.
+
+No multi-slice CT series ships in a Python package, so a series is made by cloning one real
+slice (pydicom's bundled ``CT_small.dcm``): its header is de-identified with the same Basic
+Profile table the ingestion verifier uses, geometry and UIDs are rewritten per slice
+(deterministically, from the seed), and the pixels are a synthetic chest phantom with a
+spherical "lesion" whose label mask is written as NIfTI, so a segmentation is meaningful.
+
+The PHI helpers (``plant_phi``) put identifiers back on purpose, for negative tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from enclave.errors import EnclaveError
+
+TEMPLATE_FILE = "CT_small.dcm"
+DEID_METHOD = "Enclave samples: PS3.15 Basic Profile; synthetic pixels"
+DEID_PROFILE = "DICOM PS3.15 Annex E Basic Profile"
+LABELS = {0: "background", 1: "body", 2: "lesion"}
+FIELD_OF_VIEW_MM = 340.0
+SLICE_SPACING_MM = 5.0
+RESCALE_INTERCEPT = -1024
+
+# Values planted by plant_phi(); tests assert none of them reaches a report or log.
+PHI_VALUES = {
+    "patient-name": "Doe^Jane^Quincy",
+    "birth-date": "19610704",
+    "private-tag": "MRN-5551234-ACME",
+    "overlay": "Jane Doe 5551234",
+    "sequence": "Smith^Operator^Harold",
+    "patient-address": "42 Wallaby Way Sydney",
+    "institution": "St Elsewhere General Hospital",
+    "identity-removed-missing": "",
+    "burned-in-yes": "",
+}
+PHI_KINDS = tuple(PHI_VALUES)
+
+
+class SampleDataError(EnclaveError):
+    """The packaged sample data needed to build a dataset is not available."""
+
+
+def sample_uid(*parts: object) -> UID:
+    """A deterministic UID under pydicom's root, from the parts that identify the object."""
+    return generate_uid(entropy_srcs=["enclave-sample", *(str(p) for p in parts)])
+
+
+@lru_cache(1)
+def _template() -> Dataset:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(TEMPLATE_FILE, download=False)
+    if path is None:
+        raise SampleDataError(
+            f"pydicom's bundled test file {TEMPLATE_FILE} is missing: reinstall pydicom>=3.0"
+        )
+    return dcmread(path)
+
+
+def deidentify_template(ds: Dataset) -> Dataset:
+    """Apply the Basic Profile to a copy of ``ds``: remove X, empty Z, drop private and 50xx/60xx.
+
+    UIDs (action U) are removed here and set again by the series writer.
+    """
+    from ingestion.validators.deid import basic_profile
+
+    ds = copy.deepcopy(ds)
+    ds.remove_private_tags()
+    profile = basic_profile()
+
+    def clean(item: Dataset) -> None:
+        for elem in list(item.elements()):
+            tag = elem.tag
+            group = tag >> 16
+            if (group & 0xFF00) in (0x5000, 0x6000) or tag == 0xFFFCFFFC:
+                del item[tag]
+                continue
+            entry = profile.get(tag)
+            if entry is None:
+                if item[tag].VR == "SQ":
+                    for sub in item[tag].value:
+                        clean(sub)
+                continue
+            action = entry[1]
+            if action in ("Z", "Z/D") or item[tag].VR == "PN":
+                item[tag].value = None if item[tag].VR == "SQ" else ""
+            else:  # X, X/Z, X/D, X/Z/D, X/Z/U*, D, U: gone (UIDs are set again)
+                del item[tag]
+
+    clean(ds)
+    return ds
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A sphere in patient coordinates relative to the volume centre (mm)."""
+
+    x: float
+    y: float
+    z: float
+    radius: float
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    size: int
+    slices: int
+    pixel_spacing: float
+    slice_spacing: float
+    origin: tuple[float, float, float]  # ImagePositionPatient of the first slice (LPS, mm)
+
+    def position(self, k: int) -> list[float]:
+        x, y, z = self.origin
+        return [x, y, z + k * self.slice_spacing]
+
+    def affine_ras(self) -> np.ndarray:
+        """NIfTI affine (RAS) of a mask indexed [column, row, slice], from the DICOM geometry.
+
+        Axial slices with ImageOrientationPatient [1,0,0, 0,1,0]: the column index runs along
+        +x (patient left), the row index along +y (posterior), slices along +z (superior).
+        DICOM is LPS, NIfTI RAS: flip x and y.
+        """
+        lps = np.eye(4)
+        lps[0, 0] = self.pixel_spacing
+        lps[1, 1] = self.pixel_spacing
+        lps[2, 2] = self.slice_spacing
+        lps[:3, 3] = self.origin
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _geometry(size: int, slices: int) -> SeriesGeometry:
+    spacing = FIELD_OF_VIEW_MM / size
+    half = (size - 1) * spacing / 2
+    z0 = -(slices - 1) * SLICE_SPACING_MM / 2
+    return SeriesGeometry(size, slices, spacing, SLICE_SPACING_MM, (-half, -half, round(z0, 3)))
+
+
+def _lesion(rng: np.random.Generator, geometry: SeriesGeometry) -> Lesion:
+    side = rng.choice([-1.0, 1.0])
+    extent = (geometry.slices - 1) * geometry.slice_spacing / 2
+    radius = float(rng.uniform(12.0, 24.0))
+    zmax = max(extent - radius, 0.0) * 0.6
+    return Lesion(
+        x=float(side * rng.uniform(50.0, 70.0)),
+        y=float(rng.uniform(-25.0, 5.0)),
+        z=float(rng.uniform(-zmax, zmax)),
+        radius=radius,
+    )
+
+
+class _Phantom:
+    """A body-like CT slice: soft-tissue ellipse, two lungs, heart, spine, a lesion in a lung."""
+
+    def __init__(self, geometry: SeriesGeometry, lesion: Lesion) -> None:
+        n = geometry.size
+        coords = (np.arange(n, dtype=np.float32) - (n - 1) / 2) * geometry.pixel_spacing
+        self.x = coords[np.newaxis, :]
+        self.y = coords[:, np.newaxis]
+        self.geometry = geometry
+        self.lesion = lesion
+        self.extent = max((geometry.slices - 1) * geometry.slice_spacing / 2, 1.0)
+
+    def _ellipse(self, cx: float, cy: float, a: float, b: float) -> np.ndarray:
+        return ((self.x - cx) / a) ** 2 + ((self.y - cy) / b) ** 2 <= 1.0
+
+    def slice(self, z: float) -> tuple[np.ndarray, np.ndarray]:
+        """Hounsfield units (float32) and labels (uint8) at height z (mm from centre)."""
+        taper = float(np.sqrt(max(1.0 - 0.35 * (z / self.extent) ** 2, 0.2)))
+        hu = np.full((self.y.shape[0], self.x.shape[1]), -1000.0, np.float32)
+        labels = np.zeros(hu.shape, np.uint8)
+        body = self._ellipse(0.0, 0.0, 150.0 * taper, 110.0 * taper)
+        hu[body] = 40.0
+        labels[body] = 1
+        lung_a, lung_b = 48.0 * taper, 70.0 * taper
+        for cx in (-62.0, 62.0):
+            hu[self._ellipse(cx, -10.0, lung_a, lung_b)] = -850.0
+        hu[self._ellipse(18.0, -35.0, 42.0 * taper, 38.0 * taper)] = 45.0
+        hu[self._ellipse(0.0, 78.0, 18.0, 18.0)] = 700.0
+        les = self.lesion
+        dz = z - les.z
+        if abs(dz) < les.radius:
+            r = float(np.sqrt(les.radius**2 - dz**2))
+            disk = self._ellipse(les.x, les.y, r, r) & body
+            hu[disk] = 30.0
+            labels[disk] = 2
+        return hu, labels
+
+
+def _base_series_dataset(
+    *, subject_id: str, study_uid: str, series_uid: str, series_number: int,
+    geometry: SeriesGeometry,
+) -> Dataset:
+    ds = deidentify_template(_template())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    for keyword in ("Laterality", "ContrastBolusAgent", "ContrastBolusRoute"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.ManufacturerModelName = "Chest phantom"
+    ds.SoftwareVersions = "enclave-samples 1"
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.Manufacturer = "Enclave synthetic phantom"
+    ds.PatientName = ""
+    ds.PatientID = subject_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = DEID_METHOD
+    code = Dataset()
+    code.CodeValue = "113100"
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = DicomSequence([code])
+    ds.LongitudinalTemporalInformationModified = "REMOVED"
+    ds.BurnedInAnnotation = "NO"
+    ds.BodyPartExamined = "CHEST"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = sample_uid("frame-of-reference", study_uid)
+    ds.SeriesNumber = series_number
+    ds.AcquisitionNumber = 1
+    ds.Rows = geometry.size
+    ds.Columns = geometry.size
+    ds.PixelSpacing = [f"{geometry.pixel_spacing:.6g}"] * 2
+    ds.SliceThickness = f"{geometry.slice_spacing:g}"
+    ds.SpacingBetweenSlices = f"{geometry.slice_spacing:g}"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = RESCALE_INTERCEPT
+    ds.RescaleSlope = 1
+    ds.WindowCenter = -600
+    ds.WindowWidth = 1500
+    return ds
+
+
+def _encode_slice(hu: np.ndarray) -> bytes:
+    stored = np.clip(np.rint(hu) - RESCALE_INTERCEPT, -32768, 32767).astype("<i2")
+    return stored.tobytes()
+
+
+@dataclass
+class _WrittenSeries:
+    paths: list[Path]
+    geometry: SeriesGeometry
+    labels: np.ndarray | None  # [column, row, slice], None for benchmark series
+    lesion: Lesion
+    series_uid: str
+
+
+def _write_series(
+    out_dir: Path, *, slices: int, size: int, subject_id: str, seed: int,
+    study_uid: str | None, series_number: int = 1, phi: Iterable[str] = (),
+    fast: bool = False, progress: Callable[[int], None] | None = None,
+) -> _WrittenSeries:
+    if slices < 1 or size < 8:
+        raise ValueError("a series needs at least 1 slice of at least 8x8 pixels")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, series_number, int.from_bytes(subject_id.encode()[-6:])])
+    geometry = _geometry(size, slices)
+    study_uid = study_uid or sample_uid("study", subject_id, seed)
+    series_uid = sample_uid("series", study_uid, series_number, slices, size)
+    ds = _base_series_dataset(
+        subject_id=subject_id, study_uid=study_uid, series_uid=series_uid,
+        series_number=series_number, geometry=geometry,
+    )
+    planted = list(phi)
+    for kind in planted:
+        plant_phi(ds, kind)
+    lesion = _lesion(rng, geometry)
+    phantom = _Phantom(geometry, lesion)
+    labels_volume = None if fast else np.zeros((size, size, slices), np.uint8)
+    if fast:  # benchmark series: one phantom, noise from a small bank, pixels still differ
+        base_hu, _ = phantom.slice(0.0)
+        noise_bank = rng.normal(0.0, 12.0, (8, size, size)).astype(np.float32)
+    paths = []
+    for k in range(slices):
+        position = geometry.position(k)
+        z_rel = position[2] - (geometry.origin[2] + (slices - 1) * geometry.slice_spacing / 2)
+        if fast:
+            hu = base_hu + np.roll(noise_bank[k % 8], k, axis=1)
+        else:
+            hu, labels = phantom.slice(z_rel)
+            hu = hu + rng.normal(0.0, 12.0, hu.shape).astype(np.float32)
+            labels_volume[:, :, k] = labels.T  # NIfTI order: [column, row, slice]
+        sop_uid = sample_uid("instance", series_uid, k)
+        ds.SOPInstanceUID = sop_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.SliceLocation = f"{position[2]:.4f}"
+        ds.PixelData = _encode_slice(hu)
+        path = out_dir / f"{k + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+        if progress is not None:
+            progress(1)
+    return _WrittenSeries(paths, geometry, labels_volume, lesion, series_uid)
+
+
+def make_ct_series(
+    out_dir: Path, *, slices: int = 24, size: int = 64, subject_id: str = "SUBJ-0001",
+    seed: int = 0, study_uid: str | None = None, series_number: int = 1,
+    phi: Iterable[str] = (),
+) -> list[Path]:
+    """Write one de-identified axial CT series (``0001.dcm``...) into ``out_dir``.
+
+    ``phi`` names kinds from ``PHI_KINDS`` to plant in every slice (negative tests).
+    """
+    return _write_series(
+        Path(out_dir), slices=slices, size=size, subject_id=subject_id, seed=seed,
+        study_uid=study_uid, series_number=series_number, phi=phi,
+    ).paths
+
+
+def make_benchmark_series(
+    out_dir: Path, *, series: int = 20, slices: int = 200, size: int = 512, seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Full-size CT for benchmarks (defaults: 20 series x 200 slices of 512x512, ~2 GB).
+
+    One template dataset per series is rewritten per slice; pixels come from one phantom slice
+    plus rolled noise, so writing is bound by the disk, not by re-encoding headers or drawing
+    random numbers.
+    """
+    out_dir = Path(out_dir)
+    paths: list[Path] = []
+    for n in range(series):
+        subject = f"BENCH-{n + 1:04d}"
+        written = _write_series(
+            out_dir / subject / "series-001", slices=slices, size=size, subject_id=subject,
+            seed=seed, study_uid=None, fast=True, progress=progress,
+        )
+        paths.extend(written.paths)
+    return paths
+
+
+# --- PHI planting, for negative tests ----------------------------------------------------
+
+
+def _plant_overlay(ds: Dataset, value: str) -> None:
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    ds.add_new(0x60000010, "US", rows)
+    ds.add_new(0x60000011, "US", cols)
+    ds.add_new(0x60000022, "LO", value)  # Overlay Description
+    ds.add_new(0x60000040, "CS", "G")
+    ds.add_new(0x60000050, "SS", [1, 1])
+    ds.add_new(0x60000100, "US", 1)
+    ds.add_new(0x60000102, "US", 0)
+    bits = np.zeros(rows * cols, np.uint8)
+    bits[: cols * 4] = 1  # a burned text band
+    ds.add_new(0x60003000, "OW", np.packbits(bits, bitorder="little").tobytes())
+
+
+def _plant_sequence(ds: Dataset, value: str) -> None:
+    item = Dataset()
+    item.Manufacturer = "ACME"
+    item.OperatorsName = value
+    ds.ContributingEquipmentSequence = DicomSequence([item])
+
+
+def _plant_private(ds: Dataset, value: str) -> None:
+    block = ds.private_block(0x0011, "ACME_HOSPITAL_1", create=True)
+    block.add_new(0x01, "LO", value)
+
+
+def plant_phi(ds: Dataset, kind: str) -> str:
+    """Put one kind of identifying information into ``ds``; returns the planted value."""
+    value = PHI_VALUES.get(kind)
+    if value is None:
+        raise ValueError(f"unknown PHI kind {kind!r}; choose from {', '.join(PHI_KINDS)}")
+    if kind == "patient-name":
+        ds.PatientName = value
+    elif kind == "birth-date":
+        ds.PatientBirthDate = value
+    elif kind == "private-tag":
+        _plant_private(ds, value)
+    elif kind == "overlay":
+        _plant_overlay(ds, value)
+    elif kind == "sequence":
+        _plant_sequence(ds, value)
+    elif kind == "patient-address":
+        ds.PatientAddress = value
+    elif kind == "institution":
+        ds.InstitutionName = value
+    elif kind == "identity-removed-missing":
+        del ds.PatientIdentityRemoved
+    elif kind == "burned-in-yes":
+        ds.BurnedInAnnotation = "YES"
+    return value
+
+
+# --- Whole dataset -----------------------------------------------------------------------
+
+
+def _clinical_rows(subjects: Sequence[str], lesions: dict[str, float], seed: int) -> list[dict]:
+    rng = np.random.default_rng([seed, 7])
+    rows = []
+    for subject in subjects:
+        radius = lesions.get(subject, 0.0)
+        rows.append({
+            "subject_id": subject,
+            "age": int(rng.integers(35, 86)),
+            "sex": str(rng.choice(["F", "M"])),
+            "outcome": int(radius >= 18.0),
+        })
+    return rows
+
+
+def clinical_expectations(subjects: int) -> dict:
+    """Great Expectations (1.x names) suite for tables/clinical.csv."""
+    def exp(name: str, **kwargs: object) -> dict:
+        return {"expectation_type": name, "kwargs": kwargs}
+
+    return {
+        "name": "clinical",
+        "expectations": [
+            exp("expect_table_columns_to_match_ordered_list",
+                column_list=["subject_id", "age", "sex", "outcome"]),
+            exp("expect_table_row_count_to_equal", value=subjects),
+            exp("expect_column_values_to_not_be_null", column="subject_id"),
+            exp("expect_column_values_to_be_unique", column="subject_id"),
+            exp("expect_column_values_to_match_regex", column="subject_id",
+                regex=r"^SUBJ-\d{4}$"),
+            exp("expect_column_values_to_not_be_null", column="age"),
+            # HIPAA Safe Harbor: ages over 89 must be aggregated.
+            exp("expect_column_values_to_be_between", column="age", min_value=18,
+                max_value=89),
+            exp("expect_column_values_to_be_in_set", column="sex", value_set=["F", "M", "O"]),
+            exp("expect_column_values_to_be_in_set", column="outcome", value_set=[0, 1]),
+        ],
+    }
+
+
+def make_sample_dataset(
+    out_dir: Path, *, name: str = "demo-ct", subjects: int = 2, slices: int = 24,
+    size: int = 64, with_segmentation: bool = True, with_table: bool = True, seed: int = 0,
+    phi: Iterable[str] = (),
+) -> Path:
+    """Write a complete dataset directory ``out_dir/<name>/`` that ingestion accepts.
+
+    Layout: ``dataset.yaml``, ``dicom/<subject>/series-001/<nnnn>.dcm``,
+    ``segmentations/<subject>.nii.gz`` (labels 0 background, 1 body, 2 lesion, affine from the
+    DICOM geometry), ``tables/clinical.csv`` and ``expectations/clinical.json``.
+    ``phi`` plants identifiers (see ``PHI_KINDS``) in every slice, for negative tests.
+    """
+    import yaml
+
+    if subjects < 1:
+        raise ValueError("a sample dataset needs at least one subject")
+    root = Path(out_dir) / name
+    if root.exists() and any(root.iterdir()):
+        raise SampleDataError(f"{root} already exists and is not empty")
+    root.mkdir(parents=True, exist_ok=True)
+    phi = tuple(phi)
+    subject_ids = [f"SUBJ-{i + 1:04d}" for i in range(subjects)]
+    segmentations, lesions = [], {}
+    for index, subject in enumerate(subject_ids):
+        series_dir = root / "dicom" / subject / "series-001"
+        subject_seed = seed * 1000 + index
+        written = _write_series(
+            series_dir, slices=slices, size=size, subject_id=subject, seed=subject_seed,
+            study_uid=sample_uid("study", name, subject, seed), phi=phi,
+        )
+        lesions[subject] = written.lesion.radius
+        if with_segmentation:
+            mask = root / "segmentations" / f"{subject}.nii.gz"
+            _write_mask(mask, written.labels, written.geometry)
+            segmentations.append({
+                "mask": mask.relative_to(root).as_posix(),
+                "series": series_dir.relative_to(root).as_posix(),
+            })
+    spec: dict = {
+        "name": name,
+        "title": "Demo chest CT (synthetic)",
+        "description": (
+            f"{subjects} synthetic chest CT series ({slices} axial slices of {size}x{size}) "
+            "built from pydicom's de-identified CT_small header, with a lung lesion per "
+            "subject" + (", lesion and body segmentations" if with_segmentation else "")
+            + (" and a clinical table" if with_table else "") + ". For demos and tests."
+        ),
+        "license": "CC-BY-4.0",
+        "modality": "CT",
+        "body_part": "CHEST",
+        "tags": ["demo", "synthetic"] + (["segmentation"] if with_segmentation else []),
+        "deidentification": {"method": DEID_METHOD, "profile": DEID_PROFILE},
+        "subject_id": "PatientID",
+    }
+    if with_segmentation:
+        spec["labels"] = dict(LABELS)
+        spec["segmentations"] = segmentations
+    if with_table:
+        _write_table(root, subject_ids, lesions, seed)
+        spec["tables"] = [{
+            "name": "clinical",
+            "path": "tables/clinical.csv",
+            "subject_id": "subject_id",
+            "links_imaging": True,
+            "columns": {"subject_id": "string", "age": "integer", "sex": "string",
+                        "outcome": "integer"},
+            "expectations": "expectations/clinical.json",
+        }]
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root
+
+
+def _write_mask(path: Path, labels: np.ndarray, geometry: SeriesGeometry) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(labels, geometry.affine_ras())
+    image.header.set_xyzt_units("mm")
+    image.set_qform(geometry.affine_ras(), code=1)
+    image.set_sform(geometry.affine_ras(), code=1)
+    nib.save(image, path)
+
+
+def _write_table(root: Path, subjects: list[str], lesions: dict[str, float], seed: int) -> None:
+    table = root / "tables" / "clinical.csv"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    rows = _clinical_rows(subjects, lesions, seed)
+    with table.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["subject_id", "age", "sex", "outcome"])
+        writer.writeheader()
+        writer.writerows(rows)
+    suite = root / "expectations" / "clinical.json"
+    suite.parent.mkdir(parents=True, exist_ok=True)
+    suite.write_text(json.dumps(clinical_expectations(len(subjects)), indent=2) + "\n")

@@ -1,0 +1,369 @@
+"""De-identification verifier: the enclave checks every file itself instead of trusting the
+provider's de-identification tool.
+
+No off-the-shelf de-identifier tried for Enclave leaves a file that passes a DICOM PS3.15
+Annex E Basic Profile check on its own, so ingestion walks every element, sequences included,
+and refuses what a re-identification attack could use:
+
+- private tags (unless the submission's allow-list names them) and the 50xx/60xx repeating
+  groups (curves and overlays can carry text and burned-in graphics);
+- attributes the Basic Profile removes (action X or X/Z) that still hold a value, and person
+  names (VR PN) with a value anywhere; attributes the profile lets a de-identifier replace with
+  a dummy (X/D, X/Z/D) are warned about, because the verifier cannot tell a dummy from a real
+  value;
+- a patient birth date with a value (the profile allows a dummy; Enclave policy wants it empty);
+- a missing declaration: PatientIdentityRemoved must be YES with a DeidentificationMethod or a
+  DeidentificationMethodCodeSequence;
+- images whose BurnedInAnnotation is not NO: they are held for pixel review;
+- identifiers that disagree across one submission (``DeidConsistency``).
+
+Findings name the attribute and the file, never the value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from ingestion.report import Finding
+
+ElementVisitor = Callable[[DataElement | RawDataElement, str, str], None]
+
+BASIC_PROFILE_PATH = Path(__file__).with_name("data") / "basic_profile.json"
+
+#: Actions after which no value may remain (remove, or remove-or-empty).
+REMOVE_ACTIONS = frozenset({"X", "X/Z"})
+#: Actions that allow a dummy value: a value is suspicious but may be legitimate.
+DUMMY_ACTIONS = frozenset({"X/D", "X/Z/D", "X/Z/U*"})
+
+PATIENT_IDENTITY_REMOVED = 0x00120062
+DEIDENTIFICATION_METHOD = 0x00120063
+DEIDENTIFICATION_METHOD_CODES = 0x00120064
+BURNED_IN_ANNOTATION = 0x00280301
+PATIENT_BIRTH_DATE = 0x00100030
+PATIENT_ID = 0x00100020
+STUDY_INSTANCE_UID = 0x0020000D
+SERIES_INSTANCE_UID = 0x0020000E
+SOP_INSTANCE_UID = 0x00080018
+PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+
+#: Attributes the Basic Profile lets a tool fill with a dummy but that Enclave wants empty:
+#: a real birth date survives many tools, and a dummy one is useless for research anyway.
+MUST_BE_EMPTY = frozenset({PATIENT_BIRTH_DATE})
+
+# VRs whose raw bytes are text; everything else is binary (a zero byte is a value there).
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+     "UR", "UT"}
+)
+_TEXT_PADDING = b" \x00\\"
+_PN_PADDING = b" \x00\\^="
+
+
+@lru_cache(1)
+def basic_profile() -> dict[int, tuple[str, str]]:
+    """Table E.1-1 as ``{tag: (keyword, action)}``, from the JSON committed beside this module."""
+    data = json.loads(BASIC_PROFILE_PATH.read_text())
+    return {int(tag, 16): (kw, action) for tag, (kw, action) in data["attributes"].items()}
+
+
+def tag_label(tag: int) -> str:
+    """``(0010,0010) PatientName``: how findings name an attribute (never its value)."""
+    group, elem = tag >> 16, tag & 0xFFFF
+    if group & 1:
+        name = "PrivateCreator" if 0x0010 <= elem <= 0x00FF else "private"
+    else:
+        name = keyword_for_tag(tag) or basic_profile().get(tag, ("",))[0] or "unknown"
+    return f"({group:04X},{elem:04X}) {name}"
+
+
+def element_vr(elem: DataElement | RawDataElement) -> str:
+    """The element's VR; implicit-VR files leave it to the data dictionary."""
+    vr = elem.VR
+    if vr:
+        return str(vr)
+    try:
+        return dictionary_VR(elem.tag)
+    except KeyError:
+        return "UN"
+
+
+def has_value(elem: DataElement | RawDataElement, vr: str) -> bool:
+    """Whether the element holds anything beyond padding (works on raw, unconverted elements)."""
+    value = elem.value
+    if vr == "SQ":
+        return bool(value)
+    if isinstance(value, MultiValue | list | tuple):
+        return any(_scalar_has_value(v, vr) for v in value)
+    return _scalar_has_value(value, vr)
+
+
+def _scalar_has_value(value: Any, vr: str) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bytes | bytearray):
+        if vr in _TEXT_VRS:
+            return bool(bytes(value).strip(_PN_PADDING if vr == "PN" else _TEXT_PADDING))
+        return len(value) > 0
+    if isinstance(value, str | PersonName):
+        return bool(str(value).strip(" \x00\\^=" if vr == "PN" else " \x00\\"))
+    return True
+
+
+def _is_repeating_group(group: int) -> bool:
+    return (group & 0xFF00) in (0x5000, 0x6000) and not group & 1
+
+
+def _allowed_private(
+    ds: Dataset, private_tags: list[int], allowlist: frozenset
+) -> set[int]:
+    if not allowlist:
+        return set()
+    exact = {x for x in allowlist if isinstance(x, int)}
+    by_creator = {x for x in allowlist if isinstance(x, tuple)}
+    allowed: set[int] = set()
+    blocks_in_use: set[int] = set()
+    for tag in private_tags:
+        group, elem = tag >> 16, tag & 0xFFFF
+        if elem < 0x1000:
+            continue
+        ok = tag in exact
+        if not ok and by_creator:
+            creator_tag = (group << 16) | (elem >> 8)
+            creator = ds.get(creator_tag)
+            if creator is not None and isinstance(creator.value, str):
+                ok = (creator.value.strip(), group, elem & 0xFF) in by_creator
+        if ok:
+            allowed.add(tag)
+            blocks_in_use.add((group << 16) | (elem >> 8))
+    return allowed | blocks_in_use
+
+
+class _Walk:
+    """One pass over a dataset tree, collecting findings (no values in messages)."""
+
+    def __init__(
+        self, path: str, allowlist: frozenset, visitor: ElementVisitor | None = None
+    ) -> None:
+        self.path = path
+        self.allowlist = allowlist
+        self.visitor = visitor
+        self.profile = basic_profile()
+        self.findings: list[Finding] = []
+
+    def add(self, check: str, tag: str, message: str, severity: str = "error") -> None:
+        self.findings.append(Finding(check, severity, message, path=self.path, tag=tag))  # type: ignore[arg-type]
+
+    def walk(self, ds: Dataset, prefix: str = "") -> None:
+        private: list[int] = []
+        repeating: dict[int, list[int]] = {}
+        profile = self.profile
+        visitor = self.visitor
+        for elem in ds.elements():
+            tag = elem.tag
+            group = tag >> 16
+            if group & 1:
+                private.append(tag)
+                continue
+            if _is_repeating_group(group):
+                repeating.setdefault(group, []).append(tag)
+                continue
+            vr = element_vr(elem)
+            entry = profile.get(tag)
+            if vr == "SQ":
+                items = ds[tag].value or []
+                if entry and entry[1] in REMOVE_ACTIONS and len(items):
+                    self._remove_finding(prefix, tag, entry[1])
+                    continue
+                if entry and entry[1] in DUMMY_ACTIONS and len(items):
+                    self._dummy_finding(prefix, tag, entry[1])
+                for i, item in enumerate(items):
+                    self.walk(item, f"{prefix}{tag_label(tag)}[{i}] > ")
+                continue
+            if visitor is not None:
+                visitor(elem, vr, prefix)
+            if entry is None and vr != "PN" and tag not in MUST_BE_EMPTY:
+                continue
+            if not has_value(elem, vr):
+                continue
+            if vr == "PN":
+                self.add(
+                    "deid.person-name",
+                    prefix + tag_label(tag),
+                    "a person name (VR PN) has a value; every person name must be empty",
+                )
+            elif tag in MUST_BE_EMPTY:
+                self.add(
+                    "deid.patient-attribute",
+                    prefix + tag_label(tag),
+                    "has a value; Enclave requires it to be empty, not replaced by a dummy",
+                )
+            elif entry[1] in REMOVE_ACTIONS:
+                self._remove_finding(prefix, tag, entry[1])
+            elif entry[1] in DUMMY_ACTIONS:
+                self._dummy_finding(prefix, tag, entry[1])
+        if private:
+            allowed = _allowed_private(ds, private, self.allowlist)
+            refused = [t for t in private if t not in allowed]
+            by_group: dict[int, list[int]] = {}
+            for t in refused:
+                by_group.setdefault(t >> 16, []).append(t)
+            for group, tags in by_group.items():
+                self.add(
+                    "deid.private-tag",
+                    prefix + tag_label(tags[0]),
+                    f"{len(tags)} private element(s) in group {group:04X} not on the "
+                    "allow-list; private tags can carry identifiers and must be removed",
+                )
+        for group, tags in repeating.items():
+            kind = "curve" if group & 0xFF00 == 0x5000 else "overlay"
+            self.add(
+                "deid.repeating-group",
+                prefix + tag_label(tags[0]),
+                f"{kind} group {group:04X} present ({len(tags)} element(s)); curves (50xx) and "
+                "overlays (60xx) can carry identifying text or graphics and must be removed",
+            )
+
+    def _remove_finding(self, prefix: str, tag: int, action: str) -> None:
+        self.add(
+            "deid.basic-profile",
+            prefix + tag_label(tag),
+            f"has a value, but the Basic Profile action is {action}: remove the attribute",
+        )
+
+    def _dummy_finding(self, prefix: str, tag: int, action: str) -> None:
+        self.add(
+            "deid.dummy-value",
+            prefix + tag_label(tag),
+            f"has a value; the Basic Profile action is {action}, so it must be removed or hold "
+            "a dummy value: confirm it is a dummy",
+            severity="warning",
+        )
+
+
+def _declaration_findings(ds: Dataset, path: str) -> list[Finding]:
+    findings = []
+    removed = ds.get(PATIENT_IDENTITY_REMOVED)
+    if removed is None or str(removed.value or "").strip().upper() != "YES":
+        findings.append(Finding(
+            "deid.identity-removed", "error",
+            "PatientIdentityRemoved must be YES: the provider has not declared the file "
+            "de-identified", path=path, tag=tag_label(PATIENT_IDENTITY_REMOVED),
+        ))
+    method = ds.get(DEIDENTIFICATION_METHOD)
+    codes = ds.get(DEIDENTIFICATION_METHOD_CODES)
+    has_method = method is not None and has_value(method, "LO")
+    has_codes = codes is not None and len(codes.value or []) > 0
+    if not (has_method or has_codes):
+        findings.append(Finding(
+            "deid.method", "error",
+            "no DeidentificationMethod or DeidentificationMethodCodeSequence: say which tool "
+            "and profile de-identified the file", path=path, tag=tag_label(DEIDENTIFICATION_METHOD),
+        ))
+    if any(t in ds for t in PIXEL_DATA_TAGS):
+        burned = ds.get(BURNED_IN_ANNOTATION)
+        state = str(burned.value or "").strip().upper() if burned is not None else ""
+        if state != "NO":
+            why = "is missing" if not state else "is not NO"
+            findings.append(Finding(
+                "deid.burned-in-annotation", "error",
+                f"BurnedInAnnotation {why}: pixels may show identifying text; held for pixel "
+                "review (set NO only after the pixels were checked or cleaned)",
+                path=path, tag=tag_label(BURNED_IN_ANNOTATION),
+            ))
+    return findings
+
+
+def check_deidentification(
+    ds: Dataset, path: str, *, private_tag_allowlist: Iterable[Any] = frozenset(),
+    element_visitor: ElementVisitor | None = None,
+) -> list[Finding]:
+    """Every de-identification problem of one DICOM dataset.
+
+    ``private_tag_allowlist`` holds full private tags (``0x00431027``) or
+    ``(private creator, group, element offset)`` tuples (``("GEMS_PARM_01", 0x0043, 0x27)``)
+    a curator has reviewed and accepted as free of identifiers.
+    ``element_visitor(elem, vr, prefix)`` is called for every public, non-sequence element the
+    walk passes (``prefix`` names the enclosing sequence items), so conformance checks can
+    share this one pass over the file.
+    """
+    walk = _Walk(path, frozenset(private_tag_allowlist), element_visitor)
+    walk.walk(ds)
+    return walk.findings + _declaration_findings(ds, path)
+
+
+def _uid(ds: Dataset, tag: int) -> str:
+    elem = ds.get(tag)
+    if elem is None or elem.value is None:
+        return ""
+    return str(elem.value).strip(" \x00")
+
+
+class DeidConsistency:
+    """Identifiers must agree across a submission, or de-identification mixed up subjects.
+
+    The same StudyInstanceUID must always come with the same PatientID, a series must stay in
+    one study, and no SOPInstanceUID may be used by two files (a sign of a tool that replaced
+    UIDs inconsistently, or of the same image sent twice under different names).
+    """
+
+    def __init__(self) -> None:
+        self._sop: dict[str, str] = {}
+        self._study_patient: dict[str, tuple[str, str]] = {}
+        self._series_study: dict[str, tuple[str, str]] = {}
+        self._findings: list[Finding] = []
+
+    def add(self, ds: Dataset, path: str) -> None:
+        self.add_identifiers(
+            path,
+            study_uid=_uid(ds, STUDY_INSTANCE_UID),
+            series_uid=_uid(ds, SERIES_INSTANCE_UID),
+            sop_instance_uid=_uid(ds, SOP_INSTANCE_UID),
+            patient_id=_uid(ds, PATIENT_ID),
+        )
+
+    def add_identifiers(
+        self, path: str, *, study_uid: str, series_uid: str, sop_instance_uid: str,
+        patient_id: str,
+    ) -> None:
+        """Same as ``add`` for identifiers already read (e.g. in a worker process)."""
+        if sop_instance_uid:
+            first = self._sop.setdefault(sop_instance_uid, path)
+            if first != path:
+                self._findings.append(Finding(
+                    "deid.uid-consistency", "error",
+                    f"SOPInstanceUID is also used by {first}: every file needs its own",
+                    path=path, tag=tag_label(SOP_INSTANCE_UID),
+                ))
+        if study_uid:
+            first_patient, first_path = self._study_patient.setdefault(
+                study_uid, (patient_id, path)
+            )
+            if first_patient != patient_id:
+                self._findings.append(Finding(
+                    "deid.uid-consistency", "error",
+                    f"PatientID differs from {first_path}, which has the same "
+                    "StudyInstanceUID: subjects were mixed up or pseudonymised inconsistently",
+                    path=path, tag=tag_label(PATIENT_ID),
+                ))
+        if series_uid:
+            first_study, first_path = self._series_study.setdefault(series_uid, (study_uid, path))
+            if first_study != study_uid:
+                self._findings.append(Finding(
+                    "deid.uid-consistency", "error",
+                    f"StudyInstanceUID differs from {first_path}, which has the same "
+                    "SeriesInstanceUID: a series must belong to one study",
+                    path=path, tag=tag_label(STUDY_INSTANCE_UID),
+                ))
+
+    def findings(self) -> list[Finding]:
+        return list(self._findings)
