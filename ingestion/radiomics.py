@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -272,11 +273,11 @@ def _one_segmentation(
         return []
     series = candidates[0]
     series_uid = str(series["series_uid"])
-    paths = sorted(
-        root / _relative(root, str(f["path"]))
-        for f in dicom.files
-        if f.get("series_uid") == series_uid
-    )
+    series_files = [f for f in dicom.files if f.get("series_uid") == series_uid]
+    paths = sorted(root / _relative(root, str(f["path"])) for f in series_files)
+    # the file records carry the manifest's subject attribute; the series summary may not
+    subjects = Counter(str(f["subject_id"]) for f in series_files if f.get("subject_id"))
+    subject_id = subjects.most_common(1)[0][0] if subjects else str(series.get("subject_id") or "")
     started = time.perf_counter()
     try:
         volume = load_series(paths)
@@ -331,7 +332,7 @@ def _one_segmentation(
             continue
         rows.append(
             {
-                "subject_id": str(series.get("subject_id") or ""),
+                "subject_id": subject_id,
                 "series_uid": series_uid,
                 "mask": spec.mask,
                 "label": label,
