@@ -140,7 +140,8 @@ def read_share_info(path: Path) -> ShareInfo:
 def _read_share_info(path: Path, fd: int) -> ShareInfo:
     length = os.fstat(fd).st_size
     if length < fmt.HEADER_LEN + fmt.FOOTER_LEN:
-        if length >= len(fmt.HEADER_MAGIC) and os.pread(fd, 8, 0) != fmt.HEADER_MAGIC:
+        start = os.pread(fd, len(fmt.HEADER_MAGIC), 0)
+        if not fmt.HEADER_MAGIC.startswith(start):
             raise fmt.FormatProblem("not an enclave share (bad header magic)")
         raise fmt.FormatProblem(f"truncated share file ({length} bytes)")
     header = fmt.Header.decode(_pread_exact(fd, fmt.HEADER_LEN, 0))
