@@ -532,12 +532,20 @@ def load_table(file: Path, spec: TableSpec) -> Any:  # noqa: ANN401
 def _gx() -> Any:  # noqa: ANN401
     """Import great_expectations once per process (it takes several seconds)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import logging
-
     import great_expectations as gx
 
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    _quiet_gx()
     return gx
+
+
+def _quiet_gx() -> None:
+    # GX modules set their own loggers to INFO (temporary docs sites, data sources): quiet
+    # every one of them, including those created after import.
+    import logging
+
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def load_suite(file: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -608,6 +616,7 @@ def run_expectations(root: Path, spec: TableSpec, check: TableCheck) -> list[Fin
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    _quiet_gx()
     expectations = []
     for i, (kind, kwargs) in enumerate(items):
         label = f"expectation #{i + 1} ({kind})"

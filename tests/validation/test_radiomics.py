@@ -316,3 +316,48 @@ def test_dicom_seg_of_another_series_is_refused(tmp_path):
     assert tables == []
     (error,) = [f for f in findings if f.severity == "error"]
     assert "does not reference the declared series" in error.message
+
+
+def test_tiny_label_is_a_warning_and_other_labels_still_count(tmp_path):
+    import pandas as pd
+
+    series = write_ct_series(tmp_path / "dicom" / "SUBJ-0001" / "ct")
+    labels = two_labels(series.sphere)
+    labels[0, 0, 0] = 3  # a single voxel: too small for shape and texture features
+    write_nifti_mask(tmp_path / "segmentations/m.nii.gz", labels)
+    manifest = manifest_for(
+        SegmentationSpec(mask="segmentations/m.nii.gz", series="dicom/SUBJ-0001/ct"),
+        labels={1: "body", 2: "lesion", 3: "speck"},
+    )
+
+    findings, tables = compute_radiomics(
+        tmp_path, manifest, dicom_result(tmp_path, series), tmp_path / "derived"
+    )
+
+    (warning,) = [f for f in findings if f.severity == "warning"]
+    assert "label 3: no features computed" in warning.message
+    assert not [f for f in findings if f.severity == "error"]
+    assert list(pd.read_parquet(tmp_path / tables[0]["path"])["label"]) == [1, 2]
+
+
+def test_fractional_mask_values_are_refused(tmp_path):
+    import SimpleITK as sitk
+
+    series = write_ct_series(tmp_path / "dicom" / "SUBJ-0001" / "ct")
+    probabilities = series.sphere.astype(np.float32) * 0.7
+    image = sitk.GetImageFromArray(probabilities)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    (tmp_path / "segmentations").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "segmentations/p.nii.gz"))
+    manifest = manifest_for(
+        SegmentationSpec(mask="segmentations/p.nii.gz", series="dicom/SUBJ-0001/ct")
+    )
+
+    findings, tables = compute_radiomics(
+        tmp_path, manifest, dicom_result(tmp_path, series), tmp_path / "derived"
+    )
+
+    (error,) = findings
+    assert error.severity == "error" and "whole label numbers" in error.message
+    assert tables == []

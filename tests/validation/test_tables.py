@@ -337,3 +337,14 @@ def test_load_suite_accepts_exported_suites(tmp_path):
     }
     (tmp_path / "s.json").write_text(json.dumps(exported))
     assert load_suite(tmp_path / "s.json") == [("expect_column_to_exist", {"column": "age"})]
+
+
+def test_gzipped_csv(tmp_path):
+    import gzip
+
+    write_table(tmp_path, good_rows(3))
+    raw = (tmp_path / "tables/clinical.csv").read_bytes()
+    (tmp_path / "tables/clinical.csv.gz").write_bytes(gzip.compress(raw))
+    result = validate_table(tmp_path, spec("tables/clinical.csv.gz"))
+    assert result.rows == 3 and result.columns[0] == "subject_id"
+    assert [f for f in result.findings if f.severity != "info"] == []
