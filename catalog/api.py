@@ -10,7 +10,8 @@ web page also accepts it from an HttpOnly, SameSite=Strict cookie set by ``/logi
 which is only honoured for GET pages.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI must see the Annotated dependencies
+# defined inside create_app as real objects, not strings.
 
 from collections.abc import Callable
 from datetime import date, datetime
@@ -266,7 +267,7 @@ def create_app(catalog: Catalog, *, resolver: PrincipalResolver | None = None) -
         )
         return HTMLResponse(html)
 
-    @app.post("/login", include_in_schema=False)
+    @app.post("/login", include_in_schema=False, response_model=None)
     def login(token: Annotated[str, Form()]) -> HTMLResponse | RedirectResponse:
         if resolver.resolve_principal(token.strip()) is None:
             html = templates.get_template("login.html").render(error="That token is not valid.")

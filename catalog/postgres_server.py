@@ -144,6 +144,8 @@ class TemporaryPostgres:
 
     def start(self) -> str:
         bindir = self.bindir or find_postgres_bindir()
+        if not (bindir / "initdb").is_file() or not (bindir / "pg_ctl").is_file():
+            raise PostgresUnavailable(f"no initdb/pg_ctl in {bindir}: {INSTALL_HINT}")
         self.bindir = bindir
         self._run_as = _unprivileged_user() if os.geteuid() == 0 else None
         base = self.base_dir
