@@ -41,7 +41,7 @@ PHI_VALUES = {
     "birth-date": "19610704",
     "private-tag": "MRN-5551234-ACME",
     "overlay": "Jane Doe 5551234",
-    "sequence": "Smith^Operator^Harold",
+    "sequence": "Smithers^Harriet^Q",
     "patient-address": "42 Wallaby Way Sydney",
     "institution": "St Elsewhere General Hospital",
     "identity-removed-missing": "",

@@ -573,10 +573,18 @@ def _geometry_of(ds: Dataset, path: str, record: dict[str, Any]) -> dict[str, An
         "frames": frames,
         "rows": _raw_int(ds, ROWS),
         "columns": _raw_int(ds, COLUMNS),
-        "pixel_spacing": _raw_floats(ds, PIXEL_SPACING),
-        "orientation": _raw_floats(ds, ORIENTATION),
-        "position": _raw_floats(ds, POSITION) if frames == 1 else None,
+        "pixel_spacing": _vector(ds, PIXEL_SPACING, 2),
+        "orientation": _vector(ds, ORIENTATION, 6),
+        "position": _vector(ds, POSITION, 3) if frames == 1 else None,
     }
+
+
+def _vector(ds: Dataset, tag: int, length: int) -> tuple[float, ...] | None:
+    """A fixed-length numeric vector, or None when absent, malformed or not finite."""
+    values = _raw_floats(ds, tag)
+    if values is None or len(values) != length or not all(np.isfinite(values)):
+        return None
+    return values
 
 
 def _check_chunk(
@@ -640,7 +648,8 @@ def check_series_geometry(slices: list[dict[str, Any]]) -> tuple[list[Finding], 
             if s["position"] is None:
                 findings.append(Finding(
                     "dicom.series-geometry", "error",
-                    "slice has no ImagePositionPatient: the series cannot form a volume",
+                    "slice has no usable ImagePositionPatient (three numbers): the series "
+                    "cannot form a volume",
                     path=s["path"], tag=tag_label(0x00200032),
                 ))
         return findings, None
