@@ -257,6 +257,16 @@ def check_relative_path(root: Path, value: str) -> str | None:
 # --- internals -----------------------------------------------------------------------------
 
 
+def _dicom_keyword(keyword: str) -> bool:
+    if not re.match(r"[A-Za-z][A-Za-z0-9]*\Z", keyword):
+        return False
+    try:  # pydicom is a server dependency; a provider machine may not have it
+        from pydicom.datadict import tag_for_keyword
+    except ImportError:
+        return True
+    return tag_for_keyword(keyword) is not None
+
+
 def _type_name(value: object) -> str:
     return {
         dict: "mapping",
@@ -409,7 +419,7 @@ class _Checker:
 
         body_part = self.text(data, "body_part", (), required=False)
         subject_attr = self.text(data, "subject_id", (), required=False) or "PatientID"
-        if not re.match(r"[A-Za-z][A-Za-z0-9]*\Z", subject_attr):
+        if not _dicom_keyword(subject_attr):
             self.fail(("subject_id",), f"'{subject_attr}' is not a DICOM attribute keyword")
 
         manifest = DatasetManifest(

@@ -310,8 +310,8 @@ class _Inventory:
             Finding(
                 "files.undeclared",
                 "warning",
-                f"'{rel}' is not DICOM and not declared in dataset.yaml, so it was not checked "
-                "for identifiers; declare it or remove it",
+                f"'{rel}' is not a .dcm file, not under dicom/ and not declared in "
+                "dataset.yaml, so it was not checked for identifiers; declare it or remove it",
                 path=rel,
             )
             for rel in sorted(self.files)

@@ -349,7 +349,7 @@ def _header_checks(header: list[str], spec: TableSpec, check: TableCheck) -> Non
             f"table '{name}' declares no columns in dataset.yaml; value types were not checked",
         )
     for column in header:
-        if column and column != spec.subject_id and identifier_column(column):
+        if column and identifier_column(column):
             check.error(
                 "table.phi-column",
                 f"table '{name}' column '{column}' looks like a direct identifier; "

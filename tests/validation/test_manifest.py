@@ -255,3 +255,12 @@ def test_all_problems_are_reported_together(dataset_dir):
     error = refuse(dataset_dir)
     assert len(error.problems) == 3
     assert str(error).startswith("dataset.yaml has 3 problems")
+
+
+def test_subject_attribute_must_be_a_dicom_keyword(dataset_dir):
+    text = GOOD + "subject_id: PatientIdentifier\n"
+    error = refuse(dataset_dir, text)
+    assert error.problems[0].key == "subject_id"
+    assert "'PatientIdentifier' is not a DICOM attribute keyword" in str(error)
+    (dataset_dir / "dataset.yaml").write_text(GOOD + "subject_id: OtherPatientIDs\n")
+    assert load_manifest(dataset_dir).subject_id == "OtherPatientIDs"

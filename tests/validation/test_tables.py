@@ -348,3 +348,10 @@ def test_gzipped_csv(tmp_path):
     result = validate_table(tmp_path, spec("tables/clinical.csv.gz"))
     assert result.rows == 3 and result.columns[0] == "subject_id"
     assert [f for f in result.findings if f.severity != "info"] == []
+
+
+def test_subject_id_column_named_like_an_identifier_is_refused(tmp_path):
+    path = write_table(tmp_path, [["12345", 40]], header=("mrn", "age"))
+    result = validate_table(tmp_path, spec(path, subject_id="mrn", columns={}))
+    (error,) = by_check(result.findings, "table.phi-column")
+    assert error.tag == "mrn"
