@@ -191,8 +191,8 @@ class _Uploader:
                 if resp.status_code == 409 and "received" in resp.json():
                     received = int(resp.json()["received"])  # resync with the receiver
                     continue
-                if resp.status_code == 409 and "already" in _detail(resp):
-                    self.u.outcome = "already-processing"
+                if resp.status_code == 409 and "state" in resp.json():
+                    self.u.outcome = f"already-{resp.json()['state']}"
                     return self.u
                 if resp.status_code != 200:
                     raise self._fail(resp)

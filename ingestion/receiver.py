@@ -328,6 +328,13 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
     ) -> JSONResponse:
         meta = store.meta(transfer_id)
         check_owner(meta, None, provider, transfer_id)
+        if meta is None:
+            state = _attr(await transfer_record(transfer_id), "state")
+            if state in FINISHED_STATES:
+                return JSONResponse(
+                    {"detail": f"transfer {transfer_id} is already {state}", "state": state},
+                    status_code=409,
+                )
         if meta is None or meta.get("state") == "rejected":
             raise HTTPException(
                 409, f"begin share {index} of {transfer_id} with its prologue (POST) first"
@@ -505,7 +512,10 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
     )
     async def internal_purge(transfer_id: str) -> dict[str, Any]:
         check_ids(transfer_id, config.index)
-        store.purge(transfer_id)
+        # Wait for an upload in flight to end, so it cannot write into a purged transfer.
+        async with locks.setdefault(transfer_id, asyncio.Lock()):
+            store.purge(transfer_id)
+        locks.pop(transfer_id, None)
         return {"purged": transfer_id}
 
     return app

@@ -189,9 +189,10 @@ class ThreadServer:
             time.sleep(0.02)
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=30)
+        if wait:
+            self.thread.join(timeout=30)
 
 
 def _set_pdeathsig() -> None:
@@ -238,6 +239,7 @@ class IngestService:
     receiver_mode: str = "process"
     worker_settings: WorkerSettings = field(default_factory=WorkerSettings)
     run_worker: bool = True
+    catalog: Any = None  # an open Catalog to share; by default one is opened here
 
     def __post_init__(self) -> None:
         from catalog import open_catalog, resolve_database_url
@@ -245,12 +247,14 @@ class IngestService:
         self.state_dir = Path(self.state_dir)
         self.paths = IngestPaths(self.state_dir)
         self.database_url = resolve_database_url(self.state_dir, self.database_url)
-        self.catalog = open_catalog(self.database_url)
+        if self.catalog is None:
+            self.catalog = open_catalog(self.database_url)
         self.worker_token = self.paths.worker_token()
         if self.port == 0:
             self.port = free_port(self.host)
         self._procs: list[subprocess.Popen] = []
         self._threads: list[ThreadServer] = []
+        self._coordinator: ThreadServer | None = None
         self.worker: ReconstructionWorker | None = None
         self.coordinator_url = url_for(self.host, self.port)
 
@@ -278,7 +282,8 @@ class IngestService:
                     ReceiverConfig(j, store_dir, self.database_url, self.worker_token),
                     catalog=self.catalog,
                 )
-                self._threads.append(ThreadServer(app, self.host, port).start())
+                self._threads.append(ThreadServer(app, self.host, port))
+                self._threads[-1].thread.start()
                 urls.append(url_for(self.host, port))
                 continue
             cmd = [
@@ -321,9 +326,8 @@ class IngestService:
         """Start everything in the background (tests, benchmark); stop it on exit."""
         try:
             self.start_receivers()
-            self._threads.append(
-                ThreadServer(self.coordinator_app(), self.host, self.port).start()
-            )
+            self._coordinator = ThreadServer(self.coordinator_app(), self.host, self.port)
+            self._threads.append(self._coordinator.start())
             self.write_service_file()
             yield self
         finally:
@@ -343,7 +347,12 @@ class IngestService:
             self.stop()
 
     def stop(self) -> None:
-        for server in reversed(self._threads):
+        # The coordinator (its worker polls the receivers) first, then the receivers together.
+        if self._threads and self._threads[-1] is self._coordinator:
+            self._threads.pop().stop()
+        for server in self._threads:
+            server.stop(wait=False)
+        for server in self._threads:
             server.stop()
         self._threads.clear()
         for proc in self._procs:

@@ -288,6 +288,7 @@ class ReconstructionWorker:
         )
         if not report.passed:
             quarantine.write_report(self.paths.quarantine, tid, report)
+            shutil.rmtree(staging, ignore_errors=True)  # refused data is not kept
             self._state(
                 tid,
                 "quarantined",
@@ -300,6 +301,7 @@ class ReconstructionWorker:
         stored = store.write_version(
             Path(result.output_path), self.paths.store, self.master_key, name_hint=tid
         )
+        shutil.rmtree(staging, ignore_errors=True)  # plaintext lives no longer than needed
         try:
             version = self.catalog.catalog_version(
                 tid,
@@ -308,7 +310,7 @@ class ReconstructionWorker:
                 size_bytes=stored.size_bytes,
                 store_location=stored.store_location,
                 wrapped_key=stored.wrapped_key,
-                files=list(outcome.files),
+                files=_catalog_files(outcome.files),
                 series=list(outcome.series),
                 report_json=report.to_json(),
                 feature_tables=list(outcome.feature_tables),
@@ -324,6 +326,13 @@ class ReconstructionWorker:
             self._state(tid, "cataloged")
         log.info("transfer %s cataloged (%d files)", tid, stored.file_count)
         return "cataloged"
+
+
+def _catalog_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validation tells manifest and derived files apart; the catalog files them as other."""
+    from catalog.models import FILE_KINDS
+
+    return [f if f.get("kind") in FILE_KINDS else dict(f, kind="other") for f in files]
 
 
 def _as_dict(manifest: Any) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""Fixtures for the ingestion service: an unsealed enclave, a registered provider, a running
+service on free 127.0.0.1 ports, and sample datasets split into shares."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from enclave.custody import MasterKey, init_custody, unseal
+
+
+@dataclass
+class Provider:
+    name: str
+    token: str
+    signing_key_path: Path
+    verify_key_path: Path
+
+
+@dataclass
+class Enclave:
+    """A state directory with its master key unsealed and a catalog opened."""
+
+    state_dir: Path
+    mnemonics: list[str]
+    master_key: MasterKey
+    catalog: object
+
+    def add_provider(self, name: str, keys_dir: Path, *, quota_bytes: int | None = None) -> Provider:
+        from secret_sharing import key_fingerprint, load_verify_key, write_keypair
+
+        signing, verify = write_keypair(keys_dir)
+        fingerprint = key_fingerprint(load_verify_key(verify))
+        _, token = self.catalog.add_provider(
+            name, verify.read_bytes(), fingerprint, actor="test", quota_bytes=quota_bytes
+        )
+        return Provider(name, token, signing, verify)
+
+    def wait_for_state(
+        self, transfer_id: str, states: tuple[str, ...], timeout: float = 60
+    ) -> object:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.catalog.get_transfer(transfer_id)
+            except Exception:
+                last = None
+            if last is not None and last.state in states:
+                return last
+            time.sleep(0.1)
+        raise AssertionError(
+            f"transfer {transfer_id} did not reach {states} within {timeout}s "
+            f"(now {getattr(last, 'state', None)}: {getattr(last, 'reason', None)})"
+        )
+
+
+@pytest.fixture
+def enclave(tmp_path: Path) -> Iterator[Enclave]:
+    from catalog import open_catalog, resolve_database_url
+
+    state_dir = tmp_path / "state"
+    mnemonics = init_custody(state_dir, custodians=3, threshold=2)
+    catalog = open_catalog(resolve_database_url(state_dir))
+    yield Enclave(state_dir, mnemonics, unseal(state_dir, mnemonics[:2]), catalog)
+    catalog.close()
+
+
+@pytest.fixture
+def provider(enclave: Enclave, tmp_path: Path) -> Provider:
+    return enclave.add_provider("st-mary", tmp_path / "st-mary-keys")
+
+
+@pytest.fixture
+def make_service(enclave: Enclave) -> Iterator[Callable[..., object]]:
+    """Start the ingestion service in this process (receivers as separate apps on their own
+    ports); ``run_worker=False`` leaves reconstruction to the test."""
+    from ingestion.service import IngestService
+
+    stack = []
+
+    def start(**kw: object) -> object:
+        kw.setdefault("receiver_mode", "thread")
+        kw.setdefault("catalog", enclave.catalog)
+        service = IngestService(enclave.state_dir, enclave.master_key, port=0, **kw)
+        ctx = service.running()
+        ctx.__enter__()
+        stack.append(ctx)
+        return service
+
+    yield start
+    for ctx in reversed(stack):
+        ctx.__exit__(None, None, None)
+
+
+@pytest.fixture
+def service(make_service: Callable[..., object]) -> object:
+    return make_service()
+
+
+@pytest.fixture
+def sample_dataset(tmp_path: Path) -> Path:
+    from enclave.samples import make_sample_dataset
+
+    return make_sample_dataset(tmp_path / "datasets", subjects=2, slices=6, size=32)
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Callable[..., object]:
+    """Split a dataset folder into k-of-n shares signed by a provider."""
+    from secret_sharing import load_signing_key, split_dataset
+
+    counter = iter(range(1000))
+
+    def do(dataset: Path, provider: Provider, *, k: int = 3, n: int = 5) -> object:
+        out = tmp_path / f"shares-{next(counter)}"
+        return split_dataset(
+            dataset, out, k=k, n=n, signing_key=load_signing_key(provider.signing_key_path)
+        )
+
+    return do
+
+
+def source_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))

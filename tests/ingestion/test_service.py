@@ -1,0 +1,374 @@
+"""The ingestion service over real HTTP: upload, resume, refusals, reconstruction, catalog."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import httpx
+import pytest
+
+from ingestion import store
+from ingestion.client import UploadError, send_shares, transfer_status
+from ingestion.settings import IngestPaths
+from ingestion.shares import read_prologue
+from tests.ingestion.conftest import flip_byte, source_files
+
+
+def _receiver(service, index: int) -> str:
+    return service.receiver_urls[index - 1]
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def _eventually(check, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _versions(enclave, name: str) -> list:
+    return enclave.catalog.get_dataset(name).versions
+
+
+# --- the whole path ----------------------------------------------------------------------
+
+
+def test_sample_dataset_is_cataloged_and_materializes_identically(
+    enclave, provider, service, sample_dataset, split, tmp_path
+):
+    shares = split(sample_dataset, provider)
+    result = send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    assert {u.outcome for u in result.uploads} <= {"sent", "already-reconstructing",
+                                                   "already-validating", "already-cataloged",
+                                                   "already-processing"}
+    transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
+    assert transfer.state == "cataloged", transfer.reason
+
+    version = transfer.version
+    assert version.status == "pending-review"
+    provided = source_files(sample_dataset)
+    assert len([p for p in provided if p.endswith(".dcm")]) == 12
+    assert version.series_count == 2
+
+    out = store.materialize(version, tmp_path / "materialized", enclave.master_key)
+    stored = source_files(out)
+    derived = {p: data for p, data in stored.items() if p.startswith("derived/")}
+    assert {p: data for p, data in stored.items() if p not in derived} == provided
+    assert version.file_count == len(provided) + len(derived)
+
+    # Status as the provider sees it.
+    status = transfer_status(shares.transfer_id, [service.coordinator_url], provider.token)
+    assert status["state"] == "cataloged"
+    assert status["version"]["dataset"] == "demo-ct" and status["version"]["version"] == 1
+
+    # No plaintext or shares left behind.
+    paths = IngestPaths(enclave.state_dir)
+    assert not any(paths.staging.iterdir())
+    _eventually(lambda: not any((paths.receiver_store(j) / shares.transfer_id).exists()
+                                for j in range(1, 6)))
+
+
+def test_duplicate_send_is_harmless(enclave, provider, service, sample_dataset, split):
+    shares = split(sample_dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    enclave.wait_for_state(shares.transfer_id, ("cataloged",))
+    again = send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    assert {u.outcome for u in again.uploads} == {"already-cataloged"}
+    assert sum(u.sent_bytes for u in again.uploads) == 0
+    assert len(_versions(enclave, "demo-ct")) == 1
+
+
+def test_interrupted_upload_resumes_at_receiver_offset(
+    enclave, provider, service, sample_dataset, split
+):
+    shares = split(sample_dataset, provider)
+    first = shares.share_paths[0]
+    length = first.stat().st_size
+
+    class ConnectionLost(Exception):
+        pass
+
+    def cut(index: int, done: int, total: int) -> None:
+        if done >= length // 2 and done < total:
+            raise ConnectionLost
+
+    with pytest.raises(ConnectionLost):
+        send_shares([first], [service.coordinator_url], provider.token, progress=cut,
+                    chunk_bytes=8192)
+    progress = httpx.get(
+        f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1",
+        headers=_auth(provider.token),
+    ).json()
+    assert 0 < progress["received"] < length and not progress["complete"]
+
+    result = send_shares(shares.share_paths, [service.coordinator_url], provider.token,
+                         chunk_bytes=8192)
+    resumed = next(u for u in result.uploads if u.index == 1)
+    assert resumed.resumed_from == progress["received"]
+    assert resumed.sent_bytes == length - progress["received"]
+    assert enclave.wait_for_state(shares.transfer_id, ("cataloged",)).state == "cataloged"
+
+
+def test_receiver_refuses_a_body_at_the_wrong_offset(provider, service, sample_dataset, split):
+    shares = split(sample_dataset, provider)
+    path = shares.share_paths[0]
+    url = f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1"
+    assert httpx.post(url, content=read_prologue(path), headers=_auth(provider.token)).status_code == 200
+    resp = httpx.put(url, params={"offset": 100}, content=b"x" * 10, headers=_auth(provider.token))
+    assert resp.status_code == 409 and resp.json()["received"] == 0
+
+
+# --- who may upload ----------------------------------------------------------------------
+
+
+def test_upload_without_or_with_unknown_token_is_refused(provider, service, sample_dataset, split):
+    shares = split(sample_dataset, provider)
+    url = f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1"
+    prologue = read_prologue(shares.share_paths[0])
+    assert httpx.post(url, content=prologue).status_code == 401
+    assert httpx.post(url, content=prologue, headers=_auth("enc_prov_bogus")).status_code == 401
+    with pytest.raises(UploadError, match="401"):
+        send_shares(shares.share_paths, [service.coordinator_url], "not-a-token")
+
+
+def test_share_signed_by_another_providers_key_is_refused(
+    enclave, provider, service, sample_dataset, split, tmp_path
+):
+    other = enclave.add_provider("city-clinic", tmp_path / "city-keys")
+    shares = split(sample_dataset, provider)  # signed by st-mary
+    with pytest.raises(UploadError, match="not by provider city-clinic's registered key"):
+        send_shares(shares.share_paths, [service.coordinator_url], other.token)
+    paths = IngestPaths(enclave.state_dir)
+    assert not any((paths.receiver_store(j) / shares.transfer_id).exists() for j in range(1, 6))
+
+
+def test_other_provider_cannot_see_or_extend_a_transfer(
+    enclave, provider, service, sample_dataset, split, tmp_path
+):
+    other = enclave.add_provider("city-clinic", tmp_path / "city-keys")
+    shares = split(sample_dataset, provider)
+    send_shares(shares.share_paths[:1], [service.coordinator_url], provider.token)
+    resp = httpx.get(f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}",
+                     headers=_auth(other.token))
+    assert resp.status_code == 403
+
+
+# --- bad bodies --------------------------------------------------------------------------
+
+
+def test_garbage_body_is_refused_before_it_is_stored(enclave, provider, service):
+    tid = "ab" * 16
+    url = f"{_receiver(service, 1)}/v1/transfers/{tid}/shares/1"
+    resp = httpx.post(url, content=os.urandom(100_000), headers=_auth(provider.token))
+    assert resp.status_code == 422 and "not a share" in resp.json()["detail"]
+    resp = httpx.put(url, params={"offset": 0}, content=os.urandom(100_000),
+                     headers=_auth(provider.token))
+    assert resp.status_code == 409  # no data before a valid prologue
+    assert not (IngestPaths(enclave.state_dir).receiver_store(1) / tid).exists()
+
+
+def test_prologue_larger_than_any_share_header_is_refused(provider, service):
+    url = f"{_receiver(service, 1)}/v1/transfers/{'cd' * 16}/shares/1"
+    resp = httpx.post(url, content=b"\0" * (9 * 1024 * 1024), headers=_auth(provider.token))
+    assert resp.status_code == 413
+
+
+def test_share_over_the_providers_quota_is_refused(
+    enclave, service, sample_dataset, split, tmp_path
+):
+    small = enclave.add_provider("tiny-lab", tmp_path / "tiny-keys", quota_bytes=10_000)
+    shares = split(sample_dataset, small)
+    with pytest.raises(UploadError, match="413.*bytes in flight"):
+        send_shares(shares.share_paths[:1], [service.coordinator_url], small.token)
+    assert not (IngestPaths(enclave.state_dir).receiver_store(1) / shares.transfer_id).exists()
+
+
+def test_bytes_beyond_the_declared_length_are_refused(provider, service, sample_dataset, split):
+    shares = split(sample_dataset, provider)
+    path = shares.share_paths[0]
+    url = f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1"
+    httpx.post(url, content=read_prologue(path), headers=_auth(provider.token))
+    resp = httpx.put(url, params={"offset": 0}, content=path.read_bytes() + b"\0" * 4096,
+                     headers=_auth(provider.token))
+    assert resp.status_code == 413 and "beyond" in resp.json()["detail"]
+    progress = httpx.get(url, headers=_auth(provider.token)).json()
+    assert progress["received"] <= path.stat().st_size
+
+
+def test_body_that_is_not_the_announced_share_is_refused(provider, service, sample_dataset, split):
+    shares = split(sample_dataset, provider)
+    url = f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1"
+    httpx.post(url, content=read_prologue(shares.share_paths[0]), headers=_auth(provider.token))
+    resp = httpx.put(url, params={"offset": 0}, content=os.urandom(4096),
+                     headers=_auth(provider.token))
+    assert resp.status_code == 422
+
+
+def test_share_sent_to_the_wrong_receiver_is_refused(provider, service, sample_dataset, split):
+    shares = split(sample_dataset, provider)
+    url = f"{_receiver(service, 2)}/v1/transfers/{shares.transfer_id}/shares/1"
+    resp = httpx.post(url, content=read_prologue(shares.share_paths[0]),
+                      headers=_auth(provider.token))
+    assert resp.status_code == 409 and "takes share 2 only" in resp.json()["detail"]
+
+
+# --- damaged shares ----------------------------------------------------------------------
+
+
+def test_share_corrupted_in_transit_is_rejected_and_a_spare_used(
+    enclave, provider, service, sample_dataset, split
+):
+    shares = split(sample_dataset, provider)
+    flip_byte(shares.share_paths[1], 64 + 10)  # a data block of share 2
+    with pytest.raises(UploadError, match="share 2.*rejected"):
+        send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "failed", "quarantined"))
+    assert transfer.state == "cataloged", transfer.reason
+
+
+def test_share_corrupted_at_rest_is_skipped_for_a_spare(
+    enclave, provider, make_service, sample_dataset, split
+):
+    service = make_service(run_worker=False)
+    shares = split(sample_dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    stored = IngestPaths(enclave.state_dir).receiver_store(1) / shares.transfer_id / "share-1"
+    flip_byte(stored, 64 + 10)
+    worker = _worker(enclave, service)
+    worker.recover()
+    assert worker.run_once() == [shares.transfer_id]
+    transfer = enclave.catalog.get_transfer(shares.transfer_id)
+    assert transfer.state == "cataloged", transfer.reason
+    report = enclave.catalog.get_version("demo-ct", 1).report
+    assert "share-1" in report["summary"]["shares"]["rejected"]
+
+
+def test_too_few_good_shares_fails_the_transfer_with_a_reason(
+    enclave, provider, make_service, sample_dataset, split
+):
+    service = make_service(run_worker=False)
+    shares = split(sample_dataset, provider)
+    send_shares(shares.share_paths[:3], [service.coordinator_url], provider.token)
+    stored = IngestPaths(enclave.state_dir).receiver_store(2) / shares.transfer_id / "share-2"
+    flip_byte(stored, 64 + 10)
+    worker = _worker(enclave, service)
+    worker.recover()
+    worker.run_once()
+    transfer = enclave.catalog.get_transfer(shares.transfer_id)
+    assert transfer.state == "failed"
+    assert "share-2" in transfer.reason and "segment" in transfer.reason
+    assert transfer.version is None
+
+
+def _worker(enclave, service):
+    from ingestion.worker import ReceiverLink, ReconstructionWorker
+
+    return ReconstructionWorker(
+        paths=IngestPaths(enclave.state_dir),
+        catalog=enclave.catalog,
+        master_key=enclave.master_key,
+        receivers=[ReceiverLink(u, service.worker_token) for u in service.receiver_urls],
+        local_shares=False,  # fetch over HTTP, as from receivers on other hosts
+    )
+
+
+# --- validation outcomes -----------------------------------------------------------------
+
+
+def test_phi_in_a_dicom_header_quarantines_with_a_report_naming_the_tag(
+    enclave, provider, service, split, tmp_path
+):
+    from enclave.samples import PHI_VALUES, make_sample_dataset
+
+    dataset = make_sample_dataset(tmp_path / "phi", name="phi-ct", subjects=1, slices=4,
+                                  size=32, phi=("patient-name",))
+    shares = split(dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
+    assert transfer.state == "quarantined"
+    qdir = IngestPaths(enclave.state_dir).quarantine / shares.transfer_id
+    report_json = (qdir / "report.json").read_text()
+    assert (qdir / "report.html").is_file()
+    assert "PatientName" in report_json or "(0010,0010)" in report_json
+    value = PHI_VALUES["patient-name"]
+    for text in (report_json, (qdir / "report.html").read_text(), transfer.reason):
+        assert str(value) not in text and str(value).split("^")[0] not in text
+    # Quarantined data is deleted: no plaintext, no shares, nothing stored.
+    paths = IngestPaths(enclave.state_dir)
+    assert not any(paths.staging.iterdir())
+    _eventually(lambda: not any((paths.receiver_store(j) / shares.transfer_id).exists()
+                                for j in range(1, 6)))
+    assert not any(p for p in paths.store.glob("*") if p.name.startswith(shares.transfer_id))
+    status = transfer_status(shares.transfer_id, [service.coordinator_url], provider.token)
+    assert status["state"] == "quarantined" and status["reason"]
+    report = httpx.get(f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}/report",
+                       headers=_auth(provider.token)).json()
+    assert report["passed"] is False
+
+
+def test_manifest_that_is_not_yaml_quarantines(enclave, provider, service, split, tmp_path):
+    from enclave.samples import make_sample_dataset
+
+    dataset = make_sample_dataset(tmp_path / "bad", name="bad-yaml", subjects=1, slices=4,
+                                  size=32)
+    (dataset / "dataset.yaml").write_text("name: [unclosed\n  title: {{{\n")
+    shares = split(dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
+    assert transfer.state == "quarantined"
+    assert "dataset.yaml" in (IngestPaths(enclave.state_dir).quarantine / shares.transfer_id
+                              / "report.json").read_text()
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+
+def test_two_concurrent_transfers_are_both_cataloged(
+    enclave, provider, service, split, tmp_path
+):
+    from enclave.samples import make_sample_dataset
+
+    datasets = [
+        make_sample_dataset(tmp_path / f"c{i}", name=f"concurrent-{i}", subjects=1, slices=4,
+                            size=32, seed=i)
+        for i in range(2)
+    ]
+    splits = [split(d, provider) for d in datasets]
+    errors = []
+
+    def send(s) -> None:
+        try:
+            send_shares(s.share_paths, [service.coordinator_url], provider.token, chunk_bytes=4096)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in splits]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, s in enumerate(splits):
+        transfer = enclave.wait_for_state(s.transfer_id, ("cataloged", "failed", "quarantined"))
+        assert transfer.state == "cataloged", transfer.reason
+        assert len(_versions(enclave, f"concurrent-{i}")) == 1
+
+
+def test_openapi_describes_the_upload_and_status_api(service):
+    receiver = httpx.get(f"{_receiver(service, 1)}/openapi.json").json()
+    assert "/v1/transfers/{transfer_id}/shares/{index}" in receiver["paths"]
+    assert not any(p.startswith("/internal") for p in receiver["paths"])
+    coordinator = httpx.get(f"{service.coordinator_url}/openapi.json").json()
+    assert "/v1/transfers/{transfer_id}" in coordinator["paths"]
+
+
+def test_internal_api_needs_the_worker_token(service):
+    assert httpx.get(f"{_receiver(service, 1)}/internal/shares").status_code == 403
+    ok = httpx.get(f"{_receiver(service, 1)}/internal/shares",
+                   headers={"x-enclave-worker-token": service.worker_token})
+    assert ok.status_code == 200

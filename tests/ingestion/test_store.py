@@ -1,0 +1,130 @@
+"""The encrypted dataset store: round trips, and damage that must not decrypt."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from enclave.custody import MasterKey
+from ingestion import store
+from ingestion.store import StoredVersion, StoreError
+
+
+@pytest.fixture
+def master_key() -> MasterKey:
+    return MasterKey(os.urandom(32))
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "demo"
+    (root / "dicom" / "series-1").mkdir(parents=True)
+    (root / "dataset.yaml").write_text("name: demo\n")
+    (root / "empty.txt").write_bytes(b"")
+    (root / "dicom" / "series-1" / "a.dcm").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (root / "dicom" / "series-1" / "b.dcm").write_bytes(os.urandom(1024 * 1024))  # exact segment
+    (root / "tables").mkdir()
+    (root / "tables" / "clinical.csv").write_text("subject,age\ns1,40\n")
+    return root
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _stored(tmp_path, dataset, master_key) -> StoredVersion:
+    return store.write_version(
+        dataset, tmp_path / "store", master_key, name_hint="ab" * 16, segment_size=1024 * 1024
+    )
+
+
+def test_materialize_gives_back_identical_files(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    assert version.file_count == 5
+    out = store.materialize(version, tmp_path / "out", master_key)
+    assert _files(out) == _files(dataset)
+
+
+def test_store_holds_no_plaintext_names_or_content(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    blob = b"".join(p.read_bytes() for p in Path(version.store_location).rglob("*") if p.is_file())
+    assert b"clinical.csv" not in blob and b"series-1" not in blob
+    assert b"subject,age" not in blob
+    meta = json.loads((Path(version.store_location) / "store.json").read_text())
+    assert meta["files"] == 5 and meta["cipher"] == "AES-256-GCM"
+    assert not list((tmp_path / "store").glob(".tmp-*"))
+
+
+def test_streaming_read_matches_file(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    opened = store.open_version(version, master_key)
+    assert sorted(opened.files) == sorted(_files(dataset))
+    with opened.open("dicom/series-1/a.dcm") as fh:
+        head = fh.read(10)
+        rest = fh.read()
+    assert head + rest == (dataset / "dicom/series-1/a.dcm").read_bytes()
+
+
+def test_wrong_master_key_is_refused(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    with pytest.raises(Exception, match="master key|wrapped key"):
+        store.materialize(version, tmp_path / "out", MasterKey(os.urandom(32)))
+
+
+def test_flipped_byte_fails_authentication(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    obj = sorted((Path(version.store_location) / "objects").iterdir())[1]
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 1
+    obj.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="failed authentication"):
+        store.materialize(version, tmp_path / "out", master_key)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "partial" in p.name]
+
+
+def test_swapped_objects_do_not_decrypt(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    a, b = sorted((Path(version.store_location) / "objects").iterdir())[:2]
+    tmp = a.with_suffix(".x")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+    with pytest.raises(StoreError):
+        store.materialize(version, tmp_path / "out", master_key)
+
+
+def test_truncated_object_is_detected(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    opened = store.open_version(version, master_key)
+    entry = opened.files["dicom/series-1/a.dcm"]
+    obj = Path(version.store_location) / "objects" / f"{entry.object:06d}.enc"
+    # Drop the whole last segment: every remaining segment still authenticates.
+    data = obj.read_bytes()
+    seg = 5 + 1024 * 1024 + 16
+    obj.write_bytes(data[: 8 + 3 * seg])
+    with pytest.raises(StoreError, match="truncated"):
+        opened.read_bytes("dicom/series-1/a.dcm")
+
+
+def test_version_copied_under_another_id_does_not_open(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    copy = tmp_path / "store" / "copy"
+    shutil.copytree(version.store_location, copy)
+    meta = json.loads((copy / "store.json").read_text())
+    meta["store_id"] = "cd" * 16 + "-00000000"
+    (copy / "store.json").write_text(json.dumps(meta))
+    forged = StoredVersion(str(copy), version.wrapped_key, meta["store_id"], 0, 0)
+    with pytest.raises(Exception, match="wrapped key|master key"):
+        store.materialize(forged, tmp_path / "out", master_key)
+
+
+def test_materialize_refuses_non_empty_destination(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    with pytest.raises(StoreError, match="not empty"):
+        store.materialize(version, tmp_path / "out", master_key)
