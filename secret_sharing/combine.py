@@ -418,6 +418,9 @@ def combine_shares(
         raise NotEnoughSharesError("no share files given")
     rejected: dict[Path, str] = {}
     shares = _open_candidates(share_paths, verify_key, rejected)
+    # Lowest indexes first: shares 1..k hold the ciphertext itself (zfec is systematic),
+    # so every primary block among the chosen ones is one block less to decode.
+    shares.sort(key=lambda share: share.number)
     try:
         if not shares:
             raise NotEnoughSharesError("no usable share among the files given", rejected)
@@ -504,7 +507,8 @@ def _reconstruct(
     try:
         reader = SegmentReader(stream)
         extract_stream(reader, staging, manifest.dataset_name, manifest.dataset_kind, where)
-        reader.drain()
+        if not reader.drain_zeros():
+            raise ShareIntegrityError(f"{where}: data follows the end of the archive")
         if reader.consumed != manifest.plaintext_length:
             raise ShareIntegrityError(
                 f"{where}: reconstructed {reader.consumed} bytes, the manifest says "

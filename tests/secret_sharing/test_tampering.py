@@ -220,3 +220,52 @@ def test_error_types(tmp_path, transfer, provider_key):
     flip_bit(victim, part_offsets(victim)["block-hash index"])
     with pytest.raises(ShareIntegrityError, match="block-hash index does not match"):
         verify_share(victim, provider_key.public_key())
+
+
+def _split_with_stream(tmp_path, provider_key, monkeypatch, make_stream):
+    """A correctly signed transfer whose plaintext is a crafted tar stream."""
+    import secret_sharing.split as split_module
+    from secret_sharing import split_dataset
+
+    source = tmp_path / "scan.bin"
+    source.write_bytes(b"x" * 100)
+    monkeypatch.setattr(split_module, "pack_segments", lambda src, size: iter([make_stream()]))
+    result = split_dataset(source, tmp_path / "crafted", k=2, n=2, signing_key=provider_key)
+    monkeypatch.undo()
+    return result.share_paths
+
+
+def _tar_bytes(*members):
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return bytearray(buffer.getvalue())
+
+
+@pytest.mark.parametrize(
+    "stream,message",
+    [
+        (lambda: _tar_bytes(("scan.bin", "file", b"ok")) + b"\x01trailing", "data follows the end"),
+        (lambda: _tar_bytes(("other.bin", "file", b"x")), "outside the dataset"),
+        (lambda: _tar_bytes(("scan.bin/inner", "file", b"x")), "does not start with the dataset"),
+        (lambda: _tar_bytes(("scan.bin", "file", b"x"), ("../evil", "file", b"x")), "outside the dataset"),
+        (lambda: _tar_bytes(("scan.bin", "link", b"")), "not a file or folder"),
+        (lambda: _tar_bytes(("scan.bin", "file", b"abc"))[:700], "ends early|invalid"),
+    ],
+)
+def test_signed_but_malformed_archives_are_refused(tmp_path, provider_key, monkeypatch, stream, message):
+    shares = _split_with_stream(tmp_path, provider_key, monkeypatch, stream)
+    inbox = tmp_path / "inbox"
+    with pytest.raises(ShareIntegrityError, match=message):
+        combine_shares(shares, inbox, verify_key=provider_key.public_key())
+    assert_nothing_written(inbox)
