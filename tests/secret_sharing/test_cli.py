@@ -95,20 +95,23 @@ def test_combine_with_too_few_shares_names_them(tmp_path, keys, radiology_study,
     shares = tmp_path / "outbox"
     run(capsys, "share", "split", str(radiology_study), "--k", "3", "--n", "4",
         "--out", str(shares), "--sign-key", str(keys / "signing.key"))
-    with open(shares / "share-4", "r+b") as handle:
+    with open(shares / "share-1", "r+b") as handle:  # damage a data block of share 1
         handle.seek(100)
         handle.write(b"\xff\xff")
     inbox = tmp_path / "inbox"
     code, out, err = run(capsys, "share", "combine", str(shares / "share-1"), str(shares / "share-4"),
                          "--out", str(inbox), "--verify-key", str(keys / "verify.key"))
+    assert code == 1 and "needs 3 good shares of 4, have 2" in one_error_line(err)
+    code, out, err = run(capsys, "share", "combine", *(str(shares / f"share-{j}") for j in (1, 2, 3)),
+                         "--out", str(inbox), "--verify-key", str(keys / "verify.key"))
     line = one_error_line(err)
-    assert code == 1 and "needs 3 good shares of 4, have 2" in line
+    assert code == 1 and f"{shares / 'share-1'}: data block of segment 0 does not match" in line
     assert not inbox.exists()
     # with a spare the damaged share is reported as a warning, the dataset still arrives
     code, out, err = run(capsys, "share", "combine", *(str(shares / f"share-{j}") for j in (4, 1, 2, 3)),
                          "--out", str(inbox), "--verify-key", str(keys / "verify.key"))
     assert code == 0 and out == f"{inbox / 'study-0042'}\n"
-    assert f"warning: did not use {shares / 'share-4'}: data block of segment 0" in err
+    assert f"warning: did not use {shares / 'share-1'}: data block of segment 0" in err
 
 
 def test_subprocess_exit_codes_and_streams(tmp_path, keys, radiology_study):
