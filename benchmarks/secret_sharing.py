@@ -54,11 +54,13 @@ print(json.dumps({"seconds": seconds,
 """
 
 
-def generate_dataset(root: Path, size: int, files: int, seed: int) -> int:
-    """Random (incompressible) bytes from numpy's PCG64, a few large files plus a subfolder."""
+def generate_dataset(root: Path, size: int, files: int, seed: int) -> tuple[int, float]:
+    """Random (incompressible) bytes from numpy's PCG64, a few large files plus a subfolder.
+    Returns the size and the rate at which the temp folder took the writes (MB/s)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     (root / "series").mkdir(parents=True)
     written = 0
+    writing = 0.0
     per_file = size // files
     for number in range(files):
         target = root / ("series" if number % 2 else "") / f"volume-{number:03d}.raw"
@@ -66,10 +68,13 @@ def generate_dataset(root: Path, size: int, files: int, seed: int) -> int:
         with open(target, "wb") as handle:
             while remaining:
                 take = min(CHUNK, remaining)
-                handle.write(rng.bytes(take))
+                block = rng.bytes(take)
+                start = time.perf_counter()
+                handle.write(block)
+                writing += time.perf_counter() - start
                 remaining -= take
                 written += take
-    return written
+    return written, written / writing / 1e6
 
 
 def dataset_files(root: Path) -> list[Path]:
@@ -182,16 +187,22 @@ def main(argv: list[str] | None = None) -> dict:
         "--naive-mib", type=int, default=64, help="how much of the data the naive Shamir split runs on"
     )
     parser.add_argument("--seed", type=int, default=20260101)
+    parser.add_argument(
+        "--tmp-dir",
+        default="/tmp",
+        help="where data, shares and the rebuilt copy go (/dev/shm takes the disk out)",
+    )
     args = parser.parse_args(argv)
 
     from secret_sharing import write_keypair
 
-    work = Path(tempfile.mkdtemp(prefix="enclave-bench-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="enclave-bench-", dir=args.tmp_dir))
     try:
         source = work / "dataset"
-        size = generate_dataset(source, args.size_mib * MIB, args.files, args.seed)
+        size, write_rate = generate_dataset(source, args.size_mib * MIB, args.files, args.seed)
         signing_key, verify_key = write_keypair(work / "keys")
-        print(f"dataset: {size / 1e6:.0f} MB in {args.files} files, k={args.k} n={args.n}, "
+        print(f"dataset: {size / 1e6:.0f} MB in {args.files} files under {args.tmp_dir} "
+              f"(which took writes at {write_rate:.0f} MB/s), k={args.k} n={args.n}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
 
         aes = aes_gcm_rate(source)
@@ -207,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"({split['seconds']:.2f} s, peak RSS {split['maxrss_kib'] / 1024:.0f} MiB)", flush=True)
 
         subset = split["shares"][-args.k :]
+        for unused in split["shares"][: -args.k]:
+            os.unlink(unused)  # keep the disk footprint down for large runs
         combine = run_child("combine", str(work / "rebuilt"), str(verify_key), *subset)
         combine_rate = size / combine["seconds"] / 1e6
         names = ", ".join(Path(p).name for p in subset)

@@ -44,20 +44,35 @@ def share_file_name(index: int) -> str:
     return f"share-{index}"
 
 
+# Memory for segments in flight. A segment of S bytes occupies about S * (1 + n/k)
+# while it is being encoded (plaintext, padded ciphertext, n - k parity blocks).
+IN_FLIGHT_BUDGET = 96 * 1024 * 1024
+
+
 def worker_count() -> int:
     """Threads doing crypto and coding; the main thread does the file I/O."""
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def segments_in_flight(k: int, n: int, segment_size: int, workers: int) -> int:
+    """Enough segments to keep every worker busy, few enough to bound memory: at most
+    2 per worker, and within IN_FLIGHT_BUDGET unless a single segment exceeds it."""
+    per_segment = segment_size * (1 + n / k)
+    return max(1, min(2 * workers, int(IN_FLIGHT_BUDGET // per_segment)))
+
+
 class _SegmentEncoder:
     """Encrypts, pads, erasure-codes and hashes one segment; safe to call from threads."""
 
-    def __init__(self, key: bytes, nonce_prefix: bytes, transfer_id: bytes, k: int, n: int):
+    def __init__(
+        self, key: bytes, nonce_prefix: bytes, transfer_id: bytes, k: int, n: int, segment_size: int
+    ):
         self._key = key
         self._prefix = nonce_prefix
         self._tid = transfer_id
-        self._k = k
-        self._n = n
+        self._k = self.k = k
+        self._n = self.n = n
+        self.segment_size = segment_size
         self._local = threading.local()
 
     def _tools(self) -> tuple[AESGCM, zfec.Encoder]:
@@ -129,7 +144,7 @@ def split_dataset(
     key = os.urandom(fmt.KEY_LEN)
     nonce_prefix = os.urandom(fmt.NONCE_PREFIX_LEN)
     key_shares = [bytes((x,)) + y for x, y in split_secret(key, k, n)]
-    encode = _SegmentEncoder(key, nonce_prefix, transfer_id, k, n)
+    encode = _SegmentEncoder(key, nonce_prefix, transfer_id, k, n, segment_size)
 
     partial_paths = [out_dir / f".{path.name}.{transfer_id.hex()}.partial" for path in final_paths]
     handles = []
@@ -210,7 +225,7 @@ def _pump(
     """Run the bounded pipeline; returns the plaintext length. Blocks are written in
     segment order; one segment is held back to learn whether it is the last."""
     workers = worker_count()
-    max_in_flight = 2 * workers
+    max_in_flight = segments_in_flight(encode.k, encode.n, encode.segment_size, workers)
     in_flight: deque[tuple[int, Future]] = deque()
     total = 0
 

@@ -178,3 +178,11 @@ def test_single_file_sizes_property(tmp_path_factory, provider_key, size, k):
     result = split_dataset(source, work / "out", k=k, n=k + 1, signing_key=provider_key, segment_size=MIB)
     combined = combine_shares(result.share_paths[1:], work / "in", verify_key=provider_key.public_key())
     assert combined.output_path.read_bytes() == source.read_bytes()
+
+
+def test_the_largest_n(tmp_path, radiology_study, split_transfer, provider_key):
+    transfer = split_transfer(radiology_study, 3, 255)
+    assert len(transfer.shares) == 255 and transfer.shares[-1].name == "share-255"
+    chosen = [transfer.shares[j] for j in (254, 99, 6)]
+    result = combine_shares(chosen, tmp_path / "in", verify_key=provider_key.public_key())
+    assert tree_of(result.output_path) == tree_of(radiology_study)
