@@ -544,8 +544,12 @@ class NamespaceManager:
         Call once before the hub binds to ``config.service_address``.
         """
         cfg = self.config
+        # Re-register users that exist already: if the table was flushed by someone
+        # else, their hub connections come back instead of staying blocked.
+        present = "".join(self._elements("add", net) for net in self._present())
         self._nft(
-            host_ruleset(table=cfg.table, veth_prefix=cfg.veth_prefix, hub_uids=cfg.hub_uids),
+            host_ruleset(table=cfg.table, veth_prefix=cfg.veth_prefix, hub_uids=cfg.hub_uids)
+            + present,
             f"loading nftables table inet {cfg.table}",
         )
         _run(
@@ -593,6 +597,16 @@ class NamespaceManager:
     def _used_slots(self) -> set[int]:
         slots = (self._slot_of_veth(name) for name in self.veths())
         return {slot for slot in slots if slot is not None}
+
+    def _present(self) -> list[IsolatedNetwork]:
+        """Wired-up namespaces of this configuration (user names are not recorded)."""
+        found = []
+        for namespace in self.namespaces():
+            host_interface = veth_name(namespace, self.config.veth_prefix)
+            slot = self._slot_of_veth(host_interface)
+            if slot is not None:
+                found.append(self._describe("", namespace, host_interface, slot))
+        return found
 
     def lookup(self, user: str) -> IsolatedNetwork | None:
         """The user's namespace if it exists and is wired up (e.g. after a hub restart)."""

@@ -105,6 +105,9 @@ def test_a_table_flushed_by_someone_else_is_reloaded_on_the_next_spawn(namespace
     try:
         assert namespace_manager.table_exists()
         assert reaches_hub(second, run_probe)
+        # Re-registered when the table came back (else its source check would drop it).
+        assert reaches_hub(first, run_probe)
+        assert len(set_elements(namespace_manager, "user_sources")) == 2
     finally:
         namespace_manager.teardown(first)
         namespace_manager.teardown(second)
