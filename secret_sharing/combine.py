@@ -365,11 +365,18 @@ def _open_candidates(
     transfer = next(info.transfer_id for info in signed if counts[info.transfer_id] == best)
     chosen: list[_OpenShare] = []
     seen: dict[int, Path] = {}
+    reference: bytes | None = None
     for info in signed:
         if info.transfer_id != transfer:
             rejected[info.path] = (
                 f"belongs to transfer {info.transfer_id}, not {transfer} "
                 "(the transfer of the other shares)"
+            )
+            continue
+        reference = reference or info.manifest_bytes
+        if info.manifest_bytes != reference:
+            rejected[info.path] = (
+                f"its signed manifest differs from the other shares of transfer {transfer}"
             )
             continue
         if info.index in seen:

@@ -295,8 +295,8 @@ def _checked_members(
     seen = 0
     for member in archive:
         name = member.name.rstrip("/")
-        inside = name == dataset_name or name.startswith(dataset_name + "/")
-        if not inside:
+        parts = name.split("/")
+        if parts[0] != dataset_name or any(part in ("", ".", "..") for part in parts):
             raise ShareIntegrityError(f"{where}: archive member {name!r} is outside the dataset")
         if not (member.isreg() or member.isdir()):
             raise ShareIntegrityError(f"{where}: archive member {name!r} is not a file or folder")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secret_sharing import format as fmt
-from secret_sharing.errors import OutputExistsError, ShareParameterError
+from secret_sharing.errors import DatasetError, OutputExistsError, ShareParameterError
 from secret_sharing.keys import key_fingerprint
 from secret_sharing.packing import measure_dataset, pack_segments
 from secret_sharing.shamir import split_secret
@@ -134,6 +134,10 @@ def split_dataset(
     summary = measure_dataset(source)  # refuses symlinks etc. before any share exists
 
     out_dir = Path(out_dir)
+    if summary.kind == "dir" and Path(os.path.realpath(out_dir)).is_relative_to(
+        os.path.realpath(source)
+    ):
+        raise DatasetError(f"the output folder {out_dir} is inside the dataset {source}")
     out_dir.mkdir(parents=True, exist_ok=True)
     final_paths = [out_dir / share_file_name(j) for j in range(1, n + 1)]
     for path in final_paths:

@@ -186,3 +186,9 @@ def test_the_largest_n(tmp_path, radiology_study, split_transfer, provider_key):
     chosen = [transfer.shares[j] for j in (254, 99, 6)]
     result = combine_shares(chosen, tmp_path / "in", verify_key=provider_key.public_key())
     assert tree_of(result.output_path) == tree_of(radiology_study)
+
+
+def test_output_folder_inside_the_dataset_is_refused(radiology_study, provider_key):
+    with pytest.raises(DatasetError, match="inside the dataset"):
+        split_dataset(radiology_study, radiology_study / "shares", k=2, n=3, signing_key=provider_key)
+    assert not (radiology_study / "shares").exists()

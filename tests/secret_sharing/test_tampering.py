@@ -269,3 +269,20 @@ def test_signed_but_malformed_archives_are_refused(tmp_path, provider_key, monke
     with pytest.raises(ShareIntegrityError, match=message):
         combine_shares(shares, inbox, verify_key=provider_key.public_key())
     assert_nothing_written(inbox)
+
+
+def test_re_signed_manifest_that_differs_is_refused(tmp_path, transfer, provider_key):
+    """Even a share signed by the right key must carry the same manifest as its siblings."""
+    victim = transfer.shares[2]
+    info = read_share_info(victim)
+    altered = info.manifest_bytes.replace(info.manifest.created.encode(), b"1999-01-01T00:00:00Z")
+    assert len(altered) == len(info.manifest_bytes) and altered != info.manifest_bytes
+    data = bytearray(victim.read_bytes())
+    offset = info.layout.manifest_offset
+    data[offset : offset + len(altered)] = altered
+    data[info.layout.signature_offset : info.layout.signature_offset + 64] = provider_key.sign(altered)
+    victim.write_bytes(bytes(data))
+    verify_share(victim, provider_key.public_key())  # on its own it is a valid share
+    with pytest.raises(NotEnoughSharesError, match=f"{victim}: its signed manifest differs"):
+        combine_shares(transfer.shares[:3], tmp_path / "in", verify_key=provider_key.public_key())
+    assert_nothing_written(tmp_path / "in")
