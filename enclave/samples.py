@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import click
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
@@ -544,3 +545,58 @@ def _write_table(root: Path, subjects: list[str], lesions: dict[str, float], see
     suite = root / "expectations" / "clinical.json"
     suite.parent.mkdir(parents=True, exist_ok=True)
     suite.write_text(json.dumps(clinical_expectations(len(subjects)), indent=2) + "\n")
+
+
+# --- Command line: `enclave samples ...` ---------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def samples() -> None:
+    """Make de-identified sample datasets for demos, tests and benchmarks (no download)."""
+
+
+@samples.command("demo")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="demo-ct", show_default=True, help="Dataset slug.")
+@click.option("--subjects", default=2, show_default=True, type=click.IntRange(1, 9999))
+@click.option("--slices", default=24, show_default=True, type=click.IntRange(1, 2000))
+@click.option("--size", default=64, show_default=True, type=click.IntRange(8, 2048))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--no-segmentation", is_flag=True, help="Leave out the NIfTI label masks.")
+@click.option("--no-table", is_flag=True, help="Leave out the clinical table.")
+def demo_command(
+    out_dir: Path, name: str, subjects: int, slices: int, size: int, seed: int,
+    no_segmentation: bool, no_table: bool,
+) -> None:
+    """Write a complete sample dataset to OUT_DIR/NAME, ready to split and send."""
+    root = make_sample_dataset(
+        out_dir, name=name, subjects=subjects, slices=slices, size=size, seed=seed,
+        with_segmentation=not no_segmentation, with_table=not no_table,
+    )
+    click.echo(f"wrote {root} ({subjects} subject(s), {slices} slices of {size}x{size} each)")
+
+
+@samples.command("benchmark")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--series", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--slices", default=200, show_default=True, type=click.IntRange(1, 5000))
+@click.option("--size", default=512, show_default=True, type=click.IntRange(8, 4096))
+def benchmark_command(out_dir: Path, series: int, slices: int, size: int) -> None:
+    """Write full-size CT series (default 20 x 200 slices of 512x512, about 2 GB)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    ) as bar:
+        task = bar.add_task("writing slices", total=series * slices)
+        paths = make_benchmark_series(
+            out_dir, series=series, slices=slices, size=size,
+            progress=lambda n: bar.advance(task, n),
+        )
+    total = sum(p.stat().st_size for p in paths)
+    click.echo(f"wrote {len(paths)} files, {total / 1e9:.2f} GB, under {out_dir}")
+
+
+if __name__ == "__main__":
+    samples()

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "providers": ("enclave.cli.ingest", "providers", "Register data providers and their signing keys."),
     "up": ("enclave.cli.up", "up", "Bring the enclave up on this machine."),
     "down": ("enclave.cli.up", "down", "Stop everything `enclave up` started."),
+    "samples": ("enclave.samples", "samples", "Make de-identified sample datasets for demos, tests and benchmarks."),
 }
 
 

@@ -218,3 +218,16 @@ def test_dicom3tools_also_rejects_a_broken_file(ct_series):
     run = subprocess.run(["dciodvfy", str(ct_series[0])], capture_output=True, text=True,
                          timeout=60)
     assert any(line.startswith("Error") for line in (run.stdout + run.stderr).splitlines())
+
+
+def test_cli_writes_a_demo_dataset_and_refuses_to_overwrite(tmp_path, capsys):
+    from enclave.cli import main
+
+    main(["samples", "demo", str(tmp_path), "--subjects", "1", "--slices", "3", "--size", "16"])
+    assert (tmp_path / "demo-ct" / "dataset.yaml").is_file()
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["samples", "demo", str(tmp_path), "--subjects", "1", "--slices", "3"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "already exists" in err and "Traceback" not in err
