@@ -415,9 +415,10 @@ def combine_shares(
 ) -> CombineResult:
     """Rebuild the dataset from any k or more shares as ``out_dir/<dataset name>``.
 
-    Bad shares are named in ``rejected``; if fewer than k good ones remain the call
-    raises NotEnoughSharesError (or the single share's own error when there is only
-    one problem to report) and leaves nothing in ``out_dir``.
+    Bad shares (corrupt, foreign, duplicated, wrongly signed) are named in
+    ``rejected`` and replaced by spares; if fewer than k good ones remain the call
+    raises NotEnoughSharesError listing each share's problem. Any failure leaves
+    nothing in ``out_dir`` (and removes ``out_dir`` itself if this call created it).
     """
     if not isinstance(verify_key, Ed25519PublicKey):
         raise ShareParameterError("the verify key must be an Ed25519 public key")
