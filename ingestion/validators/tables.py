@@ -372,36 +372,76 @@ def _column_chunk(values: Any, declared: str | None, stats: _ColumnStats) -> Non
 
     nulls = values.isna()
     if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
-        stripped = values.where(nulls, values.astype(str).str.strip())
-        empty = nulls | (stripped == "")
-        stats.nulls += int(empty.sum())
-        present = stripped[~empty].astype(str)
-        if declared in (None, "string"):
-            stats.emails += int(present.str.contains(EMAIL, regex=True).sum())
-            digits = present.str.count(r"\d")
-            phones = present.str.fullmatch(PHONE) & digits.between(9, 15)
-            ssns = present.str.fullmatch(SSN)
-            stats.ssns += int(ssns.sum())
-            stats.phones += int((phones & ~ssns).sum())
-        elif declared:
-            stats.bad_type += _count_bad_strings(present, declared)
+        _string_chunk(_as_arrow_strings(values, nulls), declared, stats)
         return
     stats.nulls += int(nulls.sum())
     if declared:
         stats.bad_type += _count_bad_typed(values[~nulls], declared)
 
 
+def _as_arrow_strings(values: Any, nulls: Any) -> Any:  # noqa: ANN401
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed objects in a Parquet column
+        return pa.array(
+            [None if null else str(v) for v, null in zip(values, nulls, strict=True)], pa.string()
+        )
+
+
+def _count(mask: Any) -> int:  # noqa: ANN401
+    import pyarrow.compute as pc
+
+    return int(pc.sum(mask).as_py() or 0)
+
+
+def _string_chunk(arr: Any, declared: str | None, stats: _ColumnStats) -> None:  # noqa: ANN401
+    """Counts for a text column, with Arrow's vectorised (RE2) regular expressions."""
+    import pyarrow.compute as pc
+
+    trimmed = pc.utf8_trim_whitespace(arr)
+    empty = pc.fill_null(pc.equal(trimmed, ""), True)
+    stats.nulls += _count(empty)
+    present = pc.filter(trimmed, pc.invert(empty))
+    if len(present) == 0:
+        return
+    if declared in (None, "string"):
+        with_at = pc.filter(present, pc.match_substring(present, "@"))
+        if len(with_at):
+            stats.emails += _count(pc.match_substring_regex(with_at, EMAIL.pattern))
+        # telephone and SSN patterns are 9 to 24 characters long: skip everything else cheaply
+        lengths = pc.utf8_length(present)
+        present = pc.filter(
+            present, pc.and_(pc.greater_equal(lengths, 9), pc.less_equal(lengths, 24))
+        )
+        if len(present) == 0:
+            return
+        digits = pc.count_substring_regex(present, r"\d")
+        plausible = pc.and_(pc.greater_equal(digits, 9), pc.less_equal(digits, 15))
+        phones = pc.and_(pc.match_substring_regex(present, f"^(?:{PHONE.pattern})$"), plausible)
+        ssns = pc.match_substring_regex(present, f"^(?:{SSN.pattern})$")
+        stats.ssns += _count(ssns)
+        stats.phones += _count(pc.and_(phones, pc.invert(ssns)))
+    elif declared:
+        stats.bad_type += _count_bad_strings(present, declared)
+
+
 def _count_bad_strings(present: Any, declared: str) -> int:  # noqa: ANN401
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     if declared == "integer":
-        return int((~present.str.fullmatch(INTEGER)).sum())
-    if declared == "float":
-        return int(pd.to_numeric(present, errors="coerce").isna().sum())
+        return _count(pc.invert(pc.match_substring_regex(present, f"^(?:{INTEGER.pattern})$")))
     if declared == "boolean":
-        return int((~present.str.lower().isin(BOOLEAN_WORDS)).sum())
+        words = pa.array(sorted(BOOLEAN_WORDS), pa.string())
+        return _count(pc.invert(pc.is_in(pc.utf8_lower(present), value_set=words)))
+    series = pd.Series(present.to_pylist(), dtype=object)
+    if declared == "float":
+        return int(pd.to_numeric(series, errors="coerce").isna().sum())
     if declared == "date":
-        parsed = pd.to_datetime(present, errors="coerce", format="ISO8601")
+        parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
         return int(parsed.isna().sum())
     return 0
 
