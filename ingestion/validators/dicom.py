@@ -97,6 +97,9 @@ def build_required_attribute_table() -> dict[str, Any]:
     iod_modules = json.loads((base / "iod_module_map.json").read_text())
     module_attributes = json.loads((base / "module_attribute_map.json").read_text())
     pixel_keywords = {"PixelData", "FloatPixelData", "DoubleFloatPixelData"}
+    # The SR content module lists every content item macro's attributes at the top level;
+    # they depend on each item's ValueType. Only the root container's are required there.
+    flattened = {"sr-document-content": {"ValueType", "ContinuityOfContent"}}
     iods: dict[str, Any] = {}
     for iod in sorted(set(sop_classes.values())):
         required: dict[str, str] = {}
@@ -108,6 +111,9 @@ def build_required_attribute_table() -> dict[str, Any]:
                 if attr["path"]:
                     continue
                 keyword, kind = attr["keyword"], attr["type"]
+                keep = flattened.get(module["key"])
+                if keep is not None and keyword not in keep:
+                    continue
                 if keyword in pixel_keywords:
                     pixel_data = True
                 if kind in ("1", "2") and required.get(keyword) != "1":
@@ -369,7 +375,6 @@ def _check_file(
         )])
     record["size"] = len(data)
     record["sha256"] = hashlib.sha256(data).hexdigest()
-    findings: list[Finding] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -386,50 +391,67 @@ def _check_file(
                 f"the file does not parse as DICOM ({type(exc).__name__}): truncated or corrupt",
                 path=rel,
             )])
-        truncated = _truncation(ds, data)
-        if truncated is not None:
-            tag, how = truncated
-            findings.append(Finding(
-                "dicom.truncated", "error", f"the file is truncated or corrupt: {how} {tag_label(tag)}",
-                path=rel, tag=tag_label(tag),
-            ))
-        charset = ds.get_item(0x00080005)
-        encodings = None
-        if charset is not None and charset.value:
-            raw = charset.value
-            names = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw))
-            names_list = [n.strip() for n in names.split("\\")]
-            if set(names_list) - _DEFAULT_CHARSETS:
-                try:
-                    encodings = convert_encodings(names_list)
-                except Exception:  # noqa: BLE001 - reported as a value problem below
-                    encodings = None
-        values = _ValueChecker(rel, encodings)
-        deid = check_deidentification(
-            ds, rel, private_tag_allowlist=allowlist, element_visitor=values
-        )
-        findings += values.findings
-        findings += _check_required(ds, rel)
-        findings += deid
-        findings += _check_pixels(ds, rel)
+        try:
+            return _check_dataset(ds, data, rel, record, allowlist, subject_attribute)
+        except Exception as exc:  # noqa: BLE001 - a malformed element must not stop the run
+            return _FileOutcome(record, [Finding(
+                "dicom.parse", "error",
+                f"the file could not be checked: an element is malformed ({type(exc).__name__})",
+                path=rel,
+            )])
 
-        subject_tag = tag_for_keyword(subject_attribute) or PATIENT_ID
-        record.update(
-            study_uid=_raw_text(ds, STUDY_UID),
-            series_uid=_raw_text(ds, SERIES_UID),
-            sop_instance_uid=_raw_text(ds, SOP_INSTANCE_UID),
-            modality=_raw_text(ds, MODALITY),
-            subject_id=_converted_text(ds, subject_tag),
-        )
-        patient_id = (record["subject_id"] if subject_tag == PATIENT_ID
-                      else _converted_text(ds, PATIENT_ID))
-        ids = {
-            "study_uid": record["study_uid"] or "", "series_uid": record["series_uid"] or "",
-            "sop_instance_uid": record["sop_instance_uid"] or "",
-            "patient_id": patient_id or "",
-        }
-        geometry = _geometry_of(ds, rel, record)
-    return _FileOutcome(record, findings, ids, geometry)
+
+def _encodings(ds: Dataset) -> list[str] | None:
+    """Python codecs for a non-default SpecificCharacterSet (None for ASCII/Latin-1 defaults)."""
+    charset = ds.get_item(0x00080005)
+    if charset is None or not charset.value:
+        return None
+    raw = charset.value
+    names = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    names_list = [n.strip() for n in names.split("\\")]
+    if not set(names_list) - _DEFAULT_CHARSETS:
+        return None
+    try:
+        return convert_encodings(names_list)
+    except Exception:  # noqa: BLE001 - unknown charsets: lengths are checked on bytes
+        return None
+
+
+def _check_dataset(
+    ds: Dataset, data: bytes, rel: str, record: dict[str, Any], allowlist: frozenset,
+    subject_attribute: str,
+) -> _FileOutcome:
+    findings: list[Finding] = []
+    truncated = _truncation(ds, data)
+    if truncated is not None:
+        tag, how = truncated
+        findings.append(Finding(
+            "dicom.truncated", "error",
+            f"the file is truncated or corrupt: {how} {tag_label(tag)}",
+            path=rel, tag=tag_label(tag),
+        ))
+    values = _ValueChecker(rel, _encodings(ds))
+    deid = check_deidentification(ds, rel, private_tag_allowlist=allowlist, element_visitor=values)
+    findings += values.findings
+    findings += _check_required(ds, rel)
+    findings += deid
+    findings += _check_pixels(ds, rel)
+
+    subject_tag = tag_for_keyword(subject_attribute) or PATIENT_ID
+    record.update(
+        study_uid=_raw_text(ds, STUDY_UID),
+        series_uid=_raw_text(ds, SERIES_UID),
+        sop_instance_uid=_raw_text(ds, SOP_INSTANCE_UID),
+        modality=_raw_text(ds, MODALITY),
+        subject_id=_converted_text(ds, subject_tag),
+    )
+    patient_id = (record["subject_id"] if subject_tag == PATIENT_ID
+                  else _converted_text(ds, PATIENT_ID))
+    ids = {
+        "study_uid": record["study_uid"] or "", "series_uid": record["series_uid"] or "",
+        "sop_instance_uid": record["sop_instance_uid"] or "", "patient_id": patient_id or "",
+    }
+    return _FileOutcome(record, findings, ids, _geometry_of(ds, rel, record))
 
 
 def _check_required(ds: Dataset, path: str) -> list[Finding]:

@@ -365,3 +365,40 @@ def test_required_attribute_table_matches_installed_highdicom():
     assert ct.iod == "ct-image" and ct.pixel_data
     assert 0x00200032 in ct.type1 and 0x00100010 in ct.type2
     assert not requirements_for("1.2.840.10008.5.1.4.1.1.481.5").pixel_data  # RT plan
+
+
+def test_a_file_that_breaks_a_check_is_a_finding_not_a_crash(ct_series, tmp_path, monkeypatch):
+    import ingestion.validators.dicom as dicom_module
+
+    real = dicom_module._check_required
+
+    def explode_on_third(ds, path):
+        if path.endswith("0003.dcm"):
+            raise KeyError("malformed element")
+        return real(ds, path)
+
+    monkeypatch.setattr(dicom_module, "_check_required", explode_on_third)
+    result = validate(tmp_path)
+    assert found(result) == [
+        ("dicom.parse", "series/0003.dcm", None),
+        # without its geometry, the series has a hole where the slice was
+        ("dicom.series-geometry", "series/0004.dcm", "(0020,0032) ImagePositionPatient"),
+    ]
+    assert "could not be checked" in result.findings[0].message
+    assert len(result.files) == 8 and result.files[2]["sha256"]
+
+
+def test_standard_sample_files_are_checked_without_crashing():
+    """pydicom's own test files: odd encodings, SR, RT, multi-frame, big endian, deflate."""
+    root = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+    paths = sorted(p for p in root.glob("*.dcm"))
+    result = validate_dicom_files(root, paths, workers=1)
+    assert len(result.files) == len(paths)
+    checks = {(f.path, f.check) for f in result.findings}
+    assert ("CT_small.dcm", "deid.private-tag") in checks
+    assert ("MR_truncated.dcm", "dicom.truncated") in checks
+    assert not any(c == "dicom.parse" and "malformed" in f.message
+                   for f in result.findings for c in [f.check])
+    sr = {f.tag for f in result.findings if f.path == "reportsi.dcm"
+          and f.check == "dicom.required-attribute"}
+    assert "(0070,0022) GraphicData" not in sr  # content-item attributes are not top-level
