@@ -1,6 +1,7 @@
 """How long network isolation adds to a user-server spawn (run as root).
 
     .venv/bin/python benchmarks/netns.py [--runs 20] [--parallel 30]
+        [--server tiny|jupyter] [--spawn-runs N]
 
 Prints: create+teardown of one isolated namespace (median of N); N in parallel;
 and a plain local spawn of a small TCP server vs the same server spawned isolated
@@ -11,9 +12,13 @@ Uses its own table, prefixes and range, so a running enclave is not disturbed.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,26 +42,48 @@ def wait_connect(address: str, port: int, deadline: float = 10.0) -> None:
             time.sleep(0.002)
 
 
-def plain_spawn() -> float:
+def server_argv(kind: str, address: str) -> list[str]:
+    if kind == "jupyter":
+        return [sys.executable, "-m", "jupyter_server", f"--ServerApp.ip={address}",
+                "--ServerApp.port=8888", "--ServerApp.port_retries=0", "--no-browser",
+                "--ServerApp.token=bench", "--ServerApp.root_dir=/tmp"]
+    return ["/usr/bin/python3", "-c", SERVER, address]
+
+
+def server_env() -> dict[str, str]:
+    home = tempfile.mkdtemp(prefix="enclave-bench-")
+    os.chown(home, 65534, 65534)
+    return {"PATH": "/usr/bin:/bin", "HOME": home, "JUPYTER_RUNTIME_DIR": f"{home}/rt"}
+
+
+def plain_spawn(kind: str) -> float:
+    env = server_env()
     started = time.perf_counter()
     proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             "/usr/bin/python3", "-c", SERVER, "127.0.0.1"])
-    wait_connect("127.0.0.1", 8888)
+                             *server_argv(kind, "127.0.0.1")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_connect("127.0.0.1", 8888, 60)
     elapsed = time.perf_counter() - started
-    proc.wait(timeout=5)
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(env["HOME"], ignore_errors=True)
     return elapsed
 
 
-def isolated_spawn(manager: NamespaceManager) -> tuple[float, float]:
+def isolated_spawn(manager: NamespaceManager, kind: str) -> tuple[float, float]:
+    env = server_env()
     started = time.perf_counter()
     net = manager.create("bench-spawn")
-    proc = popen_in_namespace(net, ["/usr/bin/python3", "-c", SERVER, net.guest_address],
-                              uid=65534, gid=65534, cwd="/",
-                              limits=ResourceLimits(memory_max=512 << 20, cpu_max=1.0,
-                                                    pids_max=256))
-    wait_connect(net.guest_address, net.server_port)
+    proc = popen_in_namespace(net, server_argv(kind, net.guest_address),
+                              uid=65534, gid=65534, cwd="/", env=env,
+                              limits=ResourceLimits(memory_max=1 << 30, cpu_max=1.0,
+                                                    pids_max=256),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_connect(net.guest_address, net.server_port, 60)
     elapsed = time.perf_counter() - started
-    proc.wait(timeout=5)
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(env["HOME"], ignore_errors=True)
     t = time.perf_counter()
     proc.limits.remove()
     manager.teardown(net)
@@ -67,6 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--parallel", type=int, default=30)
+    parser.add_argument("--server", choices=["tiny", "jupyter"], default="tiny",
+                        help="what to spawn: a 1-line TCP server, or jupyter_server")
+    parser.add_argument("--spawn-runs", type=int, default=0)
     args = parser.parse_args()
     manager = NamespaceManager(CONFIG)
     manager.cleanup_all()
@@ -96,10 +126,14 @@ def main() -> None:
             removed = time.perf_counter() - t
         print(f"{args.parallel} in parallel: create {created:.2f} s, teardown {removed:.2f} s")
 
-        plain = [plain_spawn() for _ in range(args.runs)]
-        isolated = [isolated_spawn(manager) for _ in range(args.runs)]
+        runs = args.spawn_runs or args.runs
+        plain, isolated = [], []
+        for _ in range(runs):  # interleaved, so load changes hit both alike
+            plain.append(plain_spawn(args.server))
+            isolated.append(isolated_spawn(manager, args.server))
         p, iso = statistics.median(plain), statistics.median(x for x, _ in isolated)
-        print(f"spawn until the server accepts, median of {args.runs} (limits: {limit_backend()}):"
+        print(f"{args.server} server spawn until it accepts, median of {runs}"
+              f" (limits: {limit_backend()}):"
               f" plain {p * 1e3:.1f} ms, isolated {iso * 1e3:.1f} ms ({iso / p:.2f}x);"
               f" isolated stop+cleanup {statistics.median(y for _, y in isolated) * 1e3:.1f} ms")
     finally:

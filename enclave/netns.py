@@ -16,9 +16,10 @@ TCP to the hub's service address and ports:
   the policy, so a host-side ``nft flush ruleset`` by another tool does not open
   the namespace.
 
-Spawning a user is one ``ip netns add``, two ``ip -batch`` runs and two small
-``nft -f`` transactions that add per-user set elements; the host ruleset itself is
-loaded once. Builders (names, addresses, rule text) are pure functions; the
+Spawning a user runs three processes: one ``ip -batch`` in the root namespace
+(namespace, veth, host address), then at the same time one ``nsenter`` running
+``ip -batch`` and ``nft -f`` inside, and one small ``nft -f`` transaction adding the
+user's set elements on the host; the host ruleset itself is loaded once. Builders (names, addresses, rule text) are pure functions; the
 stateful part is :class:`NamespaceManager`.
 """
 
