@@ -92,7 +92,8 @@ class WorkerSettings:
     """How the reconstruction worker behaves."""
 
     poll_interval_s: float = 0.3
-    # Pause after each state change; only for fault-injection tests (ENCLAVE_INGEST_STAGE_DELAY).
+    # Pause between reconstruction and validation; only for fault-injection tests
+    # (ENCLAVE_INGEST_STAGE_DELAY, seconds).
     stage_delay_s: float = field(
         default_factory=lambda: float(os.environ.get("ENCLAVE_INGEST_STAGE_DELAY", "0") or 0)
     )

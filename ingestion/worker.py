@@ -262,7 +262,6 @@ class ReconstructionWorker:
         verify_key = shares.verify_key_from_pem(_attr(provider, "verify_key_pem", "verify_key"))
         if _attr(record, "state") != "reconstructing":
             self._state(tid, "reconstructing")
-        self._pause()
 
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True, mode=0o700)
@@ -277,8 +276,8 @@ class ReconstructionWorker:
         for name, why in rejected.items():
             log.warning("transfer %s: %s rejected, used a spare share: %s", tid, name, why)
 
+        self._pause()  # fault-injection tests kill the service here, plaintext in staging
         self._state(tid, "validating")
-        self._pause()
         outcome = validate_dataset(Path(result.output_path), transfer_id=tid)
         report = outcome.report
         report.transfer_id = report.transfer_id or tid

@@ -3,6 +3,7 @@ service on free 127.0.0.1 ports, and sample datasets split into shares."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Enclave:
     mnemonics: list[str]
     master_key: MasterKey
     catalog: object
+    service: object = None
 
     def add_provider(self, name: str, keys_dir: Path, *, quota_bytes: int | None = None) -> Provider:
         from secret_sharing import key_fingerprint, load_verify_key, write_keypair
@@ -59,15 +61,29 @@ class Enclave:
         )
 
 
-@pytest.fixture
-def enclave(tmp_path: Path) -> Iterator[Enclave]:
+def _open_enclave(state_dir: Path) -> Enclave:
     from catalog import open_catalog, resolve_database_url
 
-    state_dir = tmp_path / "state"
     mnemonics = init_custody(state_dir, custodians=3, threshold=2)
     catalog = open_catalog(resolve_database_url(state_dir))
-    yield Enclave(state_dir, mnemonics, unseal(state_dir, mnemonics[:2]), catalog)
-    catalog.close()
+    return Enclave(state_dir, mnemonics, unseal(state_dir, mnemonics[:2]), catalog)
+
+
+@contextlib.contextmanager
+def _running_service(enclave: Enclave, **kw: object) -> Iterator[object]:
+    from ingestion.service import IngestService
+
+    kw.setdefault("receiver_mode", "thread")
+    kw.setdefault("catalog", enclave.catalog)
+    with IngestService(enclave.state_dir, enclave.master_key, port=0, **kw).running() as svc:
+        yield svc
+
+
+@pytest.fixture
+def enclave(tmp_path: Path) -> Iterator[Enclave]:
+    opened = _open_enclave(tmp_path / "state")
+    yield opened
+    opened.catalog.close()
 
 
 @pytest.fixture
@@ -79,22 +95,19 @@ def provider(enclave: Enclave, tmp_path: Path) -> Provider:
 def make_service(enclave: Enclave) -> Iterator[Callable[..., object]]:
     """Start the ingestion service in this process (receivers as separate apps on their own
     ports); ``run_worker=False`` leaves reconstruction to the test."""
-    from ingestion.service import IngestService
+    with contextlib.ExitStack() as stack:
+        yield lambda **kw: stack.enter_context(_running_service(enclave, **kw))
 
-    stack = []
 
-    def start(**kw: object) -> object:
-        kw.setdefault("receiver_mode", "thread")
-        kw.setdefault("catalog", enclave.catalog)
-        service = IngestService(enclave.state_dir, enclave.master_key, port=0, **kw)
-        ctx = service.running()
-        ctx.__enter__()
-        stack.append(ctx)
-        return service
-
-    yield start
-    for ctx in reversed(stack):
-        ctx.__exit__(None, None, None)
+@pytest.fixture(scope="module")
+def shared_enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave]:
+    """One enclave and running service for a module of tests that only upload and get
+    refused (each test uses its own transfer, so they do not interfere)."""
+    opened = _open_enclave(tmp_path_factory.mktemp("shared") / "state")
+    with _running_service(opened) as svc:
+        opened.service = svc
+        yield opened
+    opened.catalog.close()
 
 
 @pytest.fixture
