@@ -18,6 +18,8 @@ from sqlalchemy.exc import ArgumentError
 from catalog.errors import InvalidInput
 
 DB_URL_ENV = "ENCLAVE_DB_URL"
+# Execution option marking a read-only transaction (plain deferred BEGIN on SQLite).
+READ_ONLY = "enclave_read_only"
 CATALOG_FILENAME = "catalog.sqlite"
 
 
@@ -55,7 +57,7 @@ def create_catalog_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_size=10, max_overflow=20)
     raise InvalidInput(f"unsupported catalog database {url!r}: use sqlite:/// or postgresql://")
 
 
@@ -74,4 +76,5 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

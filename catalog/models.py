@@ -168,8 +168,9 @@ class Dataset(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     provider: Mapped[Provider | None] = relationship(lazy="joined")
+    # Loaded explicitly (visibility decides which versions a caller gets), never implicitly.
     versions: Mapped[list[DatasetVersion]] = relationship(
-        back_populates="dataset", order_by="DatasetVersion.version", lazy="selectin"
+        back_populates="dataset", order_by="DatasetVersion.version", lazy="select"
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, case, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, joinedload, lazyload, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from catalog import migrate
@@ -28,7 +28,7 @@ from catalog.auth import (
     hash_token,
     new_token,
 )
-from catalog.db import create_catalog_engine
+from catalog.db import READ_ONLY, create_catalog_engine
 from catalog.errors import (
     Conflict,
     InvalidInput,
@@ -202,6 +202,14 @@ class Catalog:
         with self._sessions.begin() as session:
             yield session
 
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A read-only transaction: on SQLite it does not take the write lock, so pages and
+        API calls keep answering while ingestion writes a large version."""
+        with self._sessions.begin() as session:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session
+
     @staticmethod
     def _audit(
         session: Session, actor: str, action: str, target: str, **details: Any
@@ -257,7 +265,7 @@ class Catalog:
     def authenticate_provider(self, token: str) -> Provider | None:
         if not token:
             return None
-        with self._tx() as s:
+        with self._read() as s:
             return s.scalar(
                 select(Provider).where(
                     Provider.token_hash == hash_token(token), Provider.active.is_(True)
@@ -266,14 +274,14 @@ class Catalog:
 
     def get_provider(self, name: str) -> Provider:
         """The provider called ``name``; raises UnknownProvider."""
-        with self._tx() as s:
+        with self._read() as s:
             provider = s.scalar(select(Provider).where(Provider.name == name))
             if provider is None:
                 raise UnknownProvider(name)
             return provider
 
     def list_providers(self) -> list[Provider]:
-        with self._tx() as s:
+        with self._read() as s:
             return list(s.scalars(select(Provider).order_by(Provider.name)))
 
     def set_provider_quota(self, name: str, quota_bytes: int, *, actor: str) -> Provider:
@@ -422,14 +430,14 @@ class Catalog:
             return t
 
     def get_transfer(self, transfer_id: str) -> Transfer:
-        with self._tx() as s:
+        with self._read() as s:
             t = s.scalar(select(Transfer).where(Transfer.transfer_id == transfer_id))
             if t is None:
                 raise UnknownTransfer(transfer_id)
             return t
 
     def transfers_for_provider(self, provider: Provider | str) -> list[Transfer]:
-        with self._tx() as s:
+        with self._read() as s:
             row = self._provider_row(s, provider)
             return list(
                 s.scalars(
@@ -441,7 +449,7 @@ class Catalog:
 
     def transfers_in_state(self, state: str) -> list[Transfer]:
         self._check_state(state)
-        with self._tx() as s:
+        with self._read() as s:
             return list(
                 s.scalars(
                     select(Transfer).where(Transfer.state == state).order_by(Transfer.created_at, Transfer.id)
@@ -452,7 +460,7 @@ class Catalog:
         """Transfers as views (for the API and CLI), optionally one provider's or one state's."""
         if state is not None:
             self._check_state(state)
-        with self._tx() as s:
+        with self._read() as s:
             stmt = select(Transfer).order_by(Transfer.created_at, Transfer.id)
             if provider is not None:
                 stmt = stmt.join(Provider, Transfer.provider_id == Provider.id).where(
@@ -875,7 +883,22 @@ class Catalog:
         out: dict[int, list[DatasetVersion]] = {i: [] for i in ids}
         if not ids:
             return out
-        stmt = select(DatasetVersion).where(DatasetVersion.dataset_id.in_(ids))
+        # Summaries need neither the manifest, the key nor the report text: leave them unloaded.
+        stmt = (
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id.in_(ids))
+            .options(
+                lazyload(DatasetVersion.dataset),
+                defer(DatasetVersion.manifest),
+                defer(DatasetVersion.wrapped_key),
+                joinedload(DatasetVersion.report).load_only(
+                    ValidationReportRow.passed,
+                    ValidationReportRow.error_count,
+                    ValidationReportRow.warning_count,
+                    ValidationReportRow.info_count,
+                ),
+            )
+        )
         if principal is not None and not principal.is_admin:
             stmt = stmt.where(self._visible_clause(principal, now))
         for v in s.scalars(stmt.order_by(DatasetVersion.version)).unique():
@@ -905,7 +928,7 @@ class Catalog:
         if self._sees_nothing(principal):
             return []
         now = now or utcnow()
-        with self._tx() as s:
+        with self._read() as s:
             stmt = select(Dataset).order_by(Dataset.name)
             if principal is not None and not principal.is_admin:
                 stmt = stmt.where(
@@ -920,7 +943,7 @@ class Catalog:
         self, name: str, principal: Principal | None = None, *, now: datetime | None = None
     ) -> DatasetSummary:
         now = now or utcnow()
-        with self._tx() as s:
+        with self._read() as s:
             d = s.scalar(select(Dataset).where(Dataset.name == name))
             if d is None or self._sees_nothing(principal):
                 raise UnknownDataset(name)
@@ -955,7 +978,7 @@ class Catalog:
     ) -> VersionDetail:
         now = now or utcnow()
         number = parse_version(version)
-        with self._tx() as s:
+        with self._read() as s:
             if self._sees_nothing(principal):
                 raise UnknownDataset(name)
             if principal is not None and not principal.is_admin:
@@ -1060,8 +1083,9 @@ class Catalog:
             if not MODALITY_RE.match(mod):
                 raise InvalidInput(f"bad modality {modality!r} (DICOM codes such as CT, MR, SEG)")
         limit = max(1, min(int(limit), 500))
-        with self._tx() as s:
-            stmt = select(Dataset)
+        with self._read() as s:
+            # Rank and cut to ``limit`` over narrow rows, then load only those datasets (one query).
+            stmt = select(Dataset.id)
             for word in words:
                 stmt = stmt.where(Dataset.search_text.like(f"%{_like_escape(word)}%", escape="\\"))
             version_filter = [DatasetVersion.dataset_id == Dataset.id]
@@ -1079,20 +1103,25 @@ class Catalog:
             phrase = " ".join(words)
             rank = []
             if phrase:
+                escaped = _like_escape(phrase)
                 rank = [
                     case((func.lower(Dataset.name) == phrase, 0), else_=1),
-                    case(
-                        (func.lower(Dataset.name).like(f"{_like_escape(phrase)}%", escape="\\"), 0),
-                        else_=1,
-                    ),
-                    case(
-                        (func.lower(Dataset.title).like(f"%{_like_escape(phrase)}%", escape="\\"), 0),
-                        else_=1,
-                    ),
+                    case((func.lower(Dataset.name).like(f"{escaped}%", escape="\\"), 0), else_=1),
+                    case((func.lower(Dataset.title).like(f"%{escaped}%", escape="\\"), 0), else_=1),
                 ]
-            stmt = stmt.order_by(*rank, Dataset.name).limit(limit)
-            datasets = list(s.scalars(stmt).unique())
-            return self._summaries(s, datasets, principal, now)
+            ranked = (
+                stmt.with_only_columns(Dataset.id, *[r.label(f"r{i}") for i, r in enumerate(rank)])
+                .order_by(*rank, Dataset.name)
+                .limit(limit)
+                .subquery()
+            )
+            query = (
+                select(Dataset)
+                .join(ranked, ranked.c.id == Dataset.id)
+                .order_by(*[ranked.c[f"r{i}"] for i in range(len(rank))], Dataset.name)
+            )
+            datasets = list(s.scalars(query).unique())
+            return self._summaries(s, datasets, principal, now) if datasets else []
 
     def visible_versions(
         self, principal: Principal, *, now: datetime | None = None
@@ -1104,7 +1133,7 @@ class Catalog:
         subject = Grant.user_name == principal.name
         if principal.groups:
             subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
-        with self._tx() as s:
+        with self._read() as s:
             rows = s.execute(
                 select(Dataset.name, DatasetVersion, Grant.expires_at)
                 .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
@@ -1137,7 +1166,7 @@ class Catalog:
     grants_for = visible_versions
 
     def grants(self, name: str, version: object, *, include_revoked: bool = False) -> list[GrantView]:
-        with self._tx() as s:
+        with self._read() as s:
             v = self._version_row(s, name, version)
             stmt = select(Grant).where(Grant.version_id == v.id).order_by(Grant.id)
             if not include_revoked:
@@ -1146,7 +1175,7 @@ class Catalog:
 
     def audit_events(self, limit: int = 100) -> list[AuditView]:
         """The newest audit events first."""
-        with self._tx() as s:
+        with self._read() as s:
             stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(max(1, int(limit)))
             return [AuditView.from_row(e) for e in s.scalars(stmt)]
 
@@ -1352,7 +1381,7 @@ class Catalog:
         if not token:
             return None
         digest = hash_token(token)
-        with self._tx() as s:
+        with self._read() as s:
             row = s.scalar(
                 select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
             )
@@ -1367,7 +1396,7 @@ class Catalog:
         return None
 
     def get_principal(self, name: str) -> Principal:
-        with self._tx() as s:
+        with self._read() as s:
             p = s.scalar(select(PrincipalRow).where(PrincipalRow.name == name))
             if p is None:
                 raise NotFound(f"unknown principal {name!r}")
