@@ -153,11 +153,7 @@ def providers_add(
     pem = verify_key.read_bytes()
     fingerprint = fingerprint_of_pem(pem)
     catalog = open_catalog(resolve_database_url(state_dir, db_url))
-    provider, token = catalog.add_provider(name, pem, fingerprint, actor="cli")
-    if quota_gb is not None:
-        set_quota = getattr(catalog, "set_provider_quota", None)
-        if set_quota is None:
-            raise EnclaveError("this catalog cannot set provider quotas yet")
-        set_quota(name, int(quota_gb * 1e9), actor="cli")
+    quota = None if quota_gb is None else int(quota_gb * 1e9)
+    provider, token = catalog.add_provider(name, pem, fingerprint, actor="cli", quota_bytes=quota)
     click.echo(f"provider {name} registered (key {fingerprint[:16]}...); upload token:", err=True)
     click.echo(token)
