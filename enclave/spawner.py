@@ -1,0 +1,257 @@
+"""``IsolatedSpawner``: each user server as its own Unix user, in its own network namespace.
+
+What one spawn does, in order (all of it as root, in the hub, outside the user's reach):
+
+1. choose the profile from the user's hub groups (researcher, student sandbox; providers have
+   no server);
+2. make sure the user's Unix account and home exist (``enclave-<name>``, home mode 0700);
+3. rebuild ``~/datasets`` from the catalog's current grants: decrypted once into a RAM tmpfs,
+   bind-mounted read-only (revoked and expired grants are gone);
+4. create the user's network namespace (``enclave.netns``): a veth pair, no default route, and
+   nftables rules on the host and inside that let it reach the hub API and nothing else;
+5. start ``python -m enclave.workspace.singleuser`` inside it as the user, with no capabilities,
+   in a cgroup (or rlimits) sized by the profile, the no-download authorizer on the command line
+   and ``JUPYTER_CONFIG_DIR`` pointing at root-owned policy.
+
+Stopping undoes 5 to 3 (the account and home stay: they hold the user's work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import Any as AnyTrait
+from traitlets import Bool, Dict, Unicode, default
+
+from enclave.workspace import accounts, policy, profiles
+from enclave.workspace.datasets import DatasetMounter, MountedDataset
+
+_SHARED: dict[tuple[str, Any], Any] = {}
+_SHARED_LOCK = threading.Lock()
+# The unsealed master key, handed over by the hub config; never part of traitlets config.
+_MASTER_KEY: list[Any] = [None]
+
+
+def set_master_key(key: Any) -> None:
+    """Give the spawner the unsealed master key (kept in the hub's memory only)."""
+    _MASTER_KEY[0] = key
+
+
+def _shared(kind: str, key: Any, factory: Callable[[], Any]) -> Any:
+    with _SHARED_LOCK:
+        if (kind, key) not in _SHARED:
+            _SHARED[(kind, key)] = factory()
+        return _SHARED[(kind, key)]
+
+
+def _catalog_grants(catalog_url: str) -> Callable[[Any], list[Any]]:
+    def grants(principal: Any) -> list[Any]:
+        from catalog.service import Catalog, open_catalog
+
+        catalog: Catalog = _shared("catalog", catalog_url, lambda: open_catalog(catalog_url))
+        return catalog.visible_versions(principal)
+
+    return grants
+
+
+class IsolatedSpawner(LocalProcessSpawner):
+    """A ``LocalProcessSpawner`` whose servers are isolated, limited and given their datasets."""
+
+    netns_config = AnyTrait(
+        None, allow_none=True,
+        help="enclave.netns.NetnsConfig shared with the hub (service address and ports).",
+    ).tag(config=True)
+    home_root = Unicode("/home", help="Where workspace homes live.").tag(config=True)
+    unix_prefix = Unicode(accounts.UNIX_PREFIX, help="Prefix of workspace Unix user names.").tag(
+        config=True
+    )
+    plaintext_root = Unicode(
+        "/run/enclave/plaintext", help="RAM tmpfs for decrypted dataset versions (root only)."
+    ).tag(config=True)
+    policy_dir = Unicode(
+        help="Root-owned Jupyter config directory every server runs with (JUPYTER_CONFIG_DIR)."
+    ).tag(config=True)
+    catalog_url = Unicode("", help="Catalog database URL; empty: no datasets are mounted.").tag(
+        config=True
+    )
+    grants_source = AnyTrait(
+        None, allow_none=True,
+        help="Callable(Principal) -> mountable versions; defaults to the catalog at catalog_url.",
+    ).tag(config=True)
+    profiles = Dict(help="Profile name -> enclave.workspace.profiles.Profile.").tag(config=True)
+    isolate_network = Bool(True, help="Run in a network namespace (never turn off in production).")
+
+    @default("profiles")
+    def _default_profiles(self) -> dict:
+        return dict(profiles.PROFILES)
+
+    @default("policy_dir")
+    def _default_policy_dir(self) -> str:
+        return "/etc/enclave/jupyter"
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "enclave.workspace.singleuser"]
+
+    # ---- shared services
+
+    @property
+    def namespaces(self) -> Any:
+        from enclave.netns import NamespaceManager, NetnsConfig
+
+        config = self.netns_config or NetnsConfig()
+        return _shared("netns", config, lambda: NamespaceManager(config))
+
+    @property
+    def mounter(self) -> DatasetMounter:
+        mounter = _shared("mounter", self.plaintext_root,
+                          lambda: DatasetMounter(Path(self.plaintext_root)))
+        mounter.master_key = _MASTER_KEY[0]
+        return mounter
+
+    def _grants(self, principal: Any) -> list[Any]:
+        source = self.grants_source
+        if source is None:
+            if not self.catalog_url:
+                return []
+            source = _catalog_grants(self.catalog_url)
+        return list(source(principal))
+
+    # ---- who
+
+    @property
+    def group_names(self) -> list[str]:
+        return sorted(g.name for g in getattr(self.user, "groups", []) or [])
+
+    def principal(self) -> Any:
+        from catalog.auth import Principal
+
+        role = profiles.role_of(self.group_names) or "student"
+        return Principal.of(self.user.name, role, self.group_names)
+
+    @property
+    def account(self) -> accounts.UnixAccount:
+        found = accounts.lookup_account(self.user.name, self.unix_prefix)
+        if found is None:
+            raise accounts.AccountError(f"no Unix account for hub user {self.user.name!r}")
+        return found
+
+    # ---- environment
+
+    def user_env(self, env: dict) -> dict:
+        account = self.account
+        env["USER"] = env["LOGNAME"] = account.name
+        env["HOME"] = str(account.home)
+        env["SHELL"] = "/bin/bash"
+        # Root-owned Jupyter config; ~/.jupyter and the user's site-packages are never read.
+        env["JUPYTER_CONFIG_DIR"] = self.policy_dir
+        # The hub's own Jupyter install (server extensions enabled, JupyterLab assets), read-only.
+        hub_jupyter = Path(sys.prefix)
+        env["JUPYTER_CONFIG_PATH"] = str(hub_jupyter / "etc" / "jupyter")
+        env["JUPYTER_PATH"] = str(hub_jupyter / "share" / "jupyter")
+        env["JUPYTERLAB_DIR"] = str(hub_jupyter / "share" / "jupyter" / "lab")
+        env["PYTHONNOUSERSITE"] = "1"
+        env["JUPYTER_RUNTIME_DIR"] = str(account.home / ".local/share/jupyter/runtime")
+        env["ENCLAVE_DATASETS"] = str(account.home / "datasets")
+        env["ENCLAVE_OUTPUTS"] = str(account.home / "outputs")
+        env["ENCLAVE_PROFILE"] = self._profile.name if self._profile else ""
+        return env
+
+    def get_args(self) -> list[str]:
+        args = list(super().get_args())
+        if self._profile is not None:
+            args += self._profile.server_args()
+        # Last, so nothing before can override them.
+        return args + policy.server_policy_args()
+
+    # ---- lifecycle
+
+    _profile: profiles.Profile | None = None
+    _network: Any = None
+    _limits: Any = None
+    mounted: list[MountedDataset] = []
+
+    def _prepare(self) -> tuple[accounts.UnixAccount, Any, list[MountedDataset]]:
+        """Blocking part of start(): account, datasets, namespace (runs in a thread)."""
+        account = accounts.ensure_account(self.user.name, Path(self.home_root), self.unix_prefix)
+        grants = self._grants(self.principal())
+        mounted = self.mounter.mount_for(account, grants)
+        network = self.namespaces.create(self.user.name) if self.isolate_network else None
+        return account, network, mounted
+
+    async def start(self) -> tuple[str, int]:
+        from enclave.isolation import ResourceLimits, popen_in_namespace
+
+        self._profile = profiles.profile_for(self.group_names, self.profiles)
+        account, network, self.mounted = await asyncio.to_thread(self._prepare)
+        self._network = network
+        self.ip = network.guest_address
+        self.port = network.server_port
+        env = self.get_env()
+        env.update(profiles.gpu_environment(self._profile))
+        cmd = [*self.cmd, *self.get_args()]
+        profile = self._profile
+        limits = ResourceLimits(memory_max=profile.memory_max, cpu_max=profile.cpu_max,
+                                pids_max=profile.pids_max)
+        self.log.info(
+            "Spawning %s as %s (uid %d) in %s, profile %s, datasets %s",
+            self.user.name, account.name, account.uid, network.namespace, profile.name,
+            ", ".join(f"{m.name}@{m.version}" for m in self.mounted) or "none",
+        )
+        try:
+            proc = await asyncio.to_thread(
+                popen_in_namespace, network, cmd, uid=account.uid, gid=account.gid, env=env,
+                cwd=str(account.home), limits=limits, limits_name=network.namespace,
+                start_new_session=True, stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            await asyncio.to_thread(self._cleanup)
+            raise
+        self.proc = proc
+        self.pid = proc.pid
+        self._limits = proc.limits
+        if proc.limits is not None:
+            self.log.info("Limits for %s: %s", self.user.name, proc.limits.describe())
+        return (self.ip, self.port)
+
+    def _cleanup(self) -> None:
+        """Remove what start() set up around the process (idempotent)."""
+        if self._limits is not None:
+            self._limits.remove()
+            self._limits = None
+        self.namespaces.teardown(self._network or self.user.name)
+        self._network = None
+        account = accounts.lookup_account(self.user.name, self.unix_prefix)
+        if account is not None:
+            self.mounter.unmount_user(account.home)
+        self.mounter.collect_garbage()
+        self.mounted = []
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        await asyncio.to_thread(self._cleanup)
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self._limits is not None:
+            state["cgroups"] = [str(d) for d in self._limits.cgroup_dirs]
+            state["limit_backend"] = self._limits.backend
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        if state.get("cgroups"):
+            from enclave.isolation import AppliedLimits, ResourceLimits
+
+            self._limits = AppliedLimits(state.get("limit_backend", "cgroup2"), ResourceLimits(),
+                                         cgroup_dirs=tuple(Path(d) for d in state["cgroups"]))
+
+    def clear_state(self) -> None:
+        super().clear_state()

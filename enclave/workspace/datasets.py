@@ -1,0 +1,252 @@
+"""Granted dataset versions, decrypted inside the enclave and mounted read-only in a home.
+
+Where plaintext exists, and for how long:
+
+* Stored versions stay encrypted on disk (``ingestion.store``). When a user server that is
+  granted a version starts, the hub decrypts that version once into a RAM-backed tmpfs
+  (``plaintext_root``, mode 0700, root only; never written to disk, and this machine has no swap
+  to page it out to unless the operator adds one).
+* Each granted user gets a read-only, nosuid, nodev, noexec bind mount of it at
+  ``~/datasets/NAME/VERSION``. The plaintext tree itself is root-owned and read-only.
+* At every spawn a user's mounts are rebuilt from the catalog's current grants, so a revoked or
+  expired grant disappears at the next spawn. When a server stops its mounts go, and a version
+  nobody has mounted any more is deleted from the tmpfs. ``enclave down`` unmounts the tmpfs.
+
+The hub (root) never follows a link the user could have planted: ``~/datasets`` is replaced when
+it is not a root-owned directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from enclave.errors import EnclaveError
+
+DATASETS_DIR = "datasets"
+OUTPUTS_DIR = "outputs"
+PLAINTEXT_FS = "enclave-plaintext"
+BIND_OPTIONS = "remount,bind,ro,nosuid,nodev,noexec"
+
+
+class DatasetMountError(EnclaveError):
+    """A granted dataset version cannot be made available in a workspace."""
+
+
+@dataclass(frozen=True)
+class MountedDataset:
+    name: str
+    version: int
+    path: Path
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mount_id: int
+    device: str
+    root: str
+    mount_point: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
+    mounts = []
+    with open(path) as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            parts, tail = left.split(), right.split()
+            mounts.append(MountInfo(int(parts[0]), parts[2], _unescape(parts[3]),
+                                    _unescape(parts[4]), tail[0], tail[1] if len(tail) > 1 else ""))
+    return mounts
+
+
+def _run(argv: Sequence[str], what: str) -> None:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DatasetMountError(f"{what} failed: {proc.stderr.strip() or proc.returncode}")
+
+
+def _make_read_only(tree: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444)
+        os.chmod(dirpath, 0o555)
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o555)
+
+
+def _root_owned_dir(path: Path, mode: int = 0o755) -> None:
+    """A directory root owns at ``path``; anything the user put there is moved aside first."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not (os.path.isdir(path) and not os.path.islink(path) and st.st_uid == 0):
+        aside = path.with_name(f"{path.name}.moved-{int(time.time())}")
+        os.rename(path, aside)  # rename never follows a link
+        st = None
+    if st is None:
+        os.mkdir(path, mode)
+    os.chown(path, 0, 0, follow_symlinks=False)
+    os.chmod(path, mode)
+
+
+class DatasetMounter:
+    """Decrypts granted versions into a RAM tmpfs and bind-mounts them read-only into homes."""
+
+    def __init__(self, plaintext_root: Path, master_key: Any = None,
+                 tmpfs_size: str = "50%") -> None:
+        self.plaintext_root = Path(plaintext_root)
+        self.master_key = master_key
+        self.tmpfs_size = tmpfs_size
+        self._lock = threading.Lock()
+        self._version_locks: dict[str, threading.Lock] = {}
+
+    # ---- the plaintext tmpfs
+
+    def _tmpfs(self) -> MountInfo | None:
+        target = str(self.plaintext_root.resolve())
+        for m in read_mountinfo():
+            if m.mount_point == target and m.root == "/" and m.source == PLAINTEXT_FS:
+                return m
+        return None
+
+    def ensure_plaintext_fs(self) -> None:
+        """Mount the RAM-backed tmpfs for decrypted datasets (root only) if it is not there."""
+        with self._lock:
+            if self._tmpfs() is not None:
+                return
+            self.plaintext_root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.plaintext_root, 0o700)
+            _run(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={self.tmpfs_size},nosuid,nodev,noexec",
+                  PLAINTEXT_FS, str(self.plaintext_root)],
+                 f"mounting the plaintext tmpfs at {self.plaintext_root}")
+
+    @staticmethod
+    def plaintext_name(version: Any) -> str:
+        """One folder per stored version (its store location identifies it)."""
+        return hashlib.sha256(str(version.store_location).encode()).hexdigest()[:32]
+
+    def plaintext_for(self, version: Any) -> Path:
+        """The decrypted, read-only tree of ``version``, decrypting it on first use."""
+        name = self.plaintext_name(version)
+        target = self.plaintext_root / name
+        with self._lock:
+            lock = self._version_locks.setdefault(name, threading.Lock())
+        with lock:
+            if target.is_dir():
+                return target
+            if self.master_key is None:
+                raise DatasetMountError(
+                    f"dataset {version.name} version {version.version} is granted but the enclave "
+                    "is sealed: unseal it (enclave up asks the custodians) to mount datasets"
+                )
+            from ingestion.store import materialize
+
+            partial = self.plaintext_root / f".partial-{name}"
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                materialize(version, partial, self.master_key)
+                _make_read_only(partial)
+                os.rename(partial, target)
+            except BaseException:
+                if partial.exists():
+                    for dirpath, _, _ in os.walk(partial):
+                        os.chmod(dirpath, 0o700)
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise
+            return target
+
+    # ---- per-user mounts
+
+    @staticmethod
+    def datasets_dir(home: Path) -> Path:
+        return Path(home) / DATASETS_DIR
+
+    def user_mounts(self, home: Path) -> list[MountInfo]:
+        prefix = str(self.datasets_dir(home).resolve()) + "/"
+        return [m for m in read_mountinfo() if m.mount_point.startswith(prefix)]
+
+    def unmount_user(self, home: Path) -> None:
+        """Remove every dataset mount in a home (deepest first) and the empty folders."""
+        for m in sorted(self.user_mounts(home), key=lambda m: m.mount_point, reverse=True):
+            _run(["umount", "--lazy", m.mount_point], f"unmounting {m.mount_point}")
+        base = self.datasets_dir(home)
+        if base.is_dir() and not base.is_symlink() and os.lstat(base).st_uid == 0:
+            for child in sorted(base.glob("*/*"), reverse=True):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+            for child in base.glob("*"):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+
+    def mount_for(self, account: Any, versions: Iterable[Any]) -> list[MountedDataset]:
+        """Make exactly ``versions`` visible at ``~/datasets/NAME/VERSION``, read-only."""
+        home = Path(account.home)
+        versions = list(versions)
+        self.unmount_user(home)
+        _root_owned_dir(self.datasets_dir(home))
+        outputs = home / OUTPUTS_DIR
+        if not outputs.exists() and not outputs.is_symlink():
+            outputs.mkdir()
+            os.chown(outputs, account.uid, account.gid)
+        if versions:
+            self.ensure_plaintext_fs()
+        mounted = []
+        for v in versions:
+            source = self.plaintext_for(v)
+            name_dir = self.datasets_dir(home) / v.name
+            _root_owned_dir(name_dir)
+            point = name_dir / str(v.version)
+            _root_owned_dir(point, 0o555)
+            _run(["mount", "--bind", str(source), str(point)], f"mounting {v.name}@{v.version}")
+            _run(["mount", "-o", BIND_OPTIONS, str(point)], f"making {point} read-only")
+            mounted.append(MountedDataset(v.name, int(v.version), point,
+                                          getattr(v, "expires_at", None)))
+        self.collect_garbage()
+        return mounted
+
+    def collect_garbage(self) -> list[str]:
+        """Delete decrypted versions that no home mounts any more."""
+        tmpfs = self._tmpfs()
+        if tmpfs is None:
+            return []
+        in_use = {m.root.strip("/").split("/")[0] for m in read_mountinfo()
+                  if m.device == tmpfs.device and m.root != "/"}
+        removed = []
+        with self._lock:
+            for entry in self.plaintext_root.iterdir():
+                if entry.name in in_use or entry.name.startswith(".partial-"):
+                    continue
+                for dirpath, _, _ in os.walk(entry):
+                    os.chmod(dirpath, 0o700)
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+    def release_all(self, homes: Iterable[Path] = ()) -> None:
+        """Unmount every dataset mount and the plaintext tmpfs itself (``enclave down``)."""
+        tmpfs = self._tmpfs()
+        for home in homes:
+            self.unmount_user(home)
+        if tmpfs is not None:
+            for m in sorted(read_mountinfo(), key=lambda m: m.mount_point, reverse=True):
+                if m.device == tmpfs.device and m.mount_id != tmpfs.mount_id:
+                    _run(["umount", "--lazy", m.mount_point], f"unmounting {m.mount_point}")
+            _run(["umount", "--lazy", str(self.plaintext_root)], "unmounting the plaintext tmpfs")

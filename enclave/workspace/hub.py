@@ -1,0 +1,255 @@
+"""The embedded hub's configuration, built from the enclave state directory.
+
+``hub_config/jupyterhub_config.py`` is three lines that call :func:`configure`; everything a site
+may change lives in ``STATE_DIR/hub/settings.json`` (:class:`HubSettings`), written by
+``enclave up`` (and by the tests, which run their own hub on other ports and addresses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from enclave.errors import EnclaveError
+from enclave.workspace.catalog_service import CATALOG_SCOPES
+
+HUB_DIR = "hub"
+SETTINGS_FILE = "settings.json"
+ADMIN_TOKEN_FILE = "admin-service-token"
+ADMIN_SERVICE = "enclave-admin"
+ROLE_GROUPS = ("researchers", "students", "providers", "admins")
+
+
+class HubConfigError(EnclaveError):
+    """The hub cannot be configured from this state directory."""
+
+
+@dataclass
+class HubSettings:
+    """Everything that differs between sites (and between a site and the test suite)."""
+
+    state_dir: str
+    public_ip: str = "127.0.0.1"
+    public_port: int = 8000
+    proxy_api_port: int = 8001
+    hub_port: int = 8081
+    catalog_port: int = 8090
+    ingest_port: int = 8091
+    address_range: str = "10.213.0.0/16"
+    server_port: int = 8888
+    netns_table: str = "enclave"
+    namespace_prefix: str = "enclave-"
+    veth_prefix: str = "enc-"
+    unix_prefix: str = "enclave-"
+    home_root: str = "/home"
+    plaintext_root: str = "/run/enclave/plaintext"
+    lock_path: str = "/run/enclave-netns.lock"
+    catalog_url: str = ""
+    idle_timeout_seconds: int = 3600
+    start_timeout_seconds: int = 120
+    managed_services: list[str] = field(default_factory=lambda: ["catalog", "idle-culler"])
+    log_level: str = "INFO"
+
+    @property
+    def hub_dir(self) -> Path:
+        return Path(self.state_dir) / HUB_DIR
+
+    @property
+    def public_url(self) -> str:
+        return f"http://{self.public_ip}:{self.public_port}/"
+
+    def netns_config(self) -> Any:
+        from enclave.netns import NetnsConfig
+
+        return NetnsConfig(
+            address_range=self.address_range,
+            service_ports=(self.hub_port,),
+            server_port=self.server_port,
+            hub_uids=(0,),
+            table=self.netns_table,
+            namespace_prefix=self.namespace_prefix,
+            veth_prefix=self.veth_prefix,
+            lock_path=self.lock_path,
+        )
+
+    def save(self) -> Path:
+        self.hub_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.hub_dir, 0o700)
+        path = self.hub_dir / SETTINGS_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, state_dir: Path | str) -> HubSettings:
+        path = Path(state_dir) / HUB_DIR / SETTINGS_FILE
+        data: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as exc:
+                raise HubConfigError(f"{path} is not valid JSON: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HubConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        data["state_dir"] = str(Path(state_dir).resolve())
+        return cls(**data)
+
+
+def admin_token(settings: HubSettings) -> str:
+    """The token of the ``enclave-admin`` service the CLI uses (created once, mode 0600)."""
+    path = settings.hub_dir / ADMIN_TOKEN_FILE
+    if not path.is_file():
+        settings.hub_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32) + "\n")
+        os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+def custom_scopes() -> dict[str, dict[str, str]]:
+    return {
+        "custom:catalog:read": {"description": "Browse catalog entries granted to you."},
+        "custom:catalog:request": {"description": "Request access to a catalog dataset."},
+        "custom:catalog:publish": {"description": "Publish ingested dataset versions."},
+        "custom:catalog:curate": {"description": "Edit, grant, revoke and retire datasets."},
+    }
+
+
+def load_roles(settings: HubSettings | None = None) -> list[dict[str, Any]]:
+    """RBAC: one role per group, the culler's and the CLI's service roles."""
+    catalog_access = "access:services!service=catalog"
+    managed = settings.managed_services if settings is not None else ["idle-culler"]
+    roles = [
+        {"name": "user", "scopes": ["self"]},
+        {"name": "enclave-researcher", "groups": ["researchers"],
+         "scopes": ["custom:catalog:read", "custom:catalog:request", catalog_access]},
+        {"name": "enclave-student", "groups": ["students"],
+         "scopes": ["custom:catalog:read", catalog_access]},
+        {"name": "enclave-provider", "groups": ["providers"],
+         "scopes": ["custom:catalog:read", catalog_access, "access:services!service=ingest"]},
+        {"name": "enclave-admin", "groups": ["admins"],
+         "scopes": [*CATALOG_SCOPES, "access:services", "admin-ui", "admin:users", "admin:groups",
+                    "list:users", "read:users", "read:servers", "delete:servers",
+                    "read:users:activity"]},
+        {"name": "idle-culler", "services": ["idle-culler"],
+         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]},
+        {"name": "enclave-cli", "services": [ADMIN_SERVICE],
+         "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "list:users",
+                    "read:users", "read:servers", "delete:servers", "access:servers",
+                    "access:services", "read:roles", *CATALOG_SCOPES]},
+    ]
+    return [r for r in roles if r["name"] != "idle-culler" or "idle-culler" in managed]
+
+
+def services(settings: HubSettings) -> list[dict[str, Any]]:
+    python = sys.executable
+    found: list[dict[str, Any]] = [{"name": ADMIN_SERVICE, "api_token": admin_token(settings)}]
+    env = {"ENCLAVE_STATE_DIR": settings.state_dir}
+    if settings.catalog_url:
+        env["ENCLAVE_DB_URL"] = settings.catalog_url
+    if "catalog" in settings.managed_services:
+        found.append({
+            "name": "catalog",
+            "url": f"http://127.0.0.1:{settings.catalog_port}",
+            "command": [python, "-m", "enclave.workspace.catalog_service",
+                        "--state-dir", settings.state_dir],
+            "environment": env,
+            "oauth_no_confirm": True,
+            "display": True,
+            "info": {"description": "Datasets granted to you, with their validation summaries"},
+        })
+    if "idle-culler" in settings.managed_services:
+        found.append({
+            "name": "idle-culler",
+            "command": [python, "-m", "jupyterhub_idle_culler",
+                        f"--timeout={settings.idle_timeout_seconds}", "--cull-every=300"],
+        })
+    return found
+
+
+def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
+    """Fill a JupyterHub config object for the embedded enclave."""
+    from enclave.netns import NamespaceManager
+    from enclave.spawner import set_master_key
+    from enclave.workspace.interpreter import server_python
+    from enclave.workspace.policy import install_server_policy
+
+    hub_dir = settings.hub_dir
+    hub_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(hub_dir, 0o700)
+    netns = settings.netns_config()
+    # The hub listens on the service address user namespaces route to; it must exist first.
+    NamespaceManager(netns).ensure_host()
+    policy_dir = install_server_policy(Path(settings.state_dir) / "jupyter-policy")
+    os.chmod(settings.state_dir, 0o711)  # servers (as their users) read the policy dir only
+    set_master_key(master_key)
+
+    c.JupyterHub.bind_url = settings.public_url
+    c.JupyterHub.hub_bind_url = f"http://{netns.service_address}:{settings.hub_port}"
+    c.JupyterHub.db_url = f"sqlite:///{hub_dir / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(hub_dir / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(hub_dir / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.log_level = settings.log_level
+    c.ConfigurableHTTPProxy.command = [str(Path(sys.executable).parent / "configurable-http-proxy")]
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "proxy.pid")
+
+    c.JupyterHub.authenticator_class = "enclave.workspace.auth.EnclaveAuthenticator"
+    c.Authenticator.allow_all = True  # only accounts an admin authorized can log in
+    c.Authenticator.admin_users = set()
+    c.NativeAuthenticator.allow_2fa = True
+    c.NativeAuthenticator.minimum_password_length = 10
+    c.NativeAuthenticator.check_common_password = True
+    c.NativeAuthenticator.allowed_failed_logins = 5
+    c.NativeAuthenticator.seconds_before_next_try = 300
+
+    c.JupyterHub.custom_scopes = custom_scopes()
+    c.JupyterHub.load_groups = {name: {"users": []} for name in ROLE_GROUPS}
+    c.JupyterHub.load_roles = load_roles(settings)
+    c.JupyterHub.services = services(settings)
+
+    c.JupyterHub.spawner_class = "enclave.spawner.IsolatedSpawner"
+    c.Spawner.default_url = "/lab"
+    c.Spawner.start_timeout = settings.start_timeout_seconds
+    c.Spawner.http_timeout = settings.start_timeout_seconds
+    c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "VIRTUAL_ENV"]
+    c.IsolatedSpawner.netns_config = netns
+    c.IsolatedSpawner.home_root = settings.home_root
+    c.IsolatedSpawner.unix_prefix = settings.unix_prefix
+    c.IsolatedSpawner.plaintext_root = settings.plaintext_root
+    c.IsolatedSpawner.policy_dir = str(policy_dir)
+    c.IsolatedSpawner.cmd = [server_python(Path(settings.state_dir) / "server-python"),
+                             "-m", "enclave.workspace.singleuser"]
+    c.IsolatedSpawner.catalog_url = settings.catalog_url or _default_catalog_url(settings)
+
+
+def _default_catalog_url(settings: HubSettings) -> str:
+    from catalog.db import resolve_database_url
+
+    return resolve_database_url(Path(settings.state_dir))
+
+
+def master_key_from_environment(settings: HubSettings) -> Any:
+    """Unseal from mnemonics on standard input when ``enclave up`` passes them (else None).
+
+    The mnemonics are put back on a fresh pipe as the hub's standard input, which the hub-managed
+    ingestion service inherits and unseals from in turn (user servers get /dev/null instead).
+    """
+    if os.environ.get("ENCLAVE_UNSEAL_STDIN") != "1":
+        return None
+    from enclave.custody import unseal
+
+    lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    key = unseal(Path(settings.state_dir), lines)
+    read_end, write_end = os.pipe()
+    os.write(write_end, ("\n".join(lines) + "\n").encode())
+    os.close(write_end)
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    return key
