@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +73,7 @@ class _SegmentEncoder:
         self._k = self.k = k
         self._n = self.n = n
         self.segment_size = segment_size
+        self.fds: list[int] = []
         self._local = threading.local()
 
     def _tools(self) -> tuple[AESGCM, zfec.Encoder]:
@@ -81,7 +82,9 @@ class _SegmentEncoder:
             tools = self._local.tools = (AESGCM(self._key), zfec.Encoder(self._k, self._n))
         return tools
 
-    def __call__(self, index: int, plaintext: bytearray, last: bool) -> tuple[list, list[bytes]]:
+    def __call__(self, index: int, plaintext: bytearray, last: bool) -> list[bytes]:
+        """Encode segment ``index``, write block j at its place in share j; return the
+        n block hashes. Writes go to known offsets, so workers need no ordering."""
         aes, encoder = self._tools()
         k, n = self._k, self._n
         ciphertext_length = len(plaintext) + fmt.TAG_LEN
@@ -100,8 +103,21 @@ class _SegmentEncoder:
         blocks: list = list(primaries)
         if n > k:
             blocks += encoder.encode(primaries, list(range(k, n)))
-        hashes = [fmt.block_hash(self._tid, j + 1, index, blocks[j]) for j in range(n)]
-        return blocks, hashes
+        offset = fmt.HEADER_LEN + index * fmt.block_length(self.segment_size, k)
+        hashes = []
+        for j in range(n):
+            hashes.append(fmt.block_hash(self._tid, j + 1, index, blocks[j]))
+            write_at(self.fds[j], blocks[j], offset)
+        return hashes
+
+
+def write_at(fd: int, data: object, offset: int) -> None:
+    """os.pwrite until everything is written (a short write is legal)."""
+    view = memoryview(data)  # type: ignore[arg-type]
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _check_signing_key(signing_key: object) -> Ed25519PrivateKey:
@@ -151,18 +167,15 @@ def split_dataset(
     encode = _SegmentEncoder(key, nonce_prefix, transfer_id, k, n, segment_size)
 
     partial_paths = [out_dir / f".{path.name}.{transfer_id.hex()}.partial" for path in final_paths]
-    handles = []
+    fds = encode.fds
     renamed: list[Path] = []
     try:
         for j, path in enumerate(partial_paths, start=1):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            handles.append(os.fdopen(fd, "wb"))
-            handles[-1].write(fmt.Header(transfer_id, j, k, n, segment_size).encode())
+            fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            write_at(fds[-1], fmt.Header(transfer_id, j, k, n, segment_size).encode(), 0)
 
         index_hashes: list[list[bytes]] = [[] for _ in range(n)]
-        plaintext_length = _pump(
-            pack_segments(source, segment_size), encode, handles, index_hashes, progress
-        )
+        plaintext_length = _pump(pack_segments(source, segment_size), encode, index_hashes, progress)
 
         indexes = [b"".join(hashes) for hashes in index_hashes]
         entries = tuple(
@@ -196,23 +209,22 @@ def split_dataset(
         manifest, manifest_bytes = fmt.solve_share_length(build)
         signature = signing_key.sign(manifest_bytes)
         layout = manifest.layout(len(manifest_bytes))
-        for j, handle in enumerate(handles, start=1):
-            footer = fmt.Footer.for_layout(layout, transfer_id, j)
-            handle.write(indexes[j - 1] + key_shares[j - 1] + manifest_bytes + signature)
-            handle.write(footer.encode())
-            handle.flush()
-            if handle.tell() != layout.share_length:
-                raise RuntimeError(f"share {j} has length {handle.tell()}, layout says {layout.share_length}")
-        for handle in handles:
-            handle.close()
+        for j, fd in enumerate(fds, start=1):
+            trailer = indexes[j - 1] + key_shares[j - 1] + manifest_bytes + signature
+            footer = fmt.Footer.for_layout(layout, transfer_id, j).encode()
+            write_at(fd, trailer + footer, layout.index_offset)
+            if os.fstat(fd).st_size != layout.share_length:
+                raise RuntimeError(f"share {j} is not {layout.share_length} bytes long")
+        while fds:
+            os.close(fds.pop())
         for partial, final in zip(partial_paths, final_paths, strict=True):
             if final.exists():
                 raise OutputExistsError(f"{final} appeared while splitting; refusing to overwrite it")
             os.rename(partial, final)
             renamed.append(final)
     except BaseException:
-        for handle in handles:
-            handle.close()
+        while fds:
+            os.close(fds.pop())
         for path in partial_paths + renamed:
             path.unlink(missing_ok=True)
         raise
@@ -220,32 +232,30 @@ def split_dataset(
 
 
 def _pump(
-    segments: object,
+    segments: Iterable[bytearray],
     encode: _SegmentEncoder,
-    handles: list,
     index_hashes: list[list[bytes]],
     progress: Progress | None,
 ) -> int:
-    """Run the bounded pipeline; returns the plaintext length. Blocks are written in
-    segment order; one segment is held back to learn whether it is the last."""
+    """Run the bounded pipeline; returns the plaintext length. Workers write their
+    blocks in place; the main thread reads the dataset and collects block hashes in
+    segment order. One segment is held back to learn whether it is the last."""
     workers = worker_count()
     max_in_flight = segments_in_flight(encode.k, encode.n, encode.segment_size, workers)
     in_flight: deque[tuple[int, Future]] = deque()
     total = 0
 
-    def drain(until: int) -> None:
+    def collect(until: int) -> None:
         while len(in_flight) > until:
             length, future = in_flight.popleft()
-            blocks, hashes = future.result()
-            for handle, block, digest, bucket in zip(handles, blocks, hashes, index_hashes, strict=True):
-                handle.write(block)
+            for digest, bucket in zip(future.result(), index_hashes, strict=True):
                 bucket.append(digest)
             if progress is not None:
                 progress(length)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="share-split") as pool:
         try:
-            iterator = iter(segments)  # type: ignore[call-overload]
+            iterator = iter(segments)
             pending = next(iterator, None)
             index = 0
             while pending is not None:
@@ -255,8 +265,8 @@ def _pump(
                 total += len(pending)
                 index += 1
                 pending = following
-                drain(max_in_flight - 1)
-            drain(0)
+                collect(max_in_flight - 1)
+            collect(0)
         except BaseException:
             for _, future in in_flight:
                 future.cancel()
