@@ -250,28 +250,38 @@ class _Walk:
         )
 
 
+def _code_string(ds: Dataset, tag: int) -> str:
+    """A CS value read from the raw bytes when possible (no conversion of the element)."""
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("ascii", "replace").strip(" \x00").upper()
+    return str(value).strip(" \x00").upper()
+
+
 def _declaration_findings(ds: Dataset, path: str) -> list[Finding]:
     findings = []
-    removed = ds.get(PATIENT_IDENTITY_REMOVED)
-    if removed is None or str(removed.value or "").strip().upper() != "YES":
+    if _code_string(ds, PATIENT_IDENTITY_REMOVED) != "YES":
         findings.append(Finding(
             "deid.identity-removed", "error",
             "PatientIdentityRemoved must be YES: the provider has not declared the file "
             "de-identified", path=path, tag=tag_label(PATIENT_IDENTITY_REMOVED),
         ))
-    method = ds.get(DEIDENTIFICATION_METHOD)
-    codes = ds.get(DEIDENTIFICATION_METHOD_CODES)
+    method = ds.get_item(DEIDENTIFICATION_METHOD)
+    codes = ds.get_item(DEIDENTIFICATION_METHOD_CODES)
     has_method = method is not None and has_value(method, "LO")
-    has_codes = codes is not None and len(codes.value or []) > 0
+    has_codes = codes is not None and has_value(codes, "SQ")
     if not (has_method or has_codes):
         findings.append(Finding(
             "deid.method", "error",
             "no DeidentificationMethod or DeidentificationMethodCodeSequence: say which tool "
             "and profile de-identified the file", path=path, tag=tag_label(DEIDENTIFICATION_METHOD),
         ))
-    if any(t in ds for t in PIXEL_DATA_TAGS):
-        burned = ds.get(BURNED_IN_ANNOTATION)
-        state = str(burned.value or "").strip().upper() if burned is not None else ""
+    keys = ds.keys()
+    if any(t in keys for t in PIXEL_DATA_TAGS):
+        state = _code_string(ds, BURNED_IN_ANNOTATION)
         if state != "NO":
             why = "is missing" if not state else "is not NO"
             findings.append(Finding(

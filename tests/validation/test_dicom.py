@@ -402,3 +402,21 @@ def test_standard_sample_files_are_checked_without_crashing():
     sr = {f.tag for f in result.findings if f.path == "reportsi.dcm"
           and f.check == "dicom.required-attribute"}
     assert "(0070,0022) GraphicData" not in sr  # content-item attributes are not top-level
+
+
+def test_zero_copy_parse_agrees_with_a_plain_parse(make_series, tmp_path):
+    """The fast path (header parse + pixel data viewed in place) must see what pydicom sees."""
+    from ingestion.validators.dicom import _check_file
+
+    make_series("clean")
+    make_series("phi", phi=["patient-name", "overlay", "private-tag", "sequence"])
+    broken = make_series("broken", slices=2)
+    broken[0].write_bytes(broken[0].read_bytes()[:-10])
+    edit(broken[1], lambda ds: setattr(ds, "PixelData", ds.PixelData + b"\x00\x00"))
+    samples = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+    for root in (tmp_path, samples):
+        for path in sorted(root.rglob("*.dcm")):
+            rel = path.relative_to(root).as_posix()
+            fast = _check_file(str(root), rel, frozenset(), "PatientID", fast=True)
+            plain = _check_file(str(root), rel, frozenset(), "PatientID", fast=False)
+            assert fast == plain, rel
