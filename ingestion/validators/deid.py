@@ -168,7 +168,7 @@ class _Walk:
         repeating: dict[int, list[int]] = {}
         profile = self.profile
         visitor = self.visitor
-        for elem in ds.elements():
+        for elem in list(ds.values()):  # parse order; no sorting, no Tag conversions
             tag = elem.tag
             group = tag >> 16
             if group & 1:

@@ -263,11 +263,11 @@ NATIVE_SYNTAXES = frozenset({
 })
 
 
-def _truncation(ds: Dataset, data: memoryview) -> tuple[int, str] | None:
+def _truncation(elems: Elements, data: memoryview) -> tuple[int, str] | None:
     """pydicom stops quietly at the end of a short file: compare where the last element ends."""
-    if not len(ds):
+    if not elems:
         return None
-    last = ds.get_item(max(ds.keys()))
+    last = elems[next(reversed(elems))]  # parse order: the last element read
     if not isinstance(last, RawDataElement) or last.value is None:
         return None
     start = last.value_tell
@@ -286,18 +286,32 @@ def _truncation(ds: Dataset, data: memoryview) -> tuple[int, str] | None:
     return None
 
 
-def _raw_text(ds: Dataset, tag: int) -> str | None:
+Elements = dict[int, Any]  # tag (plain int) -> DataElement | RawDataElement
+
+
+def element_index(ds: Dataset) -> Elements:
+    """Top-level elements keyed by plain ints, in parse order.
+
+    pydicom keys are ``BaseTag`` objects whose ``__eq__`` is Python code, so every
+    ``ds.get_item`` pays for a tag conversion and a Python comparison; one plain dict per
+    file makes the many lookups below C-speed.
+    """
+    return dict(zip(map(int, ds.keys()), ds.values(), strict=True))
+
+
+def _raw_text(elems: Elements, tag: int) -> str | None:
     """An ASCII-VR value (UI, CS, DS, IS) straight from the raw bytes, without conversion."""
-    elem = ds.get_item(tag)
+    elem = elems.get(tag)
     if elem is None:
         return None
     value = elem.value
     if value is None:
         return None
     if isinstance(value, bytes | bytearray):
-        if any(b > 0x7F for b in value):
-            return _converted_text(ds, tag)
-        text = bytes(value).decode("ascii").strip(" \x00")
+        try:
+            text = bytes(value).decode("ascii").strip(" \x00")
+        except UnicodeDecodeError:
+            return None  # not ASCII: not a valid UI, CS, DS or IS (the value check says so)
     else:
         text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
         text = text.strip(" \x00")
@@ -315,8 +329,8 @@ def _converted_text(ds: Dataset, tag: int) -> str | None:
     return text or None
 
 
-def _raw_floats(ds: Dataset, tag: int) -> tuple[float, ...] | None:
-    text = _raw_text(ds, tag)
+def _raw_floats(elems: Elements, tag: int) -> tuple[float, ...] | None:
+    text = _raw_text(elems, tag)
     if not text:
         return None
     try:
@@ -325,9 +339,9 @@ def _raw_floats(ds: Dataset, tag: int) -> tuple[float, ...] | None:
         return None
 
 
-def _raw_int(ds: Dataset, tag: int) -> int | None:
+def _raw_int(elems: Elements, tag: int) -> int | None:
     """US/SS/IS values from raw bytes (IS is text, US/SS binary)."""
-    elem = ds.get_item(tag)
+    elem = elems.get(tag)
     if elem is None or elem.value is None:
         return None
     value = elem.value
@@ -438,7 +452,7 @@ def _read_pixel_start(ds: Dataset, view: memoryview) -> tuple[int, int, str, boo
     little = syntax != "1.2.840.10008.1.2.2"
     order = "little" if little else "big"
     # Where the parse stopped: just after the last element read.
-    last = ds.get_item(max(ds.keys())) if len(ds) else None
+    last = ds.get_item(next(reversed(ds.keys()))) if len(ds) else None
     if last is None or not isinstance(last, RawDataElement) or last.length == _UNDEFINED:
         return None
     pos = last.value_tell + last.length
@@ -536,7 +550,8 @@ def _check_dataset(
     subject_attribute: str,
 ) -> _FileOutcome:
     findings: list[Finding] = []
-    truncated = _truncation(ds, data)
+    elems = element_index(ds)
+    truncated = _truncation(elems, data)
     if truncated is not None:
         tag, how = truncated
         findings.append(Finding(
@@ -547,16 +562,16 @@ def _check_dataset(
     values = _ValueChecker(rel, _encodings(ds))
     deid = check_deidentification(ds, rel, private_tag_allowlist=allowlist, element_visitor=values)
     findings += values.findings
-    findings += _check_required(ds, rel)
+    findings += _check_required(ds, elems, rel)
     findings += deid
-    findings += _check_pixels(ds, rel)
+    findings += _check_pixels(ds, elems, rel)
 
     subject_tag = tag_for_keyword(subject_attribute) or PATIENT_ID
     record.update(
-        study_uid=_raw_text(ds, STUDY_UID),
-        series_uid=_raw_text(ds, SERIES_UID),
-        sop_instance_uid=_raw_text(ds, SOP_INSTANCE_UID),
-        modality=_raw_text(ds, MODALITY),
+        study_uid=_raw_text(elems, STUDY_UID),
+        series_uid=_raw_text(elems, SERIES_UID),
+        sop_instance_uid=_raw_text(elems, SOP_INSTANCE_UID),
+        modality=_raw_text(elems, MODALITY),
         subject_id=_converted_text(ds, subject_tag),
     )
     patient_id = (record["subject_id"] if subject_tag == PATIENT_ID
@@ -565,16 +580,16 @@ def _check_dataset(
         "study_uid": record["study_uid"] or "", "series_uid": record["series_uid"] or "",
         "sop_instance_uid": record["sop_instance_uid"] or "", "patient_id": patient_id or "",
     }
-    return _FileOutcome(record, findings, ids, _geometry_of(ds, rel, record))
+    return _FileOutcome(record, findings, ids, _geometry_of(elems, rel, record))
 
 
-def _check_required(ds: Dataset, path: str) -> list[Finding]:
+def _check_required(ds: Dataset, elems: Elements, path: str) -> list[Finding]:
     findings = []
-    sop_class = _raw_text(ds, SOP_CLASS_UID)
+    sop_class = _raw_text(elems, SOP_CLASS_UID)
     meta = ds.file_meta
     meta_class = str(meta.get("MediaStorageSOPClassUID", "") or "").strip(" \x00")
     meta_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip(" \x00")
-    sop_instance = _raw_text(ds, SOP_INSTANCE_UID)
+    sop_instance = _raw_text(elems, SOP_INSTANCE_UID)
     if sop_class and meta_class and meta_class != sop_class:
         findings.append(Finding(
             "dicom.file-meta", "error", "MediaStorageSOPClassUID differs from SOPClassUID",
@@ -600,7 +615,7 @@ def _check_required(ds: Dataset, path: str) -> list[Finding]:
             "SOP class is not in the standard tables: required attributes were not checked",
             path=path, tag=tag_label(0x00080016),
         )]
-    present = ds.keys()  # plain dict lookups: `tag in ds` converts every keyword/tag
+    present = elems
     for tag in req.type1:
         if tag not in present:
             findings.append(Finding(
@@ -609,7 +624,7 @@ def _check_required(ds: Dataset, path: str) -> list[Finding]:
                 path=path, tag=tag_label(tag),
             ))
         else:
-            elem = ds.get_item(tag)
+            elem = elems[tag]
             if not has_value(elem, element_vr(elem)) and tag not in PIXEL_TAGS:
                 findings.append(Finding(
                     "dicom.required-attribute", "error",
@@ -635,20 +650,21 @@ class _PixelError(Exception):
     pass
 
 
-def _decode_native(ds: Dataset) -> np.ndarray:
+def _decode_native(ds: Dataset, elems: Elements | None = None) -> np.ndarray:
     """Decode uncompressed pixel data the way pydicom's native decoder does, from raw bytes.
 
     ``Dataset.pixel_array`` converts every group 0028 element and copies the frame: four times
     the cost of reading a 512x512 slice. Here the header is read raw and the bytes viewed in
     place; the length rule is the decoder's.
     """
-    elem = ds.get_item(PIXEL_DATA)
-    rows, columns = _raw_int(ds, ROWS), _raw_int(ds, COLUMNS)
-    samples = _raw_int(ds, SAMPLES_PER_PIXEL) or 1
-    bits = _raw_int(ds, BITS_ALLOCATED)
-    stored = _raw_int(ds, BITS_STORED)
-    signed = _raw_int(ds, PIXEL_REPRESENTATION)
-    frames = _raw_int(ds, NUMBER_OF_FRAMES) or 1
+    elems = element_index(ds) if elems is None else elems
+    elem = elems[PIXEL_DATA]
+    rows, columns = _raw_int(elems, ROWS), _raw_int(elems, COLUMNS)
+    samples = _raw_int(elems, SAMPLES_PER_PIXEL) or 1
+    bits = _raw_int(elems, BITS_ALLOCATED)
+    stored = _raw_int(elems, BITS_STORED)
+    signed = _raw_int(elems, PIXEL_REPRESENTATION)
+    frames = _raw_int(elems, NUMBER_OF_FRAMES) or 1
     if not rows or not columns:
         raise _PixelError("Rows and Columns must be positive")
     if bits not in (8, 16, 32, 64):
@@ -672,17 +688,17 @@ def _decode_native(ds: Dataset) -> np.ndarray:
     return np.frombuffer(value, dtype, count=count).reshape(frames, rows, columns, samples)
 
 
-def _check_pixels(ds: Dataset, path: str) -> list[Finding]:
-    present = [t for t in PIXEL_TAGS if t in ds.keys()]
+def _check_pixels(ds: Dataset, elems: Elements, path: str) -> list[Finding]:
+    present = [t for t in PIXEL_TAGS if t in elems]
     if not present:
         return []
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-    photometric = _raw_text(ds, PHOTOMETRIC) or ""
+    photometric = _raw_text(elems, PHOTOMETRIC) or ""
     native = (present == [PIXEL_DATA] and syntax in NATIVE_SYNTAXES
-              and photometric != "YBR_FULL_422" and _raw_int(ds, BITS_ALLOCATED) != 1)
+              and photometric != "YBR_FULL_422" and _raw_int(elems, BITS_ALLOCATED) != 1)
     try:
         if native:
-            _decode_native(ds)
+            _decode_native(ds, elems)
         else:
             ds.pixel_array  # noqa: B018 - decoding is the check (pylibjpeg, pyjpegls, RLE)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the finding
@@ -695,29 +711,29 @@ def _check_pixels(ds: Dataset, path: str) -> list[Finding]:
     return []
 
 
-def _geometry_of(ds: Dataset, path: str, record: dict[str, Any]) -> dict[str, Any] | None:
+def _geometry_of(elems: Elements, path: str, record: dict[str, Any]) -> dict[str, Any] | None:
     if not record["series_uid"]:
         return None
-    frames = _raw_int(ds, NUMBER_OF_FRAMES) or 1
+    frames = _raw_int(elems, NUMBER_OF_FRAMES) or 1
     return {
         "path": path,
         "series_uid": record["series_uid"],
         "study_uid": record["study_uid"],
         "subject_id": record["subject_id"],
         "modality": record["modality"],
-        "body_part": _raw_text(ds, BODY_PART),
+        "body_part": _raw_text(elems, BODY_PART),
         "frames": frames,
-        "rows": _raw_int(ds, ROWS),
-        "columns": _raw_int(ds, COLUMNS),
-        "pixel_spacing": _vector(ds, PIXEL_SPACING, 2),
-        "orientation": _vector(ds, ORIENTATION, 6),
-        "position": _vector(ds, POSITION, 3) if frames == 1 else None,
+        "rows": _raw_int(elems, ROWS),
+        "columns": _raw_int(elems, COLUMNS),
+        "pixel_spacing": _vector(elems, PIXEL_SPACING, 2),
+        "orientation": _vector(elems, ORIENTATION, 6),
+        "position": _vector(elems, POSITION, 3) if frames == 1 else None,
     }
 
 
-def _vector(ds: Dataset, tag: int, length: int) -> tuple[float, ...] | None:
+def _vector(elems: Elements, tag: int, length: int) -> tuple[float, ...] | None:
     """A fixed-length numeric vector, or None when absent, malformed or not finite."""
-    values = _raw_floats(ds, tag)
+    values = _raw_floats(elems, tag)
     if values is None or len(values) != length or not all(np.isfinite(values)):
         return None
     return values
