@@ -176,7 +176,10 @@ class _Uploader:
                 size = min(self.chunk_bytes, self.u.length - received)
                 try:
                     resp = self.client.put(
-                        self.where, params={"offset": received}, content=self._body(received, size)
+                        self.where,
+                        params={"offset": received},
+                        content=self._body(received, size),
+                        headers={"content-length": str(size)},
                     )
                 except httpx.TransportError as exc:
                     failures += 1

@@ -265,6 +265,8 @@ class ReconstructionWorker:
 
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True, mode=0o700)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
         share_paths = []
         for link, meta in sorted(found, key=lambda f: f[1]["index"]):
             try:
@@ -272,14 +274,18 @@ class ReconstructionWorker:
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("share %s of %s unavailable: %s", meta["index"], tid, exc)
         result = combine_shares(share_paths, staging / "data", verify_key=verify_key)
+        timings["reconstruct_s"] = round(time.perf_counter() - started, 3)
         rejected = {Path(p).name: why for p, why in (result.rejected or {}).items()}
         for name, why in rejected.items():
             log.warning("transfer %s: %s rejected, used a spare share: %s", tid, name, why)
 
         self._pause()  # fault-injection tests kill the service here, plaintext in staging
         self._state(tid, "validating")
+        started = time.perf_counter()
         outcome = validate_dataset(Path(result.output_path), transfer_id=tid)
+        timings["validate_s"] = round(time.perf_counter() - started, 3)
         report = outcome.report
+        report.summary["ingest_timings"] = timings
         report.transfer_id = report.transfer_id or tid
         report.summary.setdefault(
             "shares",
@@ -297,9 +303,11 @@ class ReconstructionWorker:
             log.info("transfer %s quarantined: %s", tid, quarantine.summarise(report))
             return "quarantined"
 
+        started = time.perf_counter()
         stored = store.write_version(
             Path(result.output_path), self.paths.store, self.master_key, name_hint=tid
         )
+        timings["store_s"] = round(time.perf_counter() - started, 3)
         shutil.rmtree(staging, ignore_errors=True)  # plaintext lives no longer than needed
         try:
             version = self.catalog.catalog_version(
@@ -321,8 +329,6 @@ class ReconstructionWorker:
         if str(_attr(version, "store_location")) != stored.store_location:
             # An earlier attempt already cataloged this transfer; keep that one.
             store.delete_version(stored.store_location)
-        if _attr(self.catalog.get_transfer(tid), "state") != "cataloged":
-            self._state(tid, "cataloged")
         log.info("transfer %s cataloged (%d files)", tid, stored.file_count)
         return "cataloged"
 

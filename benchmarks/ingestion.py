@@ -1,0 +1,200 @@
+"""The whole ingestion path on a generated CT dataset, against its reference points.
+
+    python -m benchmarks.ingestion [--size-gb 2] [--k 3 --n 5] [--search-files 1000000]
+
+Generates a CT dataset (20 series x 200 slices of 512x512 at 2 GB, fewer series when
+smaller), then in one run: split (provider side), send to n receivers (separate processes),
+reconstruct + validate + encrypt + catalog (worker), all timed from the start of the split to
+the catalog entry; then the raw ``pydicom.dcmread`` rate over the same files next to
+``validate_dataset``'s rate; then catalog search latency on PostgreSQL with 10,000 datasets
+and 1,000,000 files (``benchmarks.catalog_search``). MB is 10^6 bytes. The last line printed
+is one JSON object for scripts.
+
+Targets: whole path >= 100 MB/s on 2 cores; validation >= 0.5 x raw read; search p95 < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+SLICE_BYTES = 512 * 512 * 2 + 1500  # pixels + header, per 512x512 CT slice
+
+
+def make_dataset(root: Path, size_gb: float, slices: int = 200) -> Path:
+    """A valid de-identified CT dataset folder of about ``size_gb`` (``dataset.yaml`` + DICOM)."""
+    import yaml
+
+    from enclave.samples import DEID_METHOD, DEID_PROFILE, make_benchmark_series
+
+    series = max(1, round(size_gb * 1e9 / (slices * SLICE_BYTES)))
+    if series == 1:
+        slices = max(8, round(size_gb * 1e9 / SLICE_BYTES))
+    root.mkdir(parents=True)
+    make_benchmark_series(root / "dicom", series=series, slices=slices, size=512)
+    spec = {
+        "name": "bench-ct",
+        "title": "Benchmark CT (synthetic)",
+        "description": f"{series} synthetic CT series of {slices} slices, 512x512.",
+        "license": "CC0-1.0",
+        "modality": "CT",
+        "body_part": "CHEST",
+        "deidentification": {"method": DEID_METHOD, "profile": DEID_PROFILE},
+        "subject_id": "PatientID",
+    }
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root
+
+
+def folder_stats(root: Path) -> tuple[int, int]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def run_whole_path(work: Path, dataset: Path, *, k: int, n: int) -> dict:
+    from catalog import open_catalog, resolve_database_url
+    from enclave.custody import init_custody, unseal
+    from ingestion.client import send_shares
+    from ingestion.service import IngestService
+    from secret_sharing import (
+        key_fingerprint,
+        load_signing_key,
+        load_verify_key,
+        split_dataset,
+        write_keypair,
+    )
+
+    state = work / "state"
+    mnemonics = init_custody(state, custodians=3, threshold=2)
+    master_key = unseal(state, mnemonics[:2])
+    catalog = open_catalog(resolve_database_url(state))
+    signing, verify = write_keypair(work / "keys")
+    _, token = catalog.add_provider(
+        "bench-hospital", verify.read_bytes(), key_fingerprint(load_verify_key(verify)),
+        actor="bench", quota_bytes=10**12,
+    )
+    service = IngestService(state, master_key, port=0, receivers=n, catalog=catalog)
+    with service.running():
+        t0 = time.perf_counter()
+        result = split_dataset(
+            dataset, work / "shares", k=k, n=n, signing_key=load_signing_key(signing)
+        )
+        t_split = time.perf_counter()
+        send_shares(result.share_paths, [service.coordinator_url], token)
+        t_sent = time.perf_counter()
+        while True:
+            transfer = catalog.get_transfer(result.transfer_id)
+            if transfer.state in ("cataloged", "quarantined", "failed"):
+                break
+            time.sleep(0.05)
+        t_done = time.perf_counter()
+    if transfer.state != "cataloged":
+        raise SystemExit(f"transfer ended {transfer.state}: {transfer.reason}")
+    report = catalog.get_version("bench-ct", 1).report or {}
+    catalog.close()
+    timings = report.get("summary", {}).get("ingest_timings", {})
+    return {
+        "split_s": round(t_split - t0, 2),
+        "send_s": round(t_sent - t_split, 2),
+        "after_send_s": round(t_done - t_sent, 2),
+        "total_s": round(t_done - t0, 2),
+        "worker": timings,
+        "share_bytes": sum(p.stat().st_size for p in result.share_paths),
+    }
+
+
+def raw_and_validation_rate(dataset: Path) -> dict:
+    import pydicom
+
+    from ingestion.validate import validate_dataset
+
+    dicoms = sorted(dataset.rglob("*.dcm"))
+    t0 = time.perf_counter()
+    for path in dicoms:
+        pydicom.dcmread(path)
+    raw_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outcome = validate_dataset(dataset)
+    val_s = time.perf_counter() - t0
+    if not outcome.report.passed:
+        raise SystemExit(f"benchmark dataset failed validation: {outcome.report.errors[:3]}")
+    files = len(outcome.files)
+    return {
+        "dicom_files": len(dicoms),
+        "raw_dcmread_files_per_s": round(len(dicoms) / raw_s, 1),
+        "validation_files_per_s": round(files / val_s, 1),
+        "validation_vs_raw": round((files / val_s) / (len(dicoms) / raw_s), 2),
+    }
+
+
+def search_latency(datasets: int, files: int) -> dict:
+    from benchmarks.catalog_search import measure_search_latency
+    from catalog.postgres_server import TemporaryPostgres
+
+    with TemporaryPostgres(database="ingest_bench") as url:
+        result = measure_search_latency(url, datasets, files)
+    return {k: result[k] for k in ("p50_ms", "p95_ms", "max_ms", "queries")} | {
+        "datasets": datasets,
+        "files": files,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--n", type=int, default=5)
+    parser.add_argument("--search-datasets", type=int, default=10_000)
+    parser.add_argument("--search-files", type=int, default=1_000_000)
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.workdir))
+    try:
+        t0 = time.perf_counter()
+        dataset = make_dataset(work / "source" / "bench-ct", args.size_gb)
+        files, size = folder_stats(dataset)
+        print(f"generated {files} files, {size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s "
+              f"({os.cpu_count()} CPUs)")
+        path = run_whole_path(work, dataset, k=args.k, n=args.n)
+        mbps = size / 1e6 / path["total_s"]
+        print(f"whole path {args.k}-of-{args.n}: {path['total_s']} s = {mbps:.1f} MB/s, "
+              f"{files / path['total_s']:.1f} files/s (split {path['split_s']} s, send "
+              f"{path['send_s']} s, then reconstruct/validate/store/catalog "
+              f"{path['after_send_s']} s; worker {path['worker']}) "
+              f"[{'meets' if mbps >= 100 else 'MISSES'} 100 MB/s]")
+        shutil.rmtree(work / "shares", ignore_errors=True)
+        shutil.rmtree(work / "state", ignore_errors=True)
+        rates = raw_and_validation_rate(dataset)
+        print(f"raw pydicom.dcmread {rates['raw_dcmread_files_per_s']} files/s, validation "
+              f"{rates['validation_files_per_s']} files/s = {rates['validation_vs_raw']} x raw "
+              f"[{'meets' if rates['validation_vs_raw'] >= 0.5 else 'MISSES'} 0.5 x]")
+        search = None
+        if not args.skip_search:
+            search = search_latency(args.search_datasets, args.search_files)
+            print(f"catalog search ({search['datasets']} datasets, {search['files']} files, "
+                  f"PostgreSQL): p50 {search['p50_ms']} ms, p95 {search['p95_ms']} ms "
+                  f"[{'meets' if search['p95_ms'] < 50 else 'MISSES'} 50 ms]")
+        print(json.dumps({
+            "size_mb": round(size / 1e6, 1),
+            "files": files,
+            "k": args.k,
+            "n": args.n,
+            "end_to_end_mb_per_s": round(mbps, 1),
+            "end_to_end_files_per_s": round(files / path["total_s"], 1),
+            **{f"path_{k}": v for k, v in path.items()},
+            **rates,
+            "search": search,
+        }, sort_keys=True))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
