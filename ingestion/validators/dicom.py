@@ -17,6 +17,7 @@ rate. Big submissions are split over a process pool.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import threading
@@ -258,6 +259,9 @@ PIXEL_SPACING = 0x00280030
 BITS_ALLOCATED = 0x00280100
 BITS_STORED = 0x00280101
 PIXEL_REPRESENTATION = 0x00280103
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 NATIVE_SYNTAXES = frozenset({
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
 })
@@ -395,8 +399,6 @@ class _BufferReader:
 
 
 _local = threading.local()
-_LONG_LENGTH_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC",
-                              b"UR", b"UT"})
 
 
 def _read_into_buffer(path: str) -> memoryview:
@@ -421,55 +423,46 @@ def _read_into_buffer(path: str) -> memoryview:
     return view[:n]
 
 
-def _parse_fast(view: memoryview) -> Dataset | None:
-    """Parse up to the pixel data, then attach native pixel data as a zero-copy view.
+_PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 
-    Returns None (parse the ordinary way) for anything unusual: compressed or deflated data,
-    elements after the pixel data, a truncated pixel data value.
+
+def _parse_fast(view: memoryview) -> Dataset | None:
+    """Parse the header only, then attach native pixel data as a zero-copy view.
+
+    The header ends where the first (7FE0,0010) tag starts; pydicom parses those few
+    kilobytes and the pixel value is never copied. Returns None (parse the ordinary way) for
+    anything unusual: big endian, compressed or deflated data, the tag bytes occurring inside
+    an earlier value, elements after the pixel data, a truncated pixel data value.
     """
-    ds = dcmread(_BufferReader(view), stop_before_pixels=True)
+    buf = view.obj
+    if not isinstance(buf, bytearray):
+        return None
+    pos = buf.find(_PIXEL_TAG_LE, 132, len(view))
+    if pos < 0:
+        return None
+    ds = dcmread(io.BytesIO(bytes(view[:pos])))
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-    if syntax not in NATIVE_SYNTAXES or syntax == "1.2.840.10008.1.2.1.99":
+    if syntax not in NATIVE_SYNTAXES or syntax in (DEFLATED, BIG_ENDIAN) or not len(ds):
         return None
-    start = _read_pixel_start(ds, view)
-    if start is None:
+    last = ds.get_item(next(reversed(ds.keys())))
+    if (not isinstance(last, RawDataElement) or last.length == _UNDEFINED
+            or last.value is None or len(last.value) != last.length
+            or last.value_tell + last.length != pos):
+        return None  # the tag bytes were inside a value: not the real header end
+    implicit = syntax == IMPLICIT_LITTLE
+    head = bytes(view[pos:pos + 12])
+    if implicit:
+        start, length, vr = pos + 8, int.from_bytes(head[4:8], "little"), "OW"
+    elif head[4:6] in (b"OB", b"OW"):
+        start, length, vr = pos + 12, int.from_bytes(head[8:12], "little"), head[4:6].decode()
+    else:
         return None
-    header, length, vr, little = start
-    end = header + length
-    if length == _UNDEFINED or end != len(view):
+    if length == _UNDEFINED or start + length != len(view):
         return None
     ds[PIXEL_DATA] = RawDataElement(  # type: ignore[assignment]
-        PIXEL_DATA, vr, length, view[header:end], header, syntax == "1.2.840.10008.1.2", little,
-        True,
+        PIXEL_DATA, vr, length, view[start:start + length], start, implicit, True, True,
     )
     return ds
-
-
-def _read_pixel_start(ds: Dataset, view: memoryview) -> tuple[int, int, str, bool] | None:
-    """(value offset, length, VR, little endian) of a top-level Pixel Data element, if next."""
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    implicit = syntax == "1.2.840.10008.1.2"
-    little = syntax != "1.2.840.10008.1.2.2"
-    order = "little" if little else "big"
-    # Where the parse stopped: just after the last element read.
-    last = ds.get_item(next(reversed(ds.keys()))) if len(ds) else None
-    if last is None or not isinstance(last, RawDataElement) or last.length == _UNDEFINED:
-        return None
-    pos = last.value_tell + last.length
-    head = bytes(view[pos:pos + 12])
-    if len(head) < 8:
-        return None
-    tag = int.from_bytes(head[0:2], order) << 16 | int.from_bytes(head[2:4], order)
-    if tag != PIXEL_DATA:
-        return None
-    if implicit:
-        return pos + 8, int.from_bytes(head[4:8], order), "OW", little
-    vr = head[4:6]
-    if vr in _LONG_LENGTH_VRS:
-        if len(head) < 12:
-            return None
-        return pos + 12, int.from_bytes(head[8:12], order), vr.decode(), little
-    return pos + 8, int.from_bytes(head[6:8], order), vr.decode(), little
 
 
 def _check_file(
