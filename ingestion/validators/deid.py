@@ -169,7 +169,8 @@ class _Walk:
         profile = self.profile
         visitor = self.visitor
         for elem in list(ds.values()):  # parse order; no sorting, no Tag conversions
-            tag = elem.tag
+            # A plain int: BaseTag.__eq__ is Python code, called on every dict hit below.
+            tag = int(elem.tag)
             group = tag >> 16
             if group & 1:
                 private.append(tag)
