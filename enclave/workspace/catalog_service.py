@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlparse
 
+from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
+
 from enclave.workspace.profiles import role_of
 
 CATALOG_SCOPES = (
@@ -73,7 +75,7 @@ class HubPrincipalResolver:
 
 def create_service_app(catalog: Any, hub_auth: Any) -> Any:
     """The catalog app mounted under the service prefix, with the hub's OAuth login."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, RedirectResponse
 
     from catalog.api import COOKIE, create_app

@@ -39,7 +39,9 @@ class HubSettings:
     proxy_api_port: int = 8001
     hub_port: int = 8081
     catalog_port: int = 8090
-    ingest_port: int = 8091
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8470
+    ingest_receivers: int = 3
     address_range: str = "10.213.0.0/16"
     server_port: int = 8888
     netns_table: str = "enclave"
@@ -52,7 +54,7 @@ class HubSettings:
     catalog_url: str = ""
     idle_timeout_seconds: int = 3600
     start_timeout_seconds: int = 120
-    managed_services: list[str] = field(default_factory=lambda: ["catalog", "idle-culler"])
+    managed_services: list[str] = field(default_factory=lambda: ["catalog", "ingest", "idle-culler"])
     log_level: str = "INFO"
 
     @property
@@ -162,6 +164,17 @@ def services(settings: HubSettings) -> list[dict[str, Any]]:
             "oauth_no_confirm": True,
             "display": True,
             "info": {"description": "Datasets granted to you, with their validation summaries"},
+        })
+    if "ingest" in settings.managed_services:
+        # Unseals from the mnemonics the hub re-offers on its standard input (see
+        # master_key_from_environment); reached directly by providers, not through the proxy.
+        found.append({
+            "name": "ingest",
+            "command": [python, "-m", "enclave", "ingest", "serve", "--state-dir",
+                        settings.state_dir, "--host", settings.ingest_host,
+                        "--port", str(settings.ingest_port), "--receivers",
+                        str(settings.ingest_receivers)],
+            "environment": env,
         })
     if "idle-culler" in settings.managed_services:
         found.append({
