@@ -154,6 +154,98 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class VersionWriter:
+    """Builds one stored version file by file; nothing is visible until ``commit``.
+
+    Lets the worker encrypt a dataset while it is being validated (``add_tree`` in a
+    thread), add files validation derived afterwards, then commit or abort.
+    """
+
+    def __init__(
+        self,
+        store_root: Path,
+        master_key: KeyWrapper,
+        *,
+        name_hint: str,
+        segment_size: int = SEGMENT_SIZE,
+    ) -> None:
+        self.store_root = Path(store_root)
+        self.store_root.mkdir(parents=True, exist_ok=True)
+        self.master_key = master_key
+        self.segment_size = segment_size
+        # A random suffix keeps a retried attempt from overwriting a cataloged version.
+        self.store_id = f"{name_hint}-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.store_root / f".tmp-{self.store_id}"
+        self.final = self.store_root / self.store_id
+        self._data_key = AESGCM.generate_key(bit_length=256)
+        self._aead = AESGCM(self._data_key)
+        self._files: dict[str, StoredFile] = {}
+        (self.tmp / "objects").mkdir(parents=True)
+
+    def add_tree(
+        self,
+        source: Path,
+        *,
+        exclude: Callable[[str], bool] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Encrypt every regular file under ``source`` not added yet; returns how many."""
+        source = Path(source)
+        added = 0
+        for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
+            rel = path.relative_to(source).as_posix()
+            if rel in self._files or (exclude and exclude(rel)):
+                continue
+            number = len(self._files) + 1
+            obj_path = self.tmp / "objects" / f"{number:06d}.enc"
+            with open(path, "rb") as src, open(obj_path, "wb") as dst:
+                size, sha = _encrypt_stream(
+                    self._aead, self.store_id, number, rel, src, dst, self.segment_size
+                )
+                dst.flush()
+                os.fsync(dst.fileno())
+            self._files[rel] = StoredFile(rel, number, size, sha)
+            added += 1
+            if progress:
+                progress(size)
+        return added
+
+    def commit(self) -> StoredVersion:
+        """Write the index, fsync, and rename the version into place atomically."""
+        try:
+            files = sorted(self._files.values(), key=lambda f: f.path)
+            index = json.dumps([f.__dict__ for f in files]).encode()
+            with open(self.tmp / "index.enc", "wb") as dst:
+                _encrypt_stream(
+                    self._aead, self.store_id, INDEX_OBJECT, "", io.BytesIO(index), dst,
+                    self.segment_size,
+                )
+                dst.flush()
+                os.fsync(dst.fileno())
+            size_bytes = sum(f.size for f in files)
+            meta = {
+                "format": FORMAT,
+                "store_id": self.store_id,
+                "cipher": "AES-256-GCM",
+                "segment_size": self.segment_size,
+                "files": len(files),
+                "size_bytes": size_bytes,
+            }
+            (self.tmp / "store.json").write_text(json.dumps(meta, indent=2))
+            _fsync_dir(self.tmp / "objects")
+            _fsync_dir(self.tmp)
+            os.rename(self.tmp, self.final)
+            _fsync_dir(self.store_root)
+        except BaseException:
+            self.abort()
+            raise
+        wrapped = self.master_key.wrap(self._data_key, key_context(self.store_id))
+        return StoredVersion(str(self.final), wrapped, self.store_id, size_bytes, len(files))
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def write_version(
     source: Path,
     store_root: Path,
@@ -165,57 +257,15 @@ def write_version(
 ) -> StoredVersion:
     """Encrypt the dataset folder ``source`` into a new version under ``store_root``.
 
-    ``name_hint`` (the transfer id) prefixes the store id; a random suffix keeps a retried
-    attempt from ever overwriting a version that an earlier attempt already cataloged.
+    ``name_hint`` (the transfer id) prefixes the store id.
     """
-    source = Path(source)
-    store_root = Path(store_root)
-    store_root.mkdir(parents=True, exist_ok=True)
-    store_id = f"{name_hint}-{uuid.uuid4().hex[:8]}"
-    tmp = store_root / f".tmp-{store_id}"
-    final = store_root / store_id
-    data_key = AESGCM.generate_key(bit_length=256)
-    aead = AESGCM(data_key)
-    files: list[StoredFile] = []
+    writer = VersionWriter(store_root, master_key, name_hint=name_hint, segment_size=segment_size)
     try:
-        (tmp / "objects").mkdir(parents=True)
-        paths = sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink())
-        for number, path in enumerate(paths, start=1):
-            rel = path.relative_to(source).as_posix()
-            obj_path = tmp / "objects" / f"{number:06d}.enc"
-            with open(path, "rb") as src, open(obj_path, "wb") as dst:
-                size, sha = _encrypt_stream(aead, store_id, number, rel, src, dst, segment_size)
-                dst.flush()
-                os.fsync(dst.fileno())
-            files.append(StoredFile(rel, number, size, sha))
-            if progress:
-                progress(size)
-        index = json.dumps([f.__dict__ for f in files]).encode()
-        with open(tmp / "index.enc", "wb") as dst:
-            _encrypt_stream(
-                aead, store_id, INDEX_OBJECT, "", io.BytesIO(index), dst, segment_size
-            )
-            dst.flush()
-            os.fsync(dst.fileno())
-        size_bytes = sum(f.size for f in files)
-        meta = {
-            "format": FORMAT,
-            "store_id": store_id,
-            "cipher": "AES-256-GCM",
-            "segment_size": segment_size,
-            "files": len(files),
-            "size_bytes": size_bytes,
-        }
-        (tmp / "store.json").write_text(json.dumps(meta, indent=2))
-        _fsync_dir(tmp / "objects")
-        _fsync_dir(tmp)
-        os.rename(tmp, final)
-        _fsync_dir(store_root)
+        writer.add_tree(source, progress=progress)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
-    wrapped = master_key.wrap(data_key, key_context(store_id))
-    return StoredVersion(str(final), wrapped, store_id, size_bytes, len(files))
+    return writer.commit()
 
 
 def delete_version(store_location: str | Path) -> None:

@@ -14,11 +14,13 @@ retry can neither half-catalog a dataset nor catalog it twice.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +256,7 @@ class ReconstructionWorker:
         found: list[tuple[ReceiverLink, dict[str, Any]]],
         staging: Path,
     ) -> str:
-        from ingestion.validate import validate_dataset
+        from ingestion.validate import DERIVED_DIR, validate_dataset
         from secret_sharing import combine_shares
 
         owner = _name(_attr(record, "provider_name", "provider"))
@@ -282,8 +284,28 @@ class ReconstructionWorker:
         self._pause()  # fault-injection tests kill the service here, plaintext in staging
         self._state(tid, "validating")
         started = time.perf_counter()
-        outcome = validate_dataset(Path(result.output_path), transfer_id=tid)
-        timings["validate_s"] = round(time.perf_counter() - started, 3)
+        root = Path(result.output_path)
+        # Encrypt the provider's files while they are validated (I/O, hashing and AES release
+        # the GIL); files validation derives are added once it is done.
+        writer = store.VersionWriter(self.paths.store, self.master_key, name_hint=tid)
+        with ThreadPoolExecutor(1, thread_name_prefix="ingest-encrypt") as pool:
+            encrypting = pool.submit(
+                writer.add_tree, root, exclude=lambda rel: rel.split("/")[0] == DERIVED_DIR
+            )
+            try:
+                outcome = validate_dataset(root, transfer_id=tid)
+            except BaseException:
+                encrypting.cancel()
+                concurrent.futures.wait([encrypting])
+                writer.abort()
+                raise
+            timings["validate_s"] = round(time.perf_counter() - started, 3)
+            started = time.perf_counter()
+            try:
+                encrypting.result()
+            except BaseException:
+                writer.abort()
+                raise
         report = outcome.report
         report.summary["ingest_timings"] = timings
         report.transfer_id = report.transfer_id or tid
@@ -292,6 +314,7 @@ class ReconstructionWorker:
             {"used": sorted(Path(p).name for p in result.used_shares), "rejected": rejected},
         )
         if not report.passed:
+            writer.abort()
             quarantine.write_report(self.paths.quarantine, tid, report)
             shutil.rmtree(staging, ignore_errors=True)  # refused data is not kept
             self._state(
@@ -303,11 +326,14 @@ class ReconstructionWorker:
             log.info("transfer %s quarantined: %s", tid, quarantine.summarise(report))
             return "quarantined"
 
-        started = time.perf_counter()
-        stored = store.write_version(
-            Path(result.output_path), self.paths.store, self.master_key, name_hint=tid
-        )
-        timings["store_s"] = round(time.perf_counter() - started, 3)
+        try:
+            writer.add_tree(root)  # derived tables
+            stored = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        # Encryption overlaps validation; this is only what it added after validation ended.
+        timings["store_after_validation_s"] = round(time.perf_counter() - started, 3)
         shutil.rmtree(staging, ignore_errors=True)  # plaintext lives no longer than needed
         try:
             version = self.catalog.catalog_version(
