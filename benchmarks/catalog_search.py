@@ -153,14 +153,14 @@ def load_synthetic(catalog: Catalog, *, datasets: int, files: int, seed: int = 7
             ((sid, v, uid, "CT", "", per_version // 4, 0) for sid, v, uid in series_rows),
         )
 
+        base, extra = divmod(files, len(versions))
+
         def file_rows() -> Iterable[tuple[Any, ...]]:
             fid = 0
             digest = "ab" * 32
-            for v, *_ in versions:
-                for j in range(per_version):
+            for index, (v, *_) in enumerate(versions):
+                for j in range(base + (1 if index < extra else 0)):
                     fid += 1
-                    if fid > files:
-                        return
                     yield (fid, v, v * 4 + j % 4, f"s{j % 4}/{j:06d}.dcm", 524288, digest, "dicom", "CT")
 
         loaded_files = _copy(
@@ -177,7 +177,7 @@ def load_synthetic(catalog: Catalog, *, datasets: int, files: int, seed: int = 7
         conn.commit()
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("ANALYZE")
+            cur.execute("VACUUM ANALYZE")  # the steady state autovacuum keeps a catalog in
         conn.autocommit = False
     finally:
         raw.close()

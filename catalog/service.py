@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, case, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, joinedload, lazyload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from catalog import migrate
@@ -64,6 +64,7 @@ from catalog.views import (
     GrantView,
     MountableVersion,
     TransferView,
+    ValidationSummary,
     VersionDetail,
     VersionSummary,
 )
@@ -876,33 +877,63 @@ class Catalog:
         )
         return and_(DatasetVersion.status == "published", granted)
 
-    def _visible_versions_of(
-        self, s: Session, dataset_ids: Iterable[int], principal: Principal | None, now: datetime
-    ) -> dict[int, list[DatasetVersion]]:
-        ids = list(dataset_ids)
-        out: dict[int, list[DatasetVersion]] = {i: [] for i in ids}
-        if not ids:
+    def _version_summaries(
+        self, s: Session, dataset_ids: list[int], principal: Principal | None, now: datetime
+    ) -> dict[int, list[VersionSummary]]:
+        """Summaries of the versions of ``dataset_ids`` the principal may see, by dataset id.
+
+        Plain column queries, not ORM objects: listing and search build many summaries and
+        need neither the manifest, the key nor the report text.
+        """
+        out: dict[int, list[VersionSummary]] = {i: [] for i in dataset_ids}
+        if not dataset_ids:
             return out
-        # Summaries need neither the manifest, the key nor the report text: leave them unloaded.
+        v, r = DatasetVersion, ValidationReportRow
         stmt = (
-            select(DatasetVersion)
-            .where(DatasetVersion.dataset_id.in_(ids))
-            .options(
-                lazyload(DatasetVersion.dataset),
-                defer(DatasetVersion.manifest),
-                defer(DatasetVersion.wrapped_key),
-                joinedload(DatasetVersion.report).load_only(
-                    ValidationReportRow.passed,
-                    ValidationReportRow.error_count,
-                    ValidationReportRow.warning_count,
-                    ValidationReportRow.info_count,
-                ),
+            select(
+                v.id, v.dataset_id, Dataset.name, v.version, v.status, v.content_hash, v.size_bytes,
+                v.file_count, v.series_count, v.study_count, v.created_at, v.published_at,
+                v.retired_at, r.passed, r.error_count, r.warning_count, r.info_count,
             )
+            .join(Dataset, Dataset.id == v.dataset_id)
+            .outerjoin(r, r.version_id == v.id)
+            .where(v.dataset_id.in_(dataset_ids))
+            .order_by(v.dataset_id, v.version)
         )
         if principal is not None and not principal.is_admin:
             stmt = stmt.where(self._visible_clause(principal, now))
-        for v in s.scalars(stmt.order_by(DatasetVersion.version)).unique():
-            out[v.dataset_id].append(v)
+        rows = s.execute(stmt).all()
+        modalities: dict[int, list[str]] = {}
+        if rows:
+            for vid, modality in s.execute(
+                select(VersionModality.version_id, VersionModality.modality)
+                .where(VersionModality.version_id.in_([row.id for row in rows]))
+                .order_by(VersionModality.modality)
+            ):
+                modalities.setdefault(vid, []).append(modality)
+        for row in rows:
+            validation = None
+            if row.passed is not None:
+                validation = ValidationSummary(
+                    row.passed, row.error_count, row.warning_count, row.info_count
+                )
+            out[row.dataset_id].append(
+                VersionSummary(
+                    dataset=row.name,
+                    version=row.version,
+                    status=row.status,
+                    content_hash=row.content_hash,
+                    size_bytes=row.size_bytes,
+                    file_count=row.file_count,
+                    series_count=row.series_count,
+                    study_count=row.study_count,
+                    modalities=modalities.get(row.id, []),
+                    validation=validation,
+                    created_at=row.created_at,
+                    published_at=row.published_at,
+                    retired_at=row.retired_at,
+                )
+            )
         return out
 
     @staticmethod
@@ -910,15 +941,49 @@ class Catalog:
         return principal is not None and not principal.is_admin and not principal.sees_by_grant
 
     def _summaries(
-        self, s: Session, datasets: Sequence[Dataset], principal: Principal | None, now: datetime
+        self, s: Session, dataset_ids: Sequence[int], principal: Principal | None, now: datetime
     ) -> list[DatasetSummary]:
-        versions = self._visible_versions_of(s, [d.id for d in datasets], principal, now)
+        """Dataset summaries in the order of ``dataset_ids``, with the versions the caller sees."""
+        ids = list(dataset_ids)
+        if not ids:
+            return []
+        d = Dataset
+        rows = {
+            row.id: row
+            for row in s.execute(
+                select(
+                    d.id, d.name, d.title, d.description, d.license, d.modality, d.body_part,
+                    d.tags, d.labels, d.created_at, d.updated_at, Provider.name.label("provider"),
+                )
+                .outerjoin(Provider, Provider.id == d.provider_id)
+                .where(d.id.in_(ids))
+            )
+        }
+        versions = self._version_summaries(s, ids, principal, now)
         out = []
-        for d in datasets:
-            rows = versions[d.id]
-            if principal is not None and not principal.is_admin and not rows:
+        for dataset_id in ids:
+            row = rows.get(dataset_id)
+            if row is None:
                 continue
-            out.append(DatasetSummary.from_row(d, rows))
+            seen = versions[dataset_id]
+            if principal is not None and not principal.is_admin and not seen:
+                continue
+            out.append(
+                DatasetSummary(
+                    name=row.name,
+                    title=row.title,
+                    description=row.description,
+                    license=row.license,
+                    modality=row.modality,
+                    body_part=row.body_part,
+                    tags=list(row.tags or []),
+                    labels=list(row.labels or []),
+                    provider=row.provider,
+                    versions=seen,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
+                )
+            )
         return out
 
     def list_datasets(
@@ -929,7 +994,7 @@ class Catalog:
             return []
         now = now or utcnow()
         with self._read() as s:
-            stmt = select(Dataset).order_by(Dataset.name)
+            stmt = select(Dataset.id).order_by(Dataset.name)
             if principal is not None and not principal.is_admin:
                 stmt = stmt.where(
                     exists().where(
@@ -937,7 +1002,7 @@ class Catalog:
                         self._visible_clause(principal, now),
                     )
                 )
-            return self._summaries(s, list(s.scalars(stmt).unique()), principal, now)
+            return self._summaries(s, list(s.scalars(stmt)), principal, now)
 
     def get_dataset(
         self, name: str, principal: Principal | None = None, *, now: datetime | None = None
@@ -947,7 +1012,7 @@ class Catalog:
             d = s.scalar(select(Dataset).where(Dataset.name == name))
             if d is None or self._sees_nothing(principal):
                 raise UnknownDataset(name)
-            found = self._summaries(s, [d], principal, now)
+            found = self._summaries(s, [d.id], principal, now)
             if not found:
                 raise UnknownDataset(name)
             return found[0]
@@ -1109,19 +1174,8 @@ class Catalog:
                     case((func.lower(Dataset.name).like(f"{escaped}%", escape="\\"), 0), else_=1),
                     case((func.lower(Dataset.title).like(f"%{escaped}%", escape="\\"), 0), else_=1),
                 ]
-            ranked = (
-                stmt.with_only_columns(Dataset.id, *[r.label(f"r{i}") for i, r in enumerate(rank)])
-                .order_by(*rank, Dataset.name)
-                .limit(limit)
-                .subquery()
-            )
-            query = (
-                select(Dataset)
-                .join(ranked, ranked.c.id == Dataset.id)
-                .order_by(*[ranked.c[f"r{i}"] for i in range(len(rank))], Dataset.name)
-            )
-            datasets = list(s.scalars(query).unique())
-            return self._summaries(s, datasets, principal, now) if datasets else []
+            stmt = stmt.order_by(*rank, Dataset.name).limit(limit)
+            return self._summaries(s, list(s.scalars(stmt)), principal, now)
 
     def visible_versions(
         self, principal: Principal, *, now: datetime | None = None
@@ -1253,7 +1307,7 @@ class Catalog:
             self._refresh_search_text(s, d)
             self._audit(s, actor, "dataset.edit", f"dataset:{name}", old=old, new=changes)
             s.flush()
-            return self._summaries(s, [d], None, utcnow())[0]
+            return self._summaries(s, [d.id], None, utcnow())[0]
 
     def grant(
         self,
