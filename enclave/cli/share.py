@@ -17,7 +17,7 @@ import click
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def share() -> None:
-    """Split, verify and combine secret-shared datasets."""
+    """Split, verify, combine and send secret-shared datasets."""
 
 
 @contextmanager
@@ -166,3 +166,8 @@ def combine(share_paths: tuple[Path, ...], out_dir: Path, verify_key: Path) -> N
     for rejected, reason in result.rejected.items():
         click.echo(f"warning: did not use {rejected}: {reason}", err=True)
     click.echo(result.output_path)
+
+
+# `send` and `status` (upload to the enclave's receivers) live with the ingestion client
+# code; importing them here registers them on this group (enclave/cli/send.py).
+import enclave.cli.send  # noqa: E402, F401
