@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,9 +151,7 @@ def measure_dataset(source: Path) -> DatasetSummary:
     return DatasetSummary(source.name, kind, files, dirs, content, _stream_length(member_bytes))
 
 
-def pack_segments(
-    source: Path, segment_size: int, *, on_file_bytes: Callable[[int], None] | None = None
-) -> Iterator[bytearray]:
+def pack_segments(source: Path, segment_size: int) -> Iterator[bytearray]:
     """Yield the tar stream of ``source`` in segments of exactly ``segment_size`` bytes
     (the last one shorter). Each yielded buffer is fresh: the caller owns it."""
     source = Path(os.path.abspath(source))
@@ -195,8 +193,6 @@ def pack_segments(
                     raise DatasetError(f"{member.path} shrank while it was being split")
                 filled += got
                 remaining -= got
-                if on_file_bytes is not None:
-                    on_file_bytes(got)
                 if filled == segment_size:
                     full, buffer = buffer, bytearray(segment_size)
                     view.release()
