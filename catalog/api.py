@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from catalog.auth import Principal, PrincipalResolver
 from catalog.errors import CatalogError, Conflict, InvalidInput, NotFound
 from catalog.service import Catalog
-from catalog.views import DatasetSummary
+from catalog.views import DatasetSummary, TransferView
 
 COOKIE = "enclave_catalog_token"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -224,11 +224,11 @@ def create_app(catalog: Catalog, *, resolver: PrincipalResolver | None = None) -
 
     @app.get("/api/transfers/{transfer_id}", tags=["transfers"])
     def transfer(transfer_id: str, principal: TransferReader) -> dict[str, Any]:
-        provider = None if principal.is_admin else principal.name
-        found = [t for t in catalog.list_transfers(provider=provider) if t.transfer_id == transfer_id]
-        if not found:
-            raise NotFound(f"unknown transfer {transfer_id!r}")
-        return found[0].to_dict()
+        record = catalog.get_transfer(transfer_id)
+        if not principal.is_admin and record.provider.name != principal.name:
+            raise NotFound(f"unknown transfer {transfer_id!r}")  # another provider's: not yours to see
+        version = record.version.version if record.version else None
+        return TransferView.from_row(record, version).to_dict()
 
     @app.get("/api/audit", tags=["curation"])
     def audit(principal: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:

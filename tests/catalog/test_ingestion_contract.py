@@ -148,3 +148,43 @@ def test_cataloging_refuses_what_it_must_not_accept(catalog, ingest, hospital):
     # Nothing half-done: the failed attempts left no dataset behind.
     assert [d.name for d in catalog.list_datasets()] == ["lung-ct"]
     assert catalog.get_transfer("t-4").state == "receiving"
+
+
+def test_concurrent_cataloging_of_one_new_dataset_numbers_versions_once(catalog, hospital):
+    """Two workers cataloging two transfers of the same new dataset at once: v1 and v2, no error."""
+    import threading
+
+    from tests.catalog.conftest import dicom_files
+
+    provider, _ = hospital
+    for tid in ("t-a", "t-b"):
+        catalog.record_transfer(tid, provider, dataset_name="twin", k=1, n=1, share_length=1)
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def work(tid):
+        barrier.wait()
+        try:
+            results.append(
+                catalog.catalog_version(
+                    tid,
+                    manifest={"name": "twin", "title": "Twin"},
+                    content_hash=tid,
+                    size_bytes=1,
+                    store_location=f"store/{tid}",
+                    wrapped_key=b"k",
+                    files=dicom_files("9." + str(ord(tid[-1])), "9", 50),
+                    actor="ingestion:worker",
+                ).version
+            )
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(tid,)) for tid in ("t-a", "t-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(results) == [1, 2]
+    assert [v.version for v in catalog.get_dataset("twin").versions] == [1, 2]
