@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "providers": ("enclave.cli.ingest", "providers", "Register data providers and their signing keys."),
     "up": ("enclave.cli.up", "up", "Bring the enclave up on this machine."),
     "down": ("enclave.cli.up", "down", "Stop everything `enclave up` started."),
+    "users": ("enclave.cli.users", "users", "Add workspace users with a role; list them."),
+    "course": ("enclave.cli.users", "course", "Enrol a class with course datasets and an end date."),
     "samples": ("enclave.samples", "samples", "Make de-identified sample datasets for demos, tests and benchmarks."),
 }
 
