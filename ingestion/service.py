@@ -29,6 +29,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from catalog.db import DB_URL_ENV
 from enclave.errors import EnclaveError
 from ingestion import quarantine
 from ingestion.receiver import ProviderDep, provider_name
@@ -290,9 +291,11 @@ class IngestService:
                 sys.executable, "-m", "enclave", "ingest", "receiver",
                 "--index", str(j), "--store", str(store_dir),
                 "--host", self.host, "--port", str(port),
-                "--state-dir", str(self.state_dir), "--db-url", self.database_url,
+                "--state-dir", str(self.state_dir),
             ]  # fmt: skip
-            proc = subprocess.Popen(cmd, preexec_fn=_set_pdeathsig)  # noqa: PLW1509
+            # The database URL may carry a password: environment, not the command line.
+            env = {**os.environ, DB_URL_ENV: self.database_url}
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=_set_pdeathsig)  # noqa: PLW1509
             self._procs.append(proc)
             urls.append(url_for(self.host, port))
         for url, proc in zip(urls, self._procs or [None] * len(urls), strict=True):

@@ -20,7 +20,7 @@ moved between files or versions therefore fail authentication instead of decrypt
 something else. An empty file is one empty, last segment.
 
 Writes are atomic: a version is written under ``store/.tmp-*`` and renamed into place only when
-every object is fsynced, so a crash leaves either nothing or a complete version.
+every object is on disk (one ``syncfs``), so a crash leaves either nothing or a complete version.
 """
 
 from __future__ import annotations
@@ -146,6 +146,27 @@ def _decrypt_segments(
         index += 1
 
 
+def _flush_to_disk(folder: Path) -> None:
+    """Make every file under ``folder`` durable: one ``syncfs`` of its filesystem (Linux),
+    far cheaper than an fsync per file for thousands of DICOM slices; else fsync each."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -202,8 +223,6 @@ class VersionWriter:
                 size, sha = _encrypt_stream(
                     self._aead, self.store_id, number, rel, src, dst, self.segment_size
                 )
-                dst.flush()
-                os.fsync(dst.fileno())
             self._files[rel] = StoredFile(rel, number, size, sha)
             added += 1
             if progress:
@@ -232,6 +251,7 @@ class VersionWriter:
                 "size_bytes": size_bytes,
             }
             (self.tmp / "store.json").write_text(json.dumps(meta, indent=2))
+            _flush_to_disk(self.tmp)
             _fsync_dir(self.tmp / "objects")
             _fsync_dir(self.tmp)
             os.rename(self.tmp, self.final)

@@ -147,6 +147,7 @@ class ReconstructionWorker:
         self.settings = settings or WorkerSettings()
         self.local_shares = local_shares
         self._requeued: set[str] = set()
+        self._ignored: set[str] = set()  # failed on an internal error; shares kept for an admin
         self.last_error: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -194,7 +195,8 @@ class ReconstructionWorker:
         return {
             tid: found
             for tid, found in complete.items()
-            if len(found) >= int(found[0][1]["k"]) or tid in self._requeued
+            if tid not in self._ignored
+            and (len(found) >= int(found[0][1]["k"]) or tid in self._requeued)
         }
 
     def run_once(self) -> list[str]:
@@ -218,7 +220,14 @@ class ReconstructionWorker:
         record = self.catalog.get_transfer(tid)
         state = _attr(record, "state")
         if state in FINAL:
-            self._finish(tid, purge=self.settings.purge_shares)
+            # Shares that outlived their transfer (a late upload, a crash before the purge).
+            # A transfer that failed on an internal error keeps its shares for an admin.
+            internal = state == "failed" and str(_attr(record, "reason", default="")).startswith(
+                "internal error"
+            )
+            if internal:
+                self._ignored.add(tid)
+            self._finish(tid, purge=self.settings.purge_shares and not internal)
             return state
         if state not in ("receiving", *IN_PROGRESS):
             log.warning("transfer %s is %s; not processing it", tid, state)
@@ -233,6 +242,7 @@ class ReconstructionWorker:
         except Exception as exc:
             log.exception("transfer %s failed unexpectedly", tid)
             self._state(tid, "failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+            self._ignored.add(tid)
             self._finish(tid, purge=False)
             return "failed"
         self._finish(tid, purge=self.settings.purge_shares)
