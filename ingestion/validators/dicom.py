@@ -52,8 +52,10 @@ from ingestion.validators.deid import (
 REQUIRED_ATTRIBUTES_PATH = Path(__file__).with_name("data") / "required_attributes.json"
 HIGHDICOM_TABLES_VERSION = "0.28.2"
 
-#: Submissions with at least this many files are checked by a process pool.
+#: Submissions with at least this many files are checked by a process pool (forked workers
+#: start in milliseconds; a forkserver's, used when other threads run, take seconds).
 POOL_MIN_FILES = 48
+POOL_MIN_FILES_FORKSERVER = 400
 _CHUNK = 16
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files total)
@@ -911,7 +913,8 @@ def _collapse_warnings(findings: list[Finding]) -> list[Finding]:
 
 
 def _default_workers(count: int) -> int:
-    if count < POOL_MIN_FILES:
+    threshold = POOL_MIN_FILES if _can_fork() else POOL_MIN_FILES_FORKSERVER
+    if count < threshold:
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -920,13 +923,20 @@ def _default_workers(count: int) -> int:
     return max(1, min(cpus, 4))
 
 
+def _can_fork() -> bool:
+    """Forking is cheap and inherits the loaded tables, but only safe with no other threads
+    (a lock held by another thread at fork time stays locked in the child)."""
+    import multiprocessing
+
+    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
 def _pool_context() -> Any:
     import multiprocessing
 
-    # fork is cheap and inherits the loaded tables; in a threaded service use forkserver.
-    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver")
+    # forkserver children import the caller's __main__: service entry points must keep the
+    # `if __name__ == "__main__":` guard (uvicorn, pytest and console scripts do).
+    return multiprocessing.get_context("fork" if _can_fork() else "forkserver")
 
 
 def validate_dicom_files(
@@ -938,7 +948,8 @@ def validate_dicom_files(
 
     ``paths`` are absolute or relative to ``root``; reports name them relative to ``root``.
     ``progress(done, total)`` is called as files finish. ``workers`` defaults to one process
-    per core (at most 4) for submissions of ``POOL_MIN_FILES`` files or more.
+    per core (at most 4) for submissions of ``POOL_MIN_FILES`` files or more
+    (``POOL_MIN_FILES_FORKSERVER`` when other threads are running).
     """
     root = Path(root)
     rels = []

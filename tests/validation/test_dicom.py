@@ -420,3 +420,23 @@ def test_zero_copy_parse_agrees_with_a_plain_parse(make_series, tmp_path):
             fast = _check_file(str(root), rel, frozenset(), "PatientID", fast=True)
             plain = _check_file(str(root), rel, frozenset(), "PatientID", fast=False)
             assert fast == plain, rel
+
+
+def test_process_pool_in_a_threaded_caller_uses_forkserver(demo_dataset):
+    """A service validates in a worker thread: forking then is unsafe, so a forkserver runs."""
+    import threading
+
+    from ingestion.validators.dicom import _pool_context
+
+    paths = sorted(demo_dataset.rglob("*.dcm"))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        assert _pool_context().get_start_method() == "forkserver"
+        pooled = validate_dicom_files(demo_dataset, paths, workers=2)
+    finally:
+        stop.set()
+        other.join()
+    serial = validate_dicom_files(demo_dataset, paths, workers=1)
+    assert pooled.files == serial.files and pooled.findings == serial.findings == []
