@@ -415,8 +415,10 @@ def _read_into_buffer(path: str) -> memoryview:
         n = 0
         while True:  # read to the end even if the file grew since fstat
             if n == len(buf):
+                grown = bytearray(len(buf) * 2)
+                grown[:n] = view
                 view.release()
-                buf = _local.buffer = bytearray(len(buf) * 2)
+                buf = _local.buffer = grown
                 view = memoryview(buf)
             got = fh.readinto(view[n:])
             if not got:
@@ -442,7 +444,10 @@ def _parse_fast(view: memoryview) -> Dataset | None:
     pos = buf.find(_PIXEL_TAG_LE, 132, len(view))
     if pos < 0:
         return None
-    ds = dcmread(io.BytesIO(bytes(view[:pos])))
+    try:
+        ds = dcmread(io.BytesIO(bytes(view[:pos])))
+    except Exception:  # noqa: BLE001 - the whole-file parse gives the verdict
+        return None
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     if syntax not in NATIVE_SYNTAXES or syntax in (DEFLATED, BIG_ENDIAN) or not len(ds):
         return None
@@ -962,7 +967,6 @@ def validate_dicom_files(
     total = len(rels)
     workers = _default_workers(total) if workers is None else max(1, workers)
     outcomes: list[_FileOutcome] = []
-    requirements_for.cache_clear()
     _required_table()  # loaded before forking so the workers inherit it
 
     def done(batch: list[_FileOutcome]) -> None:

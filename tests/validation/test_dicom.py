@@ -413,6 +413,15 @@ def test_zero_copy_parse_agrees_with_a_plain_parse(make_series, tmp_path):
     broken = make_series("broken", slices=2)
     broken[0].write_bytes(broken[0].read_bytes()[:-10])
     edit(broken[1], lambda ds: setattr(ds, "PixelData", ds.PixelData + b"\x00\x00"))
+    (decoy,) = make_series("decoy", slices=1)  # the pixel data tag's bytes inside a value
+
+    def hide_tag_bytes(ds):
+        ds.private_block(0x0013, "DECOY", create=True).add_new(0x01, "OB", b"\xe0\x7f\x10\x00" * 2)
+    edit(decoy, hide_tag_bytes)
+    from ingestion.validators.dicom import _parse_fast, _read_into_buffer
+
+    assert _parse_fast(_read_into_buffer(str(decoy))) is None  # falls back to a full parse
+    assert _parse_fast(_read_into_buffer(str(broken[0]))) is None  # pixel data cut short
     samples = Path(get_testdata_file("CT_small.dcm", download=False)).parent
     for root in (tmp_path, samples):
         for path in sorted(root.rglob("*.dcm")):
