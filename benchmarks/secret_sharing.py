@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from secret_sharing import write_keypair
 
-    work = Path(tempfile.mkdtemp(prefix="enclave-bench-", dir=args.tmp_dir))
+    work = Path(tempfile.mkdtemp(prefix="enclave-share-bench-", dir=args.tmp_dir))
     try:
         source = work / "dataset"
         size, write_rate = generate_dataset(source, args.size_mib * MIB, args.files, args.seed)
