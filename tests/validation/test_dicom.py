@@ -418,10 +418,10 @@ def test_zero_copy_parse_agrees_with_a_plain_parse(make_series, tmp_path):
     def hide_tag_bytes(ds):
         ds.private_block(0x0013, "DECOY", create=True).add_new(0x01, "OB", b"\xe0\x7f\x10\x00" * 2)
     edit(decoy, hide_tag_bytes)
-    from ingestion.validators.dicom import _parse_fast, _read_into_buffer
+    from ingestion.validators.dicom import _map_file, _parse_fast
 
-    assert _parse_fast(_read_into_buffer(str(decoy))) is None  # falls back to a full parse
-    assert _parse_fast(_read_into_buffer(str(broken[0]))) is None  # pixel data cut short
+    assert _parse_fast(_map_file(str(decoy))[1]) is None  # falls back to a full parse
+    assert _parse_fast(_map_file(str(broken[0]))[1]) is None  # pixel data cut short
     samples = Path(get_testdata_file("CT_small.dcm", download=False)).parent
     for root in (tmp_path, samples):
         for path in sorted(root.rglob("*.dcm")):
@@ -449,3 +449,17 @@ def test_process_pool_in_a_threaded_caller_uses_forkserver(demo_dataset):
         other.join()
     serial = validate_dicom_files(demo_dataset, paths, workers=1)
     assert pooled.files == serial.files and pooled.findings == serial.findings == []
+
+
+def test_empty_and_unreadable_files(ct_series, tmp_path):
+    (tmp_path / "series" / "empty.dcm").write_bytes(b"")
+    (tmp_path / "series" / "folder.dcm").mkdir()
+    result = validate_dicom_files(tmp_path, [tmp_path / "series" / "empty.dcm",
+                                             tmp_path / "series" / "folder.dcm", ct_series[0]])
+    assert found(result) == [
+        ("dicom.parse", "series/empty.dcm", None),
+        ("dicom.read", "series/folder.dcm", None),
+    ]
+    by_path = {f["path"]: f for f in result.files}
+    assert by_path["series/empty.dcm"]["size"] == 0
+    assert by_path["series/folder.dcm"]["sha256"] is None
