@@ -153,10 +153,9 @@ class IsolatedSpawner(LocalProcessSpawner):
         # Root-owned Jupyter config; ~/.jupyter and the user's site-packages are never read.
         env["JUPYTER_CONFIG_DIR"] = self.policy_dir
         # The hub's own Jupyter install (server extensions enabled, JupyterLab assets), read-only.
-        hub_jupyter = Path(sys.prefix)
-        env["JUPYTER_CONFIG_PATH"] = str(hub_jupyter / "etc" / "jupyter")
-        env["JUPYTER_PATH"] = str(hub_jupyter / "share" / "jupyter")
-        env["JUPYTERLAB_DIR"] = str(hub_jupyter / "share" / "jupyter" / "lab")
+        from enclave.workspace.hub import hub_jupyter_environment
+
+        env.update(hub_jupyter_environment())
         env["PYTHONNOUSERSITE"] = "1"
         env["JUPYTER_RUNTIME_DIR"] = str(account.home / ".local/share/jupyter/runtime")
         env["ENCLAVE_DATASETS"] = str(account.home / "datasets")
@@ -228,6 +227,9 @@ class IsolatedSpawner(LocalProcessSpawner):
             self._limits = None
         self.namespaces.teardown(self._network or self.user.name)
         self._network = None
+        # NamespaceManager.teardown removes the host table and the service address with the
+        # last namespace; the hub still listens there, so put them back at once.
+        self.namespaces.ensure_host()
         account = accounts.lookup_account(self.user.name, self.unix_prefix)
         if account is not None:
             self.mounter.unmount_user(account.home)

@@ -35,7 +35,7 @@ def up(state_dir: Path, public_ip: str | None, port: int | None, no_demo: bool) 
     launcher.check_system()
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(state_dir, 0o711)
+    os.chmod(state_dir, 0o700)
     settings = HubSettings.load(state_dir)
     if public_ip:
         settings.public_ip = public_ip

@@ -56,10 +56,21 @@ class HubSettings:
     start_timeout_seconds: int = 120
     managed_services: list[str] = field(default_factory=lambda: ["catalog", "ingest", "idle-culler"])
     log_level: str = "INFO"
+    # Root-owned files every user server must read (the Jupyter policy, the server
+    # interpreter): kept outside the state directory, which stays mode 0700 because it holds
+    # the catalog database and the receivers' shares. Default: "<state_dir>-server".
+    server_files: str = ""
+    # "isolated" (always, in a real enclave) or "local": JupyterHub's plain LocalProcessSpawner,
+    # only for measuring what isolation costs (benchmarks/spawn.py).
+    spawner: str = "isolated"
 
     @property
     def hub_dir(self) -> Path:
         return Path(self.state_dir) / HUB_DIR
+
+    @property
+    def server_files_dir(self) -> Path:
+        return Path(self.server_files or f"{self.state_dir.rstrip('/')}-server")
 
     @property
     def public_url(self) -> str:
@@ -198,8 +209,12 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     netns = settings.netns_config()
     # The hub listens on the service address user namespaces route to; it must exist first.
     NamespaceManager(netns).ensure_host()
-    policy_dir = install_server_policy(Path(settings.state_dir) / "jupyter-policy")
-    os.chmod(settings.state_dir, 0o711)  # servers (as their users) read the policy dir only
+    os.chmod(settings.state_dir, 0o700)  # catalog database, shares, keys: root only
+    shared = settings.server_files_dir
+    shared.mkdir(parents=True, exist_ok=True)
+    os.chown(shared, 0, 0)
+    os.chmod(shared, 0o755)
+    policy_dir = install_server_policy(shared / "jupyter-policy")
     set_master_key(master_key)
 
     c.JupyterHub.bind_url = settings.public_url
@@ -227,6 +242,14 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.JupyterHub.load_roles = load_roles(settings)
     c.JupyterHub.services = services(settings)
 
+    server_cmd = [server_python(shared / "server-python"), "-m", "enclave.workspace.singleuser"]
+    if settings.spawner == "local":  # the benchmark's baseline: no isolation at all
+        c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
+        c.LocalProcessSpawner.cmd = server_cmd
+        c.LocalProcessSpawner.environment = hub_jupyter_environment()  # the same JupyterLab
+        c.Spawner.start_timeout = settings.start_timeout_seconds
+        c.Spawner.http_timeout = settings.start_timeout_seconds
+        return
     c.JupyterHub.spawner_class = "enclave.spawner.IsolatedSpawner"
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = settings.start_timeout_seconds
@@ -237,8 +260,7 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.IsolatedSpawner.unix_prefix = settings.unix_prefix
     c.IsolatedSpawner.plaintext_root = settings.plaintext_root
     c.IsolatedSpawner.policy_dir = str(policy_dir)
-    c.IsolatedSpawner.cmd = [server_python(Path(settings.state_dir) / "server-python"),
-                             "-m", "enclave.workspace.singleuser"]
+    c.IsolatedSpawner.cmd = server_cmd
     c.IsolatedSpawner.catalog_url = settings.catalog_url or _default_catalog_url(settings)
 
 
@@ -246,6 +268,16 @@ def _default_catalog_url(settings: HubSettings) -> str:
     from catalog.db import resolve_database_url
 
     return resolve_database_url(Path(settings.state_dir))
+
+
+def hub_jupyter_environment() -> dict[str, str]:
+    """Where user servers find the hub's Jupyter install (extensions enabled, Lab assets)."""
+    prefix = Path(sys.prefix)
+    return {
+        "JUPYTER_CONFIG_PATH": str(prefix / "etc" / "jupyter"),
+        "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
+        "JUPYTERLAB_DIR": str(prefix / "share" / "jupyter" / "lab"),
+    }
 
 
 def master_key_from_environment(settings: HubSettings) -> Any:

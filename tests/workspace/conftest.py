@@ -30,7 +30,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
 JUPYTERHUB = Path(sys.executable).parent / "jupyterhub"
-TEST_RANGE = "10.219.0.0/20"
+
+
+def private_range() -> str:
+    """A /22 of 10.219.0.0/16 of its own for each hub a test starts (runs never share one)."""
+    import random
+
+    return f"10.219.{random.randrange(0, 256, 4)}.0/22"
 
 
 def free_port() -> int:
@@ -198,19 +204,20 @@ def enclave_state() -> Iterator[tuple[Path, Any, list[str]]]:
     from enclave.workspace.hub import HubSettings
 
     state_dir = Path(tempfile.mkdtemp(prefix="enclave-ws-", dir="/tmp"))
-    os.chmod(state_dir, 0o711)
+    homes = Path(f"{state_dir}-homes")
     mnemonics = init_custody(state_dir, custodians=3, threshold=2)
     tag = uuid.uuid4().hex[:4]
     settings = HubSettings(
         state_dir=str(state_dir), public_port=free_port(), proxy_api_port=free_port(),
-        hub_port=free_port(), catalog_port=free_port(), address_range=TEST_RANGE,
+        hub_port=free_port(), catalog_port=free_port(), address_range=private_range(),
         netns_table="enclave_wstest", namespace_prefix=f"encws{tag}-", veth_prefix="encw-",
-        unix_prefix=f"encw{tag}-", home_root=str(state_dir / "homes"),
+        unix_prefix=f"encw{tag}-", home_root=str(homes),
         plaintext_root=str(state_dir / "plaintext"), lock_path=str(state_dir / "netns.lock"),
         managed_services=["catalog"], log_level="INFO",
     )
     yield state_dir, settings, mnemonics[:2]
-    shutil.rmtree(state_dir, ignore_errors=True)
+    for path in (state_dir, homes, settings.server_files_dir):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Kernel:

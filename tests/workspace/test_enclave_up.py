@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port, needs_root_and_tools
+from .conftest import free_port, needs_root_and_tools, private_range
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,14 +39,14 @@ def site():
     from enclave.workspace.hub import HubSettings
 
     state_dir = Path(tempfile.mkdtemp(prefix="enclave-up-", dir="/tmp"))
-    os.chmod(state_dir, 0o711)
+    homes = Path(f"{state_dir}-homes")
     tag = uuid.uuid4().hex[:4]
     ingest_port = free_port()
     settings = HubSettings(
         state_dir=str(state_dir), public_port=free_port(), proxy_api_port=free_port(),
         hub_port=free_port(), catalog_port=free_port(), ingest_port=ingest_port,
-        address_range="10.219.16.0/20", netns_table="enclave_uptest", namespace_prefix=f"encup{tag}-",
-        veth_prefix="encu-", unix_prefix=f"encu{tag}-", home_root=str(state_dir / "homes"),
+        address_range=private_range(), netns_table="enclave_uptest", namespace_prefix=f"encup{tag}-",
+        veth_prefix="encu-", unix_prefix=f"encu{tag}-", home_root=str(homes),
         plaintext_root=str(state_dir / "plaintext"), lock_path=str(state_dir / "netns.lock"),
         idle_timeout_seconds=3600,
     )
@@ -61,7 +61,8 @@ def site():
         log = settings.hub_dir / "hub.log"
         if log.exists():
             shutil.copyfile(log, Path(tempfile.gettempdir()) / "enclave-up-tests-hub.log")
-        shutil.rmtree(state_dir, ignore_errors=True)
+        for path in (state_dir, homes, settings.server_files_dir):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

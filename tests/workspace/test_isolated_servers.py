@@ -295,7 +295,7 @@ def test_student_sees_no_researcher_dataset(hub, sam):
         "import os\n"
         "print(os.listdir(os.path.expanduser('~/datasets')))\n"
         "for p in [os.environ['HOME'].replace('" + STUDENT + "', '" + RESEARCHER + "'),\n"
-        f"          {hub.settings.plaintext_root!r}]:\n"
+        f"          {hub.settings.plaintext_root!r}, {str(hub.state_dir)!r}]:\n"
         "    try:\n"
         "        os.listdir(p); print('listed', p)\n"
         "    except OSError as e:\n"
@@ -347,7 +347,7 @@ def test_jupyterlab_download_commands_are_disabled_by_root_owned_settings(hub):
     config = lab_page_config(hub, RESEARCHER)
     for plugin in DISABLED_PLUGINS:
         assert plugin in config["disabledExtensions"], plugin
-    policy = Path(hub.state_dir) / "jupyter-policy" / "labconfig" / "page_config.json"
+    policy = hub.settings.server_files_dir / "jupyter-policy" / "labconfig" / "page_config.json"
     st = policy.stat()
     assert st.st_uid == 0 and not st.st_mode & 0o022
 

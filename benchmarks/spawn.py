@@ -1,0 +1,198 @@
+"""Spawn latency of isolated user servers, next to JupyterHub's plain LocalProcessSpawner.
+
+    python -m benchmarks.spawn [--spawns 20] [--concurrent 30]      (as root)
+
+Runs two real hubs one after the other from ``hub_config/jupyterhub_config.py``, on their own
+ports, address range and prefixes: first with ``LocalProcessSpawner`` (same server command, no
+namespace, no limits, no mounts), then with ``IsolatedSpawner``. For each, one user's server is
+spawned and stopped ``--spawns`` times; the time is from the spawn request (REST, as the hub's
+"Start" button) to the hub reporting the server ready. Then ``--concurrent`` users ask for
+their servers at once (isolated) and the time until the last is ready is reported.
+Targets: isolation overhead < 1.5x, isolated median < 3 s, 30 users ready within 60 s.
+Prints figures and, last, one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+TARGETS = {"overhead_ratio": 1.5, "isolated_median_s": 3.0, "concurrent_all_ready_s": 60.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(state_dir: Path, tag: str, spawner: str):
+    from enclave.workspace.hub import HubSettings
+
+    return HubSettings(
+        state_dir=str(state_dir), public_port=free_port(), proxy_api_port=free_port(),
+        hub_port=free_port(), catalog_port=free_port(), address_range="10.219.64.0/20",
+        netns_table="enclave_bench", namespace_prefix=f"encb{tag}-", veth_prefix="encb-",
+        unix_prefix=f"encb{tag}-", home_root=str(state_dir) + "-homes",
+        plaintext_root=str(state_dir / "plaintext"), lock_path=str(state_dir / "netns.lock"),
+        managed_services=[], log_level="WARN", spawner=spawner, start_timeout_seconds=180,
+    )
+
+
+class Bench:
+    def __init__(self, settings, mnemonics: list[str]) -> None:
+        from enclave.workspace.hub import admin_token
+        from enclave.workspace.launcher import start_hub
+
+        self.settings = settings
+        settings.save()
+        start_hub(settings, mnemonics)
+        self.api = httpx.Client(base_url=f"{settings.public_url}hub/api", timeout=120,
+                                headers={"Authorization": f"token {admin_token(settings)}"})
+
+    def add_user(self, name: str) -> None:
+        self.api.post(f"/users/{name}")
+
+    def ready(self, name: str) -> bool:
+        server = self.api.get(f"/users/{name}").json()["servers"].get("")
+        return bool(server and server.get("ready"))
+
+    def spawn_time(self, name: str) -> float:
+        started = time.perf_counter()
+        reply = self.api.post(f"/users/{name}/server")
+        if reply.status_code not in (201, 202):
+            raise SystemExit(f"spawn of {name} refused: {reply.status_code} {reply.text[:200]}")
+        while not self.ready(name):
+            time.sleep(0.05)
+        return time.perf_counter() - started
+
+    def stop(self, names: list[str]) -> None:
+        for name in names:
+            self.api.delete(f"/users/{name}/server")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            users = {u["name"]: u for u in self.api.get("/users").json()}
+            if not any(users.get(n, {}).get("servers") for n in names):
+                return
+            time.sleep(0.2)
+        raise SystemExit(f"servers of {names} did not stop")
+
+    def concurrent(self, names: list[str]) -> float:
+        """Everyone clicks Start at once (the hub's POST waits up to 10 s, so in parallel)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def request(name: str) -> None:
+            with httpx.Client(base_url=str(self.api.base_url), headers=self.api.headers,
+                              timeout=120) as client:
+                reply = client.post(f"/users/{name}/server")
+            if reply.status_code not in (201, 202):
+                raise SystemExit(f"spawn of {name} refused: {reply.status_code} {reply.text[:200]}")
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(request, names))
+        waiting = set(names)
+        while waiting:
+            users = {u["name"]: u for u in self.api.get("/users").json()}
+            waiting = {n for n in waiting if not users[n].get("servers", {}).get("", {}).get("ready")}
+            if time.perf_counter() - started > 300:
+                raise SystemExit(f"{len(waiting)} servers not ready after 300 s")
+            time.sleep(0.2)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        from enclave.workspace.launcher import clean_leftovers, stop_hub
+
+        self.api.close()
+        stop_hub(self.settings)
+        clean_leftovers(self.settings)
+
+
+def run(spawns: int, concurrent: int) -> dict:
+    from enclave.custody import init_custody
+    from enclave.workspace import accounts
+
+    if os.geteuid() != 0:
+        raise SystemExit("error: the spawn benchmark needs root (namespaces, users, nftables)")
+    state_dir = Path(tempfile.mkdtemp(prefix="enclave-bench-", dir="/tmp"))
+    homes = Path(f"{state_dir}-homes")
+    tag = uuid.uuid4().hex[:4]
+    mnemonics = init_custody(state_dir, custodians=2, threshold=2)
+    result: dict = {"spawns": spawns, "concurrent_users": concurrent, "cpus": os.cpu_count()}
+    try:
+        # Baseline: the same server command under LocalProcessSpawner (needs a Unix user named
+        # like the hub user).
+        plain = make_settings(state_dir, tag, "local")
+        account = accounts.ensure_account("plain", Path(plain.home_root), plain.unix_prefix)
+        bench = Bench(plain, mnemonics)
+        try:
+            bench.add_user(account.name)
+            times = []
+            for _ in range(spawns):
+                times.append(bench.spawn_time(account.name))
+                bench.stop([account.name])
+            result["plain_median_s"] = round(statistics.median(times), 3)
+            print(f"LocalProcessSpawner: median {result['plain_median_s']:.2f} s over {spawns} "
+                  f"spawns (min {min(times):.2f}, max {max(times):.2f})")
+        finally:
+            bench.close()
+
+        isolated = make_settings(state_dir, tag, "isolated")
+        bench = Bench(isolated, mnemonics)
+        try:
+            bench.add_user("solo")
+            times = []
+            for _ in range(spawns):
+                times.append(bench.spawn_time("solo"))
+                bench.stop(["solo"])
+            result["isolated_median_s"] = round(statistics.median(times), 3)
+            result["overhead_ratio"] = round(result["isolated_median_s"] / result["plain_median_s"], 3)
+            print(f"IsolatedSpawner:     median {result['isolated_median_s']:.2f} s over {spawns} "
+                  f"spawns (min {min(times):.2f}, max {max(times):.2f}); overhead "
+                  f"{result['overhead_ratio']:.2f}x (target < {TARGETS['overhead_ratio']}x)")
+            names = [f"user{i:02d}" for i in range(concurrent)]
+            for name in names:
+                bench.add_user(name)
+                accounts.ensure_account(name, Path(isolated.home_root), isolated.unix_prefix)
+            result["concurrent_all_ready_s"] = round(bench.concurrent(names), 2)
+            print(f"{concurrent} users at once: all ready in {result['concurrent_all_ready_s']:.1f} s "
+                  f"(target < {TARGETS['concurrent_all_ready_s']:.0f} s)")
+            bench.stop(names)
+        finally:
+            bench.close()
+    finally:
+        for entry in pwd.getpwall():
+            if entry.pw_name.startswith(f"encb{tag}-"):
+                subprocess.run(["userdel", entry.pw_name], capture_output=True)
+        for path in (state_dir, homes, Path(f"{state_dir}-server")):
+            shutil.rmtree(path, ignore_errors=True)
+    result["targets"] = TARGETS
+    result["met"] = {k: result.get(k, float("inf")) < v for k, v in TARGETS.items()}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spawns", type=int, default=20)
+    parser.add_argument("--concurrent", type=int, default=30)
+    args = parser.parse_args()
+    result = run(args.spawns, args.concurrent)
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
