@@ -174,6 +174,9 @@ def run(spawns: int, concurrent: int) -> dict:
         finally:
             bench.close()
     finally:
+        log = state_dir / "hub" / "hub.log"
+        if log.exists():
+            shutil.copyfile(log, Path(tempfile.gettempdir()) / "enclave-bench-spawn-hub.log")
         for entry in pwd.getpwall():
             if entry.pw_name.startswith(f"encb{tag}-"):
                 subprocess.run(["userdel", entry.pw_name], capture_output=True)

@@ -223,6 +223,10 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.JupyterHub.cookie_secret_file = str(hub_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(hub_dir / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = True
+    # Answer "Start" at once (202, progress on the spawn-pending page) instead of holding the
+    # request up to 10 s: a class starting together would otherwise queue in the proxy's
+    # HTTP client (10 connections) until it times out with a 503.
+    c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
     c.JupyterHub.log_level = settings.log_level
     c.ConfigurableHTTPProxy.command = [str(Path(sys.executable).parent / "configurable-http-proxy")]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
