@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from enclave.errors import EnclaveError
-from ingestion import shares
+from ingestion import diskio, shares
 from ingestion.settings import DEFAULT_QUOTA_BYTES, PROLOGUE_MAX_BYTES
 
 HEADER_LEN = 64  # secret_sharing.format.HEADER_LEN; kept here so the app imports light
@@ -162,7 +162,17 @@ ProviderDep = Annotated[Any, Depends(provider_from_token)]
 
 def _fsync(fh: Any) -> None:
     fh.flush()
-    os.fsync(fh.fileno())
+    diskio.fdatasync(fh.fileno())
+
+
+#: Bytes of a body after which the receiver queues them for the disk (without waiting), so
+#: the fsync before the answer finds little left to write.
+WRITEBACK_BYTES = 8 * 1024 * 1024
+
+
+def _start_writeback(fh: Any, offset: int, nbytes: int) -> None:
+    fh.flush()
+    diskio.start_writeback(fh.fileno(), offset, nbytes)
 
 
 def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastAPI:
@@ -350,11 +360,14 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
         length = int(meta["length"])
         header = (store.dir(transfer_id) / "prologue").read_bytes()[:HEADER_LEN]
         part = store.part(transfer_id)
-        written = received
+        written = flushed = received
         disconnected = too_long = mismatch = False
         with open(part, "ab") as fh:
             try:
                 async for chunk in request.stream():
+                    if written - flushed >= WRITEBACK_BYTES:
+                        await run_in_threadpool(_start_writeback, fh, flushed, written - flushed)
+                        flushed = written
                     if written < HEADER_LEN and chunk:
                         # The first bytes must be the header announced in the prologue.
                         overlap = chunk[: HEADER_LEN - written]

@@ -29,7 +29,7 @@ DEFAULT_QUOTA_BYTES = 64 * 1024**3
 # Largest upload prologue (header + block-hash index + manifest): 32 B per 4 MiB segment,
 # so 8 MiB covers shares of about 1 TiB.
 PROLOGUE_MAX_BYTES = 8 * 1024 * 1024
-UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
+UPLOAD_CHUNK_BYTES = 64 * 1024 * 1024  # the upload client's default PUT body (ingestion.client)
 WORKER_ACTOR = "ingest-worker"
 
 
