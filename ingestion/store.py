@@ -41,6 +41,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.errors import EnclaveError
+from ingestion.diskio import start_writeback
 
 FORMAT = "enclave-store/1"
 MAGIC = b"ENCSTOR1"
@@ -223,6 +224,10 @@ class VersionWriter:
                 size, sha = _encrypt_stream(
                     self._aead, self.store_id, number, rel, src, dst, self.segment_size
                 )
+                dst.flush()
+                # The disk writes while the next files are encrypted; commit's syncfs
+                # then finds little left to do.
+                start_writeback(dst.fileno())
             self._files[rel] = StoredFile(rel, number, size, sha)
             added += 1
             if progress:

@@ -338,13 +338,15 @@ class ReconstructionWorker:
 
         try:
             writer.add_tree(root)  # derived tables
+            # Plaintext lives no longer than needed, and deleted before commit's syncfs it is
+            # never written to the disk at all (the syncfs would flush it with the store).
+            shutil.rmtree(staging, ignore_errors=True)
             stored = writer.commit()
         except BaseException:
             writer.abort()
             raise
         # Encryption overlaps validation; this is only what it added after validation ended.
         timings["store_after_validation_s"] = round(time.perf_counter() - started, 3)
-        shutil.rmtree(staging, ignore_errors=True)  # plaintext lives no longer than needed
         try:
             version = self.catalog.catalog_version(
                 tid,
