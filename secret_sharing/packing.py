@@ -306,17 +306,38 @@ def _checked_members(
         raise ShareIntegrityError(f"{where}: the archive is empty")
 
 
+def _data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
+    """tarfile's ``data`` filter for the members ``_checked_members`` lets through.
+
+    Those are only regular files and folders named inside the dataset without ``..``, and
+    the staging folder is fresh, so nothing can lead outside it; the ``data`` filter's two
+    ``realpath`` calls per member (an ``lstat`` per path component) were a fifth of the
+    unpacking time of a 1,000-slice series. Permissions and ownership are limited the way
+    the ``data`` filter limits them.
+    """
+    mode: int | None = member.mode & 0o755
+    if member.isreg():
+        if not mode & 0o100:
+            mode &= ~0o111
+        mode |= 0o600
+    elif member.isdir():
+        mode = None
+    else:  # _checked_members refuses these first; never extract one regardless
+        raise tarfile.SpecialFileError(member)
+    return member.replace(mode=mode, uid=None, gid=None, uname=None, gname=None, deep=False)
+
+
 def extract_stream(
     stream: SegmentReader, staging_dir: Path, dataset_name: str, dataset_kind: str, where: str
 ) -> None:
-    """Unpack the tar stream into ``staging_dir`` with tarfile's ``data`` filter
-    (no absolute paths, no ``..``, no links, no device files, sane permissions)."""
+    """Unpack the tar stream into ``staging_dir`` (no absolute paths, no ``..``, no links,
+    no device files, sane permissions: tarfile's ``data`` filter rules)."""
     try:
         with tarfile.open(fileobj=stream, mode="r:", copybufsize=_READ_CHUNK) as archive:
             archive.extractall(
                 staging_dir,
                 members=_checked_members(archive, dataset_name, dataset_kind, where),
-                filter="data",
+                filter=_data_filter,
             )
     except EOFError:
         raise ShareIntegrityError(f"{where}: the reconstructed archive ends early") from None
