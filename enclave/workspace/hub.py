@@ -236,6 +236,9 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.Authenticator.allow_all = True  # only accounts an admin authorized can log in
     c.Authenticator.admin_users = set()
     c.NativeAuthenticator.allow_2fa = True
+    # Accounts come from `enclave users add` / `enclave course create`, never self sign-up.
+    c.NativeAuthenticator.enable_signup = False
+    c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
     c.NativeAuthenticator.minimum_password_length = 10
     c.NativeAuthenticator.check_common_password = True
     c.NativeAuthenticator.allowed_failed_logins = 5
