@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "users": ("enclave.cli.users", "users", "Add workspace users with a role; list them."),
     "course": ("enclave.cli.users", "course", "Enrol a class with course datasets and an end date."),
     "samples": ("enclave.samples", "samples", "Make de-identified sample datasets for demos, tests and benchmarks."),
+    "lineage": ("enclave.data.cli", "lineage", "Show which run, data and code produced an output file."),
 }
 
 

@@ -42,7 +42,7 @@ class LineageError(EnclaveError):
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def sha256_file(path: Path) -> str:
@@ -114,6 +114,14 @@ def notebook_source_hash(path: Path) -> str | None:
             digest.update(("".join(source) if isinstance(source, list) else source).encode())
             digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _strip_outputs(notebook: dict[str, Any]) -> dict[str, Any]:
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    return notebook
 
 
 def describe_code(code: str | Path | None = None) -> dict[str, Any]:
@@ -330,20 +338,30 @@ class TrainingRun:
         return record
 
     def _keep_code(self) -> dict[str, Any]:
-        """Copy the code into ``.lineage/code/<sha256><suffix>`` so the record can show it."""
+        """Copy the code into ``.lineage/code/`` so the record can show what ran.
+
+        Notebooks are copied without their cell outputs (``<source_sha256>.ipynb``): outputs
+        can hold data, and what leaves the enclave is decided by the airlock, not by lineage.
+        """
         code = dict(self.code)
         source = code.get("path")
         if not source or not code.get("sha256"):
             return code
         src = Path(source)
-        copy = self.outputs_dir / LINEAGE_DIR / CODE_DIR / f"{code['sha256']}{src.suffix}"
+        notebook = code.get("kind") == "notebook" and code.get("source_sha256")
+        stem = code["source_sha256"] if notebook else code["sha256"]
+        copy = self.outputs_dir / LINEAGE_DIR / CODE_DIR / f"{stem}{src.suffix}"
         try:
             if not copy.exists() and src.stat().st_size <= CODE_COPY_LIMIT:
                 copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, copy)
+                if notebook:
+                    copy.write_text(json.dumps(_strip_outputs(json.loads(src.read_text())),
+                                               indent=1) + "\n")
+                else:
+                    shutil.copyfile(src, copy)
             if copy.exists():
                 code["copy"] = copy.relative_to(self.outputs_dir).as_posix()
-        except OSError:
+        except (OSError, ValueError):
             pass
         return code
 

@@ -125,6 +125,7 @@ def test_notebook_found_through_jupyter_session(researcher_env, demo_ct, tmp_pat
     notebook = tmp_path / "analysis.ipynb"
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="SUBJ-0001 age 75")]
     nbformat.write(nb, notebook)
     monkeypatch.setenv("JPY_SESSION_NAME", str(notebook))
     with ed.training_run("nb", datasets=[demo_ct]) as run:
@@ -133,11 +134,13 @@ def test_notebook_found_through_jupyter_session(researcher_env, demo_ct, tmp_pat
     assert code["kind"] == "notebook" and code["how"] == "jupyter-session"
     assert code["path"] == str(notebook.resolve())
     before = code["source_sha256"]
-    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="saved output")]
+    nb.cells[0].outputs = []
     nbformat.write(nb, notebook)
     from enclave.data.lineage import notebook_source_hash
 
     assert notebook_source_hash(notebook) == before  # outputs do not change the code hash
+    kept = json.loads((researcher_env / code["copy"]).read_text())  # code only, no outputs
+    assert "".join(kept["cells"][0]["source"]) == "x = 1" and kept["cells"][0]["outputs"] == []
 
 
 def test_script_found_through_main(researcher_env, tmp_path, granted_mounts):
@@ -154,3 +157,17 @@ def test_script_found_through_main(researcher_env, tmp_path, granted_mounts):
     assert record["code"]["path"] == str(script.resolve())
     assert record["code"]["how"] == "__main__"
     assert json.loads((researcher_env / "metrics.json").read_text()) == {"dice": 0.9}
+
+
+def test_lineage_command(researcher_env, demo_ct, run_enclave):
+    _, model = train_and_save(researcher_env, demo_ct)
+    result = run_enclave("lineage", str(model))
+    assert result.exit_code == 0, result.stderr
+    assert "models/unet.pt: unchanged" in result.stdout
+    as_json = json.loads(run_enclave("lineage", "--json", str(model)).stdout)
+    assert as_json["modified"] is False and as_json["runs"][0]["name"] == "baseline"
+    model.write_bytes(b"tampered")
+    result = run_enclave("lineage", str(model))
+    assert result.exit_code == 3 and "MODIFIED" in result.stdout
+    result = run_enclave("lineage", str(researcher_env / "absent.pt"))
+    assert result.exit_code == 1 and "error: " in result.stderr and "no such file" in result.stderr
