@@ -85,10 +85,25 @@ def human_size(n: int | None) -> str:
     return f"{n} B"
 
 
-def create_app(catalog: Catalog, *, resolver: PrincipalResolver | None = None) -> FastAPI:
-    """The catalog service. ``resolver`` maps tokens to principals (default: the catalog's own)."""
+def _mount_path(request: Request) -> str:
+    """Where this app is served: ``/`` standalone, ``/services/catalog/`` under the hub."""
+    return request.scope.get("root_path", "").rstrip("/") + "/"
+
+
+def create_app(
+    catalog: Catalog,
+    *,
+    resolver: PrincipalResolver | None = None,
+    logout_url: str | None = None,
+) -> FastAPI:
+    """The catalog service. ``resolver`` maps tokens to principals (default: the catalog's own);
+    ``logout_url`` is where sign-out continues (the hub's logout when served under the hub)."""
     resolver = resolver or catalog
     app = FastAPI(
+        # Swagger UI and ReDoc load their scripts from a CDN, which an enclave cannot reach;
+        # the OpenAPI description itself is served at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
         title="Enclave dataset catalog",
         description="Browse granted datasets; curate, publish and grant (admins); follow transfers (providers).",
         version="1",
@@ -268,18 +283,20 @@ def create_app(catalog: Catalog, *, resolver: PrincipalResolver | None = None) -
         return HTMLResponse(html)
 
     @app.post("/login", include_in_schema=False, response_model=None)
-    def login(token: Annotated[str, Form()]) -> HTMLResponse | RedirectResponse:
+    def login(request: Request, token: Annotated[str, Form()]) -> HTMLResponse | RedirectResponse:
         if resolver.resolve_principal(token.strip()) is None:
             html = templates.get_template("login.html").render(error="That token is not valid.")
             return HTMLResponse(html, status_code=401)
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/")
+        base = _mount_path(request)
+        response = RedirectResponse(base, status_code=303)
+        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path=base)
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> RedirectResponse:
-        response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(COOKIE, path="/")
+    def logout(request: Request) -> RedirectResponse:
+        base = _mount_path(request)
+        response = RedirectResponse(logout_url or base, status_code=303)
+        response.delete_cookie(COOKIE, path=base)
         return response
 
     return app

@@ -81,7 +81,10 @@ def create_service_app(catalog: Any, hub_auth: Any) -> Any:
     from catalog.api import COOKIE, create_app
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/").rstrip("/")
-    inner = create_app(catalog, resolver=HubPrincipalResolver(hub_auth))
+    hub_base = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/")
+    # Signing out of the catalog signs out of the hub too: its OAuth would log straight back in.
+    inner = create_app(catalog, resolver=HubPrincipalResolver(hub_auth),
+                       logout_url=f"{hub_base}/hub/logout")
     outer = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     def login_redirect(next_path: str) -> RedirectResponse:

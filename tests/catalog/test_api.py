@@ -161,3 +161,29 @@ def test_html_escapes_dataset_text(catalog, ingest):
     token = catalog.create_token("root", "admin", actor="admin:test")
     page = TestClient(create_app(catalog)).get("/", headers={"Authorization": f"Bearer {token}"})
     assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;" in page.text
+
+
+def test_page_session_stays_under_the_mount_prefix(catalog, ingest):
+    """Served under the hub at /services/catalog/, sign-in and sign-out stay in that prefix."""
+    from fastapi import FastAPI
+
+    ingest("mounted", title="Mounted catalog dataset")
+    token = catalog.create_token("root", "admin", actor="admin:test")
+    outer = FastAPI()
+    outer.mount("/services/catalog", create_app(catalog, logout_url="/hub/logout"))
+    client = TestClient(outer)
+    response = client.post("/services/catalog/login", data={"token": token}, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/services/catalog/"
+    assert "path=/services/catalog/" in response.headers["set-cookie"].lower()
+    assert "Mounted catalog dataset" in client.get("/services/catalog/").text
+    out = client.post("/services/catalog/logout", follow_redirects=False)
+    assert out.headers["location"] == "/hub/logout"
+    assert 'path=/services/catalog/' in out.headers["set-cookie"].lower()
+    assert client.get("/services/catalog/").status_code == 401
+
+
+def test_no_page_loads_scripts_from_the_internet(catalog):
+    client = TestClient(create_app(catalog))
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+    assert client.get("/openapi.json").json()["info"]["title"] == "Enclave dataset catalog"
