@@ -20,6 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 from jupyterhub.singleuser.extension import JupyterHubAuthorizer
+from tornado.web import HTTPError
+
+DOWNLOADS_DISABLED = (
+    "Downloads are disabled in this enclave: data stays inside. "
+    "Results leave through the export review (save them under ~/outputs)."
+)
 
 # Resources (handler.auth_resource) that exist only to turn a file into a download.
 REFUSED_RESOURCES = frozenset({"nbconvert"})
@@ -51,5 +57,6 @@ class NoDownloadAuthorizer(JupyterHubAuthorizer):
                 handler.request.path,
                 getattr(user, "username", "?"),
             )
-            return False
+            # Raised rather than returned so the page tells the person why, not just "forbidden".
+            raise HTTPError(403, DOWNLOADS_DISABLED)
         return True

@@ -317,7 +317,10 @@ def test_files_and_nbconvert_downloads_of_a_dataset_file_are_refused(hub):
     with hub.as_user(RESEARCHER) as client:
         # Reading through the contents API works: the file is there and the token is good.
         assert client.get(f"/user/{RESEARCHER}/api/contents/{path}").status_code == 200
-        assert client.get(f"/user/{RESEARCHER}/files/{path}").status_code == 403
+        refused = client.get(f"/user/{RESEARCHER}/files/{path}")
+        assert refused.status_code == 403
+        assert "Downloads are disabled in this enclave" in refused.text  # says why
+        assert "subject_id" not in refused.text  # and shows none of the file
         assert client.get(f"/user/{RESEARCHER}/files/{path}?download=1").status_code == 403
         assert client.get(f"/user/{RESEARCHER}/view/{path}").status_code == 403
         nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
