@@ -97,10 +97,12 @@ def _aad(store_id: str, path: str, segment: int, last: bool) -> bytes:
 
 
 def _encrypt_stream(
-    aead: AESGCM, store_id: str, obj: int, path: str, src: BinaryIO, dst: BinaryIO, seg_size: int
+    aead: AESGCM, store_id: str, obj: int, path: str, src: BinaryIO, dst: BinaryIO, seg_size: int,
+    *, hashed: bool = True,
 ) -> tuple[int, str]:
-    """Encrypt ``src`` into ``dst`` segment by segment; return plaintext size and sha256."""
-    digest = hashlib.sha256()
+    """Encrypt ``src`` into ``dst`` segment by segment; return plaintext size and sha256
+    (``""`` when not ``hashed``: the caller already knows it)."""
+    digest = hashlib.sha256() if hashed else None
     total = 0
     dst.write(MAGIC)
     index = 0
@@ -108,13 +110,14 @@ def _encrypt_stream(
     while True:
         nxt = src.read(seg_size) if len(chunk) == seg_size else b""
         last = not nxt
-        digest.update(chunk)
+        if digest is not None:
+            digest.update(chunk)
         total += len(chunk)
         ct = aead.encrypt(_nonce(obj, index), chunk, _aad(store_id, path, index, last))
         dst.write(_SEG_HEADER.pack(len(ct), _FLAG_LAST if last else 0))
         dst.write(ct)
         if last:
-            return total, digest.hexdigest()
+            return total, digest.hexdigest() if digest is not None else ""
         chunk = nxt
         index += 1
 
@@ -210,8 +213,13 @@ class VersionWriter:
         *,
         exclude: Callable[[str], bool] | None = None,
         progress: Callable[[int], None] | None = None,
+        hashed: bool = True,
     ) -> int:
-        """Encrypt every regular file under ``source`` not added yet; returns how many."""
+        """Encrypt every regular file under ``source`` not added yet; returns how many.
+
+        ``hashed=False`` skips the SHA-256 when the caller reads the same files anyway (the
+        worker's validation does) and hands the digests to ``commit``: one hash per byte.
+        """
         source = Path(source)
         added = 0
         for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
@@ -222,7 +230,8 @@ class VersionWriter:
             obj_path = self.tmp / "objects" / f"{number:06d}.enc"
             with open(path, "rb") as src, open(obj_path, "wb") as dst:
                 size, sha = _encrypt_stream(
-                    self._aead, self.store_id, number, rel, src, dst, self.segment_size
+                    self._aead, self.store_id, number, rel, src, dst, self.segment_size,
+                    hashed=hashed,
                 )
                 dst.flush()
                 # The disk writes while the next files are encrypted; commit's syncfs
@@ -234,9 +243,19 @@ class VersionWriter:
                 progress(size)
         return added
 
-    def commit(self) -> StoredVersion:
-        """Write the index, fsync, and rename the version into place atomically."""
+    def commit(self, hashes: dict[str, str] | None = None) -> StoredVersion:
+        """Write the index, fsync, and rename the version into place atomically.
+
+        ``hashes`` (path -> SHA-256 hex) supplies the digests of files added unhashed; the
+        store checks them on every read, so they bind it to the bytes that were validated.
+        """
         try:
+            for path, entry in list(self._files.items()):
+                if not entry.sha256:
+                    sha = (hashes or {}).get(path, "")
+                    if len(sha) != 64:
+                        raise StoreError(f"no SHA-256 for {path}: it was added unhashed")
+                    self._files[path] = StoredFile(path, entry.object, entry.size, sha)
             files = sorted(self._files.values(), key=lambda f: f.path)
             index = json.dumps([f.__dict__ for f in files]).encode()
             with open(self.tmp / "index.enc", "wb") as dst:

@@ -299,8 +299,12 @@ class ReconstructionWorker:
         # the GIL); files validation derives are added once it is done.
         writer = store.VersionWriter(self.paths.store, self.master_key, name_hint=tid)
         with ThreadPoolExecutor(1, thread_name_prefix="ingest-encrypt") as pool:
+            # Validation hashes every file it reads; the store takes those digests at commit.
             encrypting = pool.submit(
-                writer.add_tree, root, exclude=lambda rel: rel.split("/")[0] == DERIVED_DIR
+                writer.add_tree,
+                root,
+                exclude=lambda rel: rel.split("/")[0] == DERIVED_DIR,
+                hashed=False,
             )
             try:
                 outcome = validate_dataset(root, transfer_id=tid)
@@ -341,7 +345,9 @@ class ReconstructionWorker:
             # Plaintext lives no longer than needed, and deleted before commit's syncfs it is
             # never written to the disk at all (the syncfs would flush it with the store).
             shutil.rmtree(staging, ignore_errors=True)
-            stored = writer.commit()
+            stored = writer.commit(
+                hashes={f["path"]: f["sha256"] for f in outcome.files if f.get("sha256")}
+            )
         except BaseException:
             writer.abort()
             raise

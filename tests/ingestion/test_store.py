@@ -128,3 +128,30 @@ def test_materialize_refuses_non_empty_destination(tmp_path, dataset, master_key
     (tmp_path / "out" / "x").write_text("x")
     with pytest.raises(StoreError, match="not empty"):
         store.materialize(version, tmp_path / "out", master_key)
+
+
+def test_digests_from_validation_stand_in_for_the_stores_own(tmp_path, dataset, master_key):
+    """The worker encrypts unhashed and commits validation's digests: reads still check them."""
+    from ingestion.validate import sha256_file
+
+    writer = store.VersionWriter(tmp_path / "store", master_key, name_hint="hashes")
+    writer.add_tree(dataset, hashed=False)
+    digests = {rel: sha256_file(dataset / rel) for rel in _files(dataset)}
+    version = writer.commit(hashes=digests)
+    out = store.materialize(version, tmp_path / "out", master_key)
+    assert _files(out) == _files(dataset)
+
+    # A digest that is not the encrypted bytes' (content changed after validation) is caught.
+    writer = store.VersionWriter(tmp_path / "store", master_key, name_hint="wrong")
+    writer.add_tree(dataset, hashed=False)
+    version = writer.commit(hashes=dict(digests, **{"tables/clinical.csv": "0" * 64}))
+    with pytest.raises(StoreError):
+        store.materialize(version, tmp_path / "out-2", master_key)
+
+
+def test_unhashed_file_without_a_digest_is_not_committed(tmp_path, dataset, master_key):
+    writer = store.VersionWriter(tmp_path / "store", master_key, name_hint="missing")
+    writer.add_tree(dataset, hashed=False)
+    with pytest.raises(StoreError, match="no SHA-256 for dataset.yaml"):
+        writer.commit(hashes={})
+    assert not list((tmp_path / "store").iterdir())
