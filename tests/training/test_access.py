@@ -102,3 +102,30 @@ def test_import_is_light():
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_hub_version_info_from_a_catalog_version(tmp_path, monkeypatch, granted_mounts):
+    import shutil
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from enclave.data.mounts import write_version_info
+
+    folder = tmp_path / "datasets" / "demo-ct" / "4"
+    shutil.copytree(granted_mounts.v1, folder)
+    (folder / ".enclave-version.json").unlink()
+    version = SimpleNamespace(  # the attributes catalog.models.DatasetVersion has
+        dataset=SimpleNamespace(name="demo-ct", title="Demo", description="d"), version=4,
+        content_hash=granted_mounts.v1_content_hash, manifest={"modality": "CT"},
+        expires_at=datetime(2027, 1, 31, tzinfo=UTC),
+    )
+    path = write_version_info(folder, version)
+    assert json.loads(path.read_text()) == {
+        "name": "demo-ct", "version": 4, "content_hash": granted_mounts.v1_content_hash,
+        "title": "Demo", "description": "d", "modality": "CT",
+        "expires_at": "2027-01-31T00:00:00+00:00",
+    }
+    monkeypatch.setenv("ENCLAVE_DATASETS_DIR", str(tmp_path / "datasets"))
+    granted = ed.list_datasets()[0]
+    assert granted.expires_at == "2027-01-31T00:00:00+00:00" and granted.title == "Demo"
+    assert compute_content_hash(folder) == granted_mounts.v1_content_hash  # file is hidden
