@@ -342,8 +342,8 @@ class ReconstructionWorker:
 
         try:
             writer.add_tree(root)  # derived tables
-            # Plaintext lives no longer than needed, and deleted before commit's syncfs it is
-            # never written to the disk at all (the syncfs would flush it with the store).
+            # Plaintext lives no longer than needed: deleted before the commit's flush, it is
+            # usually never written to the disk at all.
             shutil.rmtree(staging, ignore_errors=True)
             stored = writer.commit(
                 hashes={f["path"]: f["sha256"] for f in outcome.files if f.get("sha256")}
