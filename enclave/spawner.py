@@ -180,10 +180,23 @@ class IsolatedSpawner(LocalProcessSpawner):
     def _prepare(self) -> tuple[accounts.UnixAccount, Any, list[MountedDataset]]:
         """Blocking part of start(): account, datasets, namespace (runs in a thread)."""
         account = accounts.ensure_account(self.user.name, Path(self.home_root), self.unix_prefix)
+        self._install_examples(account)
         grants = self._grants(self.principal())
         mounted = self.mounter.mount_for(account, grants)
         network = self.namespaces.create(self.user.name) if self.isolate_network else None
         return account, network, mounted
+
+    def _install_examples(self, account: accounts.UnixAccount) -> None:
+        """First spawn: copy the example notebooks to ~/examples (never over the user's own)."""
+        from enclave.data.examples import ExamplesError, install_examples
+
+        try:
+            copied = install_examples(account.home, uid=account.uid, gid=account.gid)
+        except ExamplesError as exc:  # a missing example is no reason to refuse a server
+            self.log.warning("Examples not copied for %s: %s", self.user.name, exc)
+            return
+        if copied:
+            self.log.info("Copied %d example notebook(s) to %s", len(copied), account.home / "examples")
 
     async def start(self) -> tuple[str, int]:
         from enclave.isolation import ResourceLimits, popen_in_namespace

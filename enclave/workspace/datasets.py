@@ -19,6 +19,7 @@ it is not a root-owned directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -157,12 +158,19 @@ class DatasetMounter:
                     f"dataset {version.name} version {version.version} is granted but the enclave "
                     "is sealed: unseal it (enclave up asks the custodians) to mount datasets"
                 )
+            from enclave.data.mounts import write_version_info
             from ingestion.store import materialize
 
             partial = self.plaintext_root / f".partial-{name}"
             shutil.rmtree(partial, ignore_errors=True)
             try:
                 materialize(version, partial, self.master_key)
+                # The catalog's content hash for lineage, so notebooks need not re-hash the data.
+                # The tree is shared by every grantee, so no one user's grant expiry goes in it.
+                shared = (dataclasses.replace(version, expires_at=None)
+                          if dataclasses.is_dataclass(version) and hasattr(version, "expires_at")
+                          else version)
+                write_version_info(partial, shared)
                 _make_read_only(partial)
                 os.rename(partial, target)
             except BaseException:

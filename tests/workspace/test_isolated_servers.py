@@ -52,6 +52,7 @@ def hub(enclave_state, tmp_path_factory):
         running.spawn(STUDENT)
         running.sample = folder
         running.version = version.version
+        running.content_hash = version.content_hash
         yield running
     finally:
         stop_hub(running)
@@ -261,6 +262,7 @@ def test_granted_dataset_is_mounted_read_only_with_the_real_content(hub, alice):
         "files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)\n"
         "csv = hashlib.sha256(open(os.path.join(root, 'tables/clinical.csv'), 'rb').read()).hexdigest()\n"
         "ro = bool(os.statvfs(root).f_flag & os.ST_RDONLY)\n"
+        "info = json.load(open(os.path.join(root, '.enclave-version.json')))\n"
         "errors = []\n"
         "for attempt in ('new.txt', 'tables/clinical.csv'):\n"
         "    try:\n"
@@ -271,10 +273,13 @@ def test_granted_dataset_is_mounted_read_only_with_the_real_content(hub, alice):
         "    os.rename(os.path.join(root, 'tables'), os.path.join(root, 't2')); errors.append('renamed')\n"
         "except OSError as e:\n"
         "    errors.append(e.errno)\n"
-        "print(json.dumps({'files': files, 'csv': csv, 'ro': ro, 'errors': errors}))\n"
+        "print(json.dumps({'files': files, 'csv': csv, 'ro': ro, 'errors': errors, 'info': info}))\n"
     )
     report = json.loads(out)
-    assert report["files"] == expected
+    # The provider's files, plus the hub's version record (the catalog's hash, for lineage).
+    assert report["files"] == sorted([*expected, ".enclave-version.json"])
+    assert report["info"]["content_hash"] == hub.content_hash
+    assert "expires_at" not in report["info"]  # shared by all grantees: no one user's expiry
     assert report["csv"] == __import__("hashlib").sha256(
         (hub.sample / "tables/clinical.csv").read_bytes()).hexdigest()
     assert report["ro"] is True
@@ -415,3 +420,16 @@ def test_catalog_service_lists_only_the_callers_datasets(hub):
     assert page.status_code == 200 and DATASET not in page.text
     anonymous = httpx.get(f"{hub.url}/services/catalog/", timeout=10, follow_redirects=False)
     assert anonymous.status_code == 302 and "oauth2/authorize" in anonymous.headers["location"]
+
+
+def test_first_spawn_copies_the_example_notebooks_into_the_home(alice):
+    out = alice.run(
+        "import os, json\n"
+        "root = os.path.expanduser('~/examples')\n"
+        "st = os.stat(root)\n"
+        "print(json.dumps({'files': sorted(os.listdir(root)), 'mine': st.st_uid == os.getuid()}))\n"
+    )
+    report = json.loads(out)
+    assert "segmentation-unet.ipynb" in report["files"]
+    assert "outcome-classification.ipynb" in report["files"]
+    assert report["mine"] is True  # the user's own copy to edit
