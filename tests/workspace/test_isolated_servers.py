@@ -295,6 +295,18 @@ def test_outputs_folder_is_writable(alice):
     assert out.strip() == "ok"
 
 
+def test_first_spawn_copies_the_example_notebooks_into_the_home(alice):
+    out = alice.run(
+        "import os, json\n"
+        "root = os.path.expanduser('~/examples')\n"
+        "st = os.stat(root)\n"
+        "print(json.dumps({'files': sorted(os.listdir(root)), 'mine': st.st_uid == os.getuid()}))\n"
+    )
+    report = json.loads(out)
+    assert "segmentation-unet.ipynb" in report["files"]
+    assert "outcome-classification.ipynb" in report["files"]
+    assert report["mine"] is True  # the user's own copy to edit
+
 def test_student_sees_no_researcher_dataset(hub, sam):
     out = sam.run(
         "import os\n"
@@ -421,15 +433,3 @@ def test_catalog_service_lists_only_the_callers_datasets(hub):
     anonymous = httpx.get(f"{hub.url}/services/catalog/", timeout=10, follow_redirects=False)
     assert anonymous.status_code == 302 and "oauth2/authorize" in anonymous.headers["location"]
 
-
-def test_first_spawn_copies_the_example_notebooks_into_the_home(alice):
-    out = alice.run(
-        "import os, json\n"
-        "root = os.path.expanduser('~/examples')\n"
-        "st = os.stat(root)\n"
-        "print(json.dumps({'files': sorted(os.listdir(root)), 'mine': st.st_uid == os.getuid()}))\n"
-    )
-    report = json.loads(out)
-    assert "segmentation-unet.ipynb" in report["files"]
-    assert "outcome-classification.ipynb" in report["files"]
-    assert report["mine"] is True  # the user's own copy to edit
