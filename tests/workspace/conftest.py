@@ -47,7 +47,8 @@ def free_port() -> int:
 
 def needs_root_and_tools() -> None:
     if os.geteuid() != 0:
-        pytest.skip("workspace tests need root (namespaces, nftables, Unix users, mounts)")
+        pytest.fail("workspace tests need root (namespaces, nftables, Unix users, mounts)",
+                    pytrace=False)
     for tool in ("ip", "nft", "nsenter", "setpriv", "useradd", "mount"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             pytest.fail(f"{tool} is missing: run `make system-deps`")
