@@ -608,3 +608,14 @@ class _Checker:
                 continue
             columns[column] = kind.strip().lower()
         return columns
+
+
+def dataset_relative_path(root: Path, value: str) -> str:
+    """A file record's path as the POSIX path inside the dataset (validators may report either)."""
+    path = Path(value)
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
+    return PurePosixPath(value).as_posix()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ingestion.manifest import DatasetManifest, SegmentationSpec
+from ingestion.manifest import DatasetManifest, SegmentationSpec, dataset_relative_path
 from ingestion.report import Finding
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -233,16 +233,6 @@ def _triple(values: Iterable[float]) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
-def _relative(root: Path, value: str) -> str:
-    path = Path(value)
-    if path.is_absolute():
-        try:
-            return path.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            return path.as_posix()
-    return PurePosixPath(value).as_posix()
-
-
 def _one_segmentation(
     root: Path,
     manifest: DatasetManifest,
@@ -260,7 +250,7 @@ def _one_segmentation(
     candidates = [
         s
         for s in dicom.series
-        if _relative(root, str(s.get("directory", ""))) == series_dir and s.get("modality") != "SEG"
+        if dataset_relative_path(root, str(s.get("directory", ""))) == series_dir and s.get("modality") != "SEG"
     ]
     if not candidates:
         fail(f"segmentation '{spec.mask}': folder '{series_dir}' holds no valid DICOM series")
@@ -274,7 +264,7 @@ def _one_segmentation(
     series = candidates[0]
     series_uid = str(series["series_uid"])
     series_files = [f for f in dicom.files if f.get("series_uid") == series_uid]
-    paths = sorted(root / _relative(root, str(f["path"])) for f in series_files)
+    paths = sorted(root / dataset_relative_path(root, str(f["path"])) for f in series_files)
     # the file records carry the manifest's subject attribute; the series summary may not
     subjects = Counter(str(f["subject_id"]) for f in series_files if f.get("subject_id"))
     subject_id = subjects.most_common(1)[0][0] if subjects else str(series.get("subject_id") or "")

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ingestion.manifest import MANIFEST_NAME, DatasetManifest, ManifestError, load_manifest
+from ingestion.manifest import (
+    MANIFEST_NAME,
+    DatasetManifest,
+    ManifestError,
+    dataset_relative_path,
+    load_manifest,
+)
 from ingestion.report import Finding, ValidationReport
 
 DERIVED_DIR = "derived"
@@ -327,7 +333,7 @@ class _Inventory:
         by_path: dict[str, dict[str, Any]] = {}
         if dicom is not None:
             for entry in dicom.files:
-                rel = _relative(self.root, str(entry["path"]))
+                rel = dataset_relative_path(self.root, str(entry["path"]))
                 by_path[rel] = entry
         refs = manifest.referenced_paths() if manifest else {}
         entries = []
@@ -354,7 +360,7 @@ class _Inventory:
     def derived_entries(self, feature_tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entries = []
         for table in feature_tables:
-            rel = _relative(self.root, str(table["path"]))
+            rel = dataset_relative_path(self.root, str(table["path"]))
             full = self.root / rel
             if full.is_file():
                 entries.append(
@@ -366,16 +372,6 @@ class _Inventory:
                     }
                 )
         return entries
-
-
-def _relative(root: Path, value: str) -> str:
-    path = Path(value)
-    if path.is_absolute():
-        try:
-            return path.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            return path.as_posix()
-    return PurePosixPath(value).as_posix()
 
 
 def _summary(
