@@ -32,9 +32,13 @@ def wait_for(driver: Any, css: str, timeout: float = 30) -> Any:
 
 
 def wait_until(driver: Any, check: Any, message: str, timeout: float = 30) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: check(d), message)
+    # JupyterLab re-renders its listings while loading: an element read mid-render goes stale.
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(lambda d: check(d), message)
 
 
 def shoot(driver: Any, folder: Path, name: str) -> Path:

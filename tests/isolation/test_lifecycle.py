@@ -75,6 +75,12 @@ def test_a_crashed_spawners_namespace_is_replaced(namespace_manager, hub, enclav
     old = namespace_manager.create("researcher-dan")
     straggler = popen_in_namespace(old, ["sleep", "60"], uid=uid, gid=gid,
                                    env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    # Crash only once the straggler really runs inside (nsenter and setpriv have exec'd into
+    # sleep); before that it is not in the namespace yet and would join the replacement.
+    deadline = time.monotonic() + 10
+    while not os.readlink(f"/proc/{straggler.pid}/exe").endswith("/sleep"):
+        assert time.monotonic() < deadline, "the straggler never started"
+        time.sleep(0.01)
     # The hub restarts: a new manager, no memory of the old namespace.
     restarted = NamespaceManager(namespace_manager.config)
     assert restarted.lookup("researcher-dan") == replace(old, created_seconds=0.0)
