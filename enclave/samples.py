@@ -32,6 +32,10 @@ TEMPLATE_FILE = "CT_small.dcm"
 DEID_METHOD = "Enclave samples: PS3.15 Basic Profile; synthetic pixels"
 DEID_PROFILE = "DICOM PS3.15 Annex E Basic Profile"
 LABELS = {0: "background", 1: "body", 2: "lesion"}
+#: How ``make_sample_dataset`` writes its label masks.
+SEGMENTATION_FORMATS = ("nifti", "dicom-seg")
+#: A fixed dummy for dates a de-identified object must carry (SEG ContentDate is Type 1).
+DUMMY_DATE, DUMMY_TIME = "20000101", "000000"
 FIELD_OF_VIEW_MM = 340.0
 SLICE_SPACING_MM = 5.0
 RESCALE_INTERCEPT = -1024
@@ -454,7 +458,7 @@ def clinical_expectations(subjects: int) -> dict:
 def make_sample_dataset(
     out_dir: Path, *, name: str = "demo-ct", subjects: int = 2, slices: int = 24,
     size: int = 64, with_segmentation: bool = True, with_table: bool = True, seed: int = 0,
-    phi: Iterable[str] = (),
+    phi: Iterable[str] = (), segmentation_format: str = "nifti",
 ) -> Path:
     """Write a complete dataset directory ``out_dir/<name>/`` that ingestion accepts.
 
@@ -462,11 +466,18 @@ def make_sample_dataset(
     ``segmentations/<subject>.nii.gz`` (labels 0 background, 1 body, 2 lesion, affine from the
     DICOM geometry), ``tables/clinical.csv`` and ``expectations/clinical.json``.
     ``phi`` plants identifiers (see ``PHI_KINDS``) in every slice, for negative tests.
+    ``segmentation_format="dicom-seg"`` writes the same labels as de-identified DICOM
+    Segmentation objects, ``segmentations/<subject>.dcm`` (see ``make_dicom_seg``).
     """
     import yaml
 
     if subjects < 1:
         raise ValueError("a sample dataset needs at least one subject")
+    if segmentation_format not in SEGMENTATION_FORMATS:
+        raise ValueError(
+            f"unknown segmentation format {segmentation_format!r}; choose from "
+            + ", ".join(SEGMENTATION_FORMATS)
+        )
     root = Path(out_dir) / name
     if root.exists() and any(root.iterdir()):
         raise SampleDataError(f"{root} already exists and is not empty")
@@ -482,9 +493,13 @@ def make_sample_dataset(
             study_uid=sample_uid("study", name, subject, seed), phi=phi,
         )
         lesions[subject] = written.lesion.radius
-        if with_segmentation:
+        if with_segmentation and segmentation_format == "dicom-seg":
+            mask = root / "segmentations" / f"{subject}.dcm"
+            make_dicom_seg(written.paths, _labels_by_frame(written.labels), mask)
+        elif with_segmentation:
             mask = root / "segmentations" / f"{subject}.nii.gz"
             _write_mask(mask, written.labels, written.geometry)
+        if with_segmentation:
             segmentations.append({
                 "mask": mask.relative_to(root).as_posix(),
                 "series": series_dir.relative_to(root).as_posix(),
@@ -521,6 +536,94 @@ def make_sample_dataset(
         }]
     (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return root
+
+
+def _labels_by_frame(labels: np.ndarray) -> np.ndarray:
+    """NIfTI order [column, row, slice] to DICOM frame order [slice, row, column]."""
+    return np.ascontiguousarray(np.transpose(labels, (2, 1, 0)))
+
+
+#: Contributing Equipment item attributes that describe software; everything else in an item
+#: (institution, station, serial number, description, date) is dropped from a sample SEG.
+_EQUIPMENT_KEEP = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions",
+                   "PurposeOfReferenceCodeSequence")
+
+
+def make_dicom_seg(
+    series_paths: Sequence[Path], labels: np.ndarray, out_path: Path, *,
+    segment_labels: dict[int, str] | None = None, series_number: int = 100,
+) -> Path:
+    """Write a de-identified DICOM SEG (highdicom) of ``labels`` drawn on a sample CT series.
+
+    ``labels`` is a label map in frame order ``[slice, row, column]``, slices ordered like
+    ``series_paths``. highdicom copies the source's patient, study and de-identification
+    attributes, but also writes what the Basic Profile removes: the acquisition date and any
+    institution, station or serial number of the source scanner in ContributingEquipment
+    items, free-text contribution descriptions and the instance creation date; it leaves
+    BurnedInAnnotation out. Those are fixed here the way a provider's pipeline must fix them.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    names = segment_labels or {k: v for k, v in LABELS.items() if k}
+    sources = [dcmread(p) for p in series_paths]
+    series_uid = str(sources[0].SeriesInstanceUID)
+    properties = {  # segmented property (category, type); anything else is "tissue"
+        "body": (codes.SCT.AnatomicalStructure, codes.SCT.EntireBody),
+        "lesion": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion),
+    }
+    descriptions = []
+    for number, name in sorted(names.items()):
+        category, kind = properties.get(name, (codes.SCT.Tissue, codes.SCT.Tissue))
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=category,
+            segmented_property_type=kind,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        ))
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=np.asarray(labels, dtype=np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=sample_uid("seg-series", series_uid),
+        series_number=series_number,
+        sop_instance_uid=sample_uid("seg-instance", series_uid),
+        instance_number=1,
+        manufacturer="Enclave samples",
+        manufacturer_model_name="enclave-samples",
+        software_versions="1",
+        device_serial_number="0",  # Type 1 for SEG: a dummy, as the Basic Profile's D allows
+    )
+    _deidentify_seg(seg, series_uid)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out_path, enforce_file_format=True)
+    return out_path
+
+
+def _deidentify_seg(seg: Dataset, source_series_uid: str) -> None:
+    for keyword in ("InstanceCreationDate", "InstanceCreationTime"):  # Type 3, X/D in E.1-1
+        if keyword in seg:
+            delattr(seg, keyword)
+    seg.ContentDate, seg.ContentTime = DUMMY_DATE, DUMMY_TIME  # Type 1 here: a dummy (D)
+    seg.BurnedInAnnotation = "NO"  # a label map, drawn by software: no burned-in text
+    seg.PatientIdentityRemoved = "YES"
+    seg.DeidentificationMethod = DEID_METHOD
+    code = Dataset()
+    code.CodeValue = "113100"
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    seg.DeidentificationMethodCodeSequence = DicomSequence([code])
+    for item in seg.get("ContributingEquipmentSequence", []):
+        for keyword in [e.keyword for e in item if e.keyword not in _EQUIPMENT_KEEP]:
+            delattr(item, keyword)
+    # highdicom draws a random dimension organization UID: make the sample reproducible
+    fixed = sample_uid("seg-dimensions", source_series_uid)
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in seg.get(keyword, []):
+            item.DimensionOrganizationUID = fixed
 
 
 def _write_mask(path: Path, labels: np.ndarray, geometry: SeriesGeometry) -> None:
@@ -561,16 +664,21 @@ def samples() -> None:
 @click.option("--slices", default=24, show_default=True, type=click.IntRange(1, 2000))
 @click.option("--size", default=64, show_default=True, type=click.IntRange(8, 2048))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--no-segmentation", is_flag=True, help="Leave out the NIfTI label masks.")
+@click.option("--no-segmentation", is_flag=True, help="Leave out the label masks.")
+@click.option(
+    "--segmentation-format", type=click.Choice(SEGMENTATION_FORMATS), default="nifti",
+    show_default=True, help="Label masks as NIfTI files or as DICOM SEG objects.",
+)
 @click.option("--no-table", is_flag=True, help="Leave out the clinical table.")
 def demo_command(
     out_dir: Path, name: str, subjects: int, slices: int, size: int, seed: int,
-    no_segmentation: bool, no_table: bool,
+    no_segmentation: bool, segmentation_format: str, no_table: bool,
 ) -> None:
     """Write a complete sample dataset to OUT_DIR/NAME, ready to split and send."""
     root = make_sample_dataset(
         out_dir, name=name, subjects=subjects, slices=slices, size=size, seed=seed,
         with_segmentation=not no_segmentation, with_table=not no_table,
+        segmentation_format=segmentation_format,
     )
     click.echo(f"wrote {root} ({subjects} subject(s), {slices} slices of {size}x{size} each)")
 

@@ -24,7 +24,7 @@ import os
 import threading
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,6 +48,12 @@ from ingestion.validators.deid import (
     element_vr,
     has_value,
     tag_label,
+)
+from ingestion.validators.seg import (
+    UID_REFERENCE_SEQUENCES,
+    check_segmentations,
+    is_segmentation,
+    seg_summary,
 )
 
 REQUIRED_ATTRIBUTES_PATH = Path(__file__).with_name("data") / "required_attributes.json"
@@ -252,6 +258,7 @@ BODY_PART = 0x00180015
 STUDY_UID = 0x0020000D
 SERIES_UID = 0x0020000E
 POSITION = 0x00200032
+FRAME_OF_REFERENCE = 0x00200052
 ORIENTATION = 0x00200037
 SAMPLES_PER_PIXEL = 0x00280002
 PHOTOMETRIC = 0x00280004
@@ -375,6 +382,7 @@ class _FileOutcome:
     findings: list[Finding]
     ids: dict[str, str] | None = None
     geometry: dict[str, Any] | None = None
+    seg: dict[str, Any] | None = None  # seg_summary() of a DICOM Segmentation
 
 
 class _BufferReader:
@@ -571,7 +579,8 @@ def _check_dataset(
         "study_uid": record["study_uid"] or "", "series_uid": record["series_uid"] or "",
         "sop_instance_uid": record["sop_instance_uid"] or "", "patient_id": patient_id or "",
     }
-    return _FileOutcome(record, findings, ids, _geometry_of(elems, rel, record))
+    seg = seg_summary(ds) if is_segmentation(_raw_text(elems, SOP_CLASS_UID)) else None
+    return _FileOutcome(record, findings, ids, _geometry_of(elems, rel, record), seg)
 
 
 def _check_required(ds: Dataset, elems: Elements, path: str) -> list[Finding]:
@@ -719,6 +728,8 @@ def _geometry_of(elems: Elements, path: str, record: dict[str, Any]) -> dict[str
         "pixel_spacing": _vector(elems, PIXEL_SPACING, 2),
         "orientation": _vector(elems, ORIENTATION, 6),
         "position": _vector(elems, POSITION, 3) if frames == 1 else None,
+        "sop_instance_uid": record["sop_instance_uid"],
+        "frame_of_reference": _raw_text(elems, FRAME_OF_REFERENCE),
     }
 
 
@@ -735,6 +746,22 @@ def _check_chunk(
 ) -> list[_FileOutcome]:
     """One pool task: a few files, to keep inter-process traffic small."""
     return [_check_file(root, rel, allowlist, subject_attribute) for rel in rels]
+
+
+def precheck_files(
+    root: str, rels: list[str], subject_attribute: str = "PatientID",
+    allowlist: frozenset = frozenset(),
+) -> list[tuple[str, Any]]:
+    """The per-file checks of ``validate_dicom_files`` for a few files, as (path, outcome)
+    pairs to hand back as its ``precomputed``: lets the ingestion worker check files in a
+    process pool while reconstruction is still unpacking the rest. Picklable, top level."""
+    return [(rel, _check_file(root, rel, allowlist, subject_attribute)) for rel in rels]
+
+
+def pool_context() -> Any:
+    """The multiprocessing context the validation pool uses (fork, or forkserver when the
+    caller runs threads)."""
+    return _pool_context()
 
 
 # --- Series geometry ---------------------------------------------------------------------
@@ -908,6 +935,15 @@ def _collapse_warnings(findings: list[Finding]) -> list[Finding]:
     return collapsed
 
 
+def _verified_reference(finding: Finding, resolved: set[str]) -> bool:
+    """A dummy-value warning on a SEG reference sequence whose UIDs all resolved (see seg.py)."""
+    return (
+        finding.check == "deid.dummy-value"
+        and finding.path in resolved
+        and any((finding.tag or "").endswith(" " + k) for k in UID_REFERENCE_SEQUENCES)
+    )
+
+
 def _default_workers(count: int) -> int:
     threshold = POOL_MIN_FILES if _can_fork() else POOL_MIN_FILES_FORKSERVER
     if count < threshold:
@@ -945,8 +981,13 @@ def validate_dicom_files(
     root: Path, paths: Iterable[Path], *, progress: ProgressCallback | None = None,
     private_tag_allowlist: Iterable[Any] = frozenset(), subject_attribute: str = "PatientID",
     workers: int | None = None,
+    precomputed: Mapping[str, Any] | None = None,
 ) -> DicomResult:
     """Check every DICOM file of a submission and summarise its series.
+
+    ``precomputed`` maps relative paths to the outcome ``precheck_files`` gave for them
+    (with the same subject attribute and allowlist) while the files were being unpacked;
+    only the files it lacks are read here. The checks across files run here either way.
 
     ``paths`` are absolute or relative to ``root``; reports name them relative to ``root``.
     ``progress(done, total)`` is called as files finish. ``workers`` defaults to one process
@@ -962,8 +1003,11 @@ def validate_dicom_files(
     rels.sort()
     allowlist = frozenset(private_tag_allowlist)
     total = len(rels)
-    workers = _default_workers(total) if workers is None else max(1, workers)
     outcomes: list[_FileOutcome] = []
+    if precomputed:
+        outcomes = [precomputed[rel] for rel in rels if rel in precomputed]
+        rels = [rel for rel in rels if rel not in precomputed]
+    workers = _default_workers(len(rels)) if workers is None else max(1, workers)
     _required_table()  # loaded before forking so the workers inherit it
 
     def done(batch: list[_FileOutcome]) -> None:
@@ -987,6 +1031,7 @@ def validate_dicom_files(
     consistency = DeidConsistency()
     by_series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     findings: list[Finding] = []
+    segs: dict[str, dict[str, Any]] = {}
     for outcome in outcomes:
         result.files.append(outcome.record)
         findings += outcome.findings
@@ -994,7 +1039,14 @@ def validate_dicom_files(
             consistency.add_identifiers(outcome.record["path"], **outcome.ids)
         if outcome.geometry is not None:
             by_series[outcome.geometry["series_uid"]].append(outcome.geometry)
+        if outcome.seg is not None:
+            segs[outcome.record["path"]] = outcome.seg
     findings += consistency.findings()
+    if segs:
+        seg_findings, resolved = check_segmentations(
+            segs, result.files, [g for geoms in by_series.values() for g in geoms]
+        )
+        findings = [f for f in findings if not _verified_reference(f, resolved)] + seg_findings
     for geoms in by_series.values():
         summary, series_findings = _summarise_series(geoms)
         result.series.append(summary)
