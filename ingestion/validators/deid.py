@@ -15,6 +15,12 @@ and refuses what a re-identification attack could use:
 - a missing declaration: PatientIdentityRemoved must be YES with a DeidentificationMethod or a
   DeidentificationMethodCodeSequence;
 - images whose BurnedInAnnotation is not NO: they are held for pixel review;
+- a ContributingEquipmentSequence item that names a site or a person. Items describing
+  software or equipment (Manufacturer, ManufacturerModelName, SoftwareVersions, a purpose
+  code) are what PS3.15 expects a de-identifier or a derived object such as a DICOM SEG to add;
+  but tools copy the source scanner's institution, station and serial number into them
+  (highdicom does for every SEG), where the attributes are optional (Type 3), so the dummy
+  values the profile tolerates at the top level (X/Z/D) are refused there;
 - identifiers that disagree across one submission (``DeidConsistency``).
 
 Findings name the attribute and the file, never the value.
@@ -55,6 +61,22 @@ STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
 SOP_INSTANCE_UID = 0x00080018
 PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+CONTRIBUTING_EQUIPMENT = 0x0018A001
+#: Attributes that identify a site or a person, refused with any value inside a
+#: ContributingEquipmentSequence item (all optional there; some are X/Z/D in Table E.1-1).
+EQUIPMENT_SITE_TAGS = frozenset({
+    0x00080080,  # InstitutionName
+    0x00080081,  # InstitutionAddress
+    0x00080082,  # InstitutionCodeSequence
+    0x00081010,  # StationName
+    0x00081040,  # InstitutionalDepartmentName
+    0x00081041,  # InstitutionalDepartmentTypeCodeSequence
+    0x00081070,  # OperatorsName
+    0x00081072,  # OperatorIdentificationSequence
+    0x00181000,  # DeviceSerialNumber
+})
 
 #: Attributes the Basic Profile lets a tool fill with a dummy but that Enclave wants empty:
 #: a real birth date survives many tools, and a dummy one is useless for research anyway.
@@ -163,7 +185,8 @@ class _Walk:
     def add(self, check: str, tag: str, message: str, severity: str = "error") -> None:
         self.findings.append(Finding(check, severity, message, path=self.path, tag=tag))  # type: ignore[arg-type]
 
-    def walk(self, ds: Dataset, prefix: str = "") -> None:
+    def walk(self, ds: Dataset, prefix: str = "", equipment_item: bool = False) -> None:
+        """``equipment_item``: ``ds`` is an item of ContributingEquipmentSequence."""
         private: list[int] = []
         repeating: dict[int, list[int]] = {}
         profile = self.profile
@@ -180,6 +203,16 @@ class _Walk:
                 continue
             vr = element_vr(elem)
             entry = profile.get(tag)
+            if equipment_item and tag in EQUIPMENT_SITE_TAGS:
+                if has_value(elem, vr):
+                    self.add(
+                        "deid.contributing-equipment",
+                        prefix + tag_label(tag),
+                        "a ContributingEquipmentSequence item names a site or person; an item "
+                        "may describe equipment and software only (Manufacturer, "
+                        "ManufacturerModelName, SoftwareVersions): remove the attribute",
+                    )
+                continue
             if vr == "SQ":
                 items = ds[tag].value or []
                 if entry and entry[1] in REMOVE_ACTIONS and len(items):
@@ -188,7 +221,9 @@ class _Walk:
                 if entry and entry[1] in DUMMY_ACTIONS and len(items):
                     self._dummy_finding(prefix, tag, entry[1])
                 for i, item in enumerate(items):
-                    self.walk(item, f"{prefix}{tag_label(tag)}[{i}] > ")
+                    self.walk(
+                        item, f"{prefix}{tag_label(tag)}[{i}] > ", tag == CONTRIBUTING_EQUIPMENT
+                    )
                 continue
             if visitor is not None:
                 visitor(elem, vr, prefix)
@@ -285,10 +320,13 @@ def _declaration_findings(ds: Dataset, path: str) -> list[Finding]:
         state = _code_string(ds, BURNED_IN_ANNOTATION)
         if state != "NO":
             why = "is missing" if not state else "is not NO"
+            hint = ("; a segmentation's frames are label maps: write NO into the SEG (highdicom "
+                    "leaves it out)" if _code_string(ds, 0x00080016) == SEGMENTATION_STORAGE
+                    else "")
             findings.append(Finding(
                 "deid.burned-in-annotation", "error",
                 f"BurnedInAnnotation {why}: pixels may show identifying text; held for pixel "
-                "review (set NO only after the pixels were checked or cleaned)",
+                f"review (set NO only after the pixels were checked or cleaned){hint}",
                 path=path, tag=tag_label(BURNED_IN_ANNOTATION),
             ))
     return findings
