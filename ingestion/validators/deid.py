@@ -66,6 +66,7 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 CONTRIBUTING_EQUIPMENT = 0x0018A001
 #: Attributes that identify a site or a person, refused with any value inside a
 #: ContributingEquipmentSequence item (all optional there; some are X/Z/D in Table E.1-1).
+#: Person names (OperatorsName) are refused everywhere already (``deid.person-name``).
 EQUIPMENT_SITE_TAGS = frozenset({
     0x00080080,  # InstitutionName
     0x00080081,  # InstitutionAddress
@@ -73,7 +74,6 @@ EQUIPMENT_SITE_TAGS = frozenset({
     0x00081010,  # StationName
     0x00081040,  # InstitutionalDepartmentName
     0x00081041,  # InstitutionalDepartmentTypeCodeSequence
-    0x00081070,  # OperatorsName
     0x00081072,  # OperatorIdentificationSequence
     0x00181000,  # DeviceSerialNumber
 })

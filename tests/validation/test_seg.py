@@ -115,7 +115,7 @@ def plant_acquisition_date(ds: Dataset) -> None:
         ),
         (
             plant_equipment_operator,
-            "deid.contributing-equipment",
+            "deid.person-name",
             "(0018,A001) ContributingEquipmentSequence[1] > (0008,1070) OperatorsName",
         ),
         (plant_private, "deid.private-tag", "(0011,0010) PrivateCreator"),
