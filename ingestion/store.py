@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -207,6 +208,8 @@ class VersionWriter:
         self._data_key = AESGCM.generate_key(bit_length=256)
         self._aead = AESGCM(self._data_key)
         self._files: dict[str, StoredFile] = {}
+        self._reserved: set[str] = set()  # paths given an object number, stored or not yet
+        self._lock = threading.Lock()
         (self.tmp / "objects").mkdir(parents=True)
 
     def add_tree(
@@ -226,24 +229,36 @@ class VersionWriter:
         added = 0
         for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
             rel = path.relative_to(source).as_posix()
-            if rel in self._files or (exclude and exclude(rel)):
+            if rel in self._reserved or (exclude and exclude(rel)):
                 continue
-            number = len(self._files) + 1
-            obj_path = self.tmp / "objects" / f"{number:06d}.enc"
-            with open(path, "rb") as src, open(obj_path, "wb") as dst:
-                size, sha = _encrypt_stream(
-                    self._aead, self.store_id, number, rel, src, dst, self.segment_size,
-                    hashed=hashed,
-                )
-                dst.flush()
-                # The disk writes while the next files are encrypted; commit's flush
-                # then finds little left to do.
-                start_writeback(dst.fileno())
-            self._files[rel] = StoredFile(rel, number, size, sha)
+            stored = self.add_file(path, rel, hashed=hashed)
             added += 1
             if progress:
-                progress(size)
+                progress(stored.size)
         return added
+
+    def add_file(self, path: Path, rel: str, *, hashed: bool = True) -> StoredFile:
+        """Encrypt one file as ``rel``; the worker calls this as reconstruction unpacks
+        each file, so the store is written while the rest is still being decrypted."""
+        with self._lock:
+            if rel in self._files or rel in self._reserved:
+                raise StoreError(f"{rel} was added to the stored version twice")
+            self._reserved.add(rel)
+            number = len(self._reserved)
+        obj_path = self.tmp / "objects" / f"{number:06d}.enc"
+        with open(path, "rb") as src, open(obj_path, "wb") as dst:
+            size, sha = _encrypt_stream(
+                self._aead, self.store_id, number, rel, src, dst, self.segment_size,
+                hashed=hashed,
+            )
+            dst.flush()
+            # The disk writes while the next files are encrypted; commit's flush
+            # then finds little left to do.
+            start_writeback(dst.fileno())
+        stored = StoredFile(rel, number, size, sha)
+        with self._lock:
+            self._files[rel] = stored
+        return stored
 
     def commit(self, hashes: dict[str, str] | None = None) -> StoredVersion:
         """Write the index, fsync, and rename the version into place atomically.

@@ -15,7 +15,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -51,6 +51,14 @@ Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass
+class PrecheckedDicom:
+    """Per-file DICOM outcomes (``validators.dicom.precheck_files``) computed early."""
+
+    subject_attribute: str
+    outcomes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ValidationOutcome:
     """What the ingestion worker needs to catalog (or quarantine) a dataset version."""
 
@@ -73,12 +81,15 @@ def validate_dataset(
     *,
     transfer_id: str | None = None,
     progress: Progress | None = None,
+    prechecked: PrecheckedDicom | None = None,
 ) -> ValidationOutcome:
     """Check the dataset in ``root`` and compute its derived tables.
 
     ``progress(stage, done, total)`` is called as stages advance (stages: manifest, files,
     dicom, tables, radiomics). Writes ``root/derived/radiomics.parquet`` when the dataset
-    passed and declares segmentations.
+    passed and declares segmentations. ``prechecked`` carries per-file DICOM outcomes the
+    ingestion worker computed while the files were unpacked; used when they were computed
+    with the manifest's subject attribute, so the report is the same either way.
     """
     root = Path(root)
     timings: dict[str, float] = {}
@@ -116,7 +127,7 @@ def validate_dataset(
     if manifest is not None:
         dicom_paths = inventory.dicom_candidates()
         with stage("dicom"):
-            dicom = _run_dicom(root, manifest, dicom_paths, progress)
+            dicom = _run_dicom(root, manifest, dicom_paths, progress, prechecked)
             report.extend(dicom.findings)
 
         with stage("tables"):
@@ -203,8 +214,16 @@ class _Stage:
         self.timings[self.name] = round(time.perf_counter() - self.started, 3)
 
 
-def _run_dicom(root: Path, manifest: DatasetManifest, paths: list[str], progress: Progress | None):  # noqa: ANN202
+def _run_dicom(  # noqa: ANN202
+    root: Path,
+    manifest: DatasetManifest,
+    paths: list[str],
+    progress: Progress | None,
+    prechecked: PrecheckedDicom | None = None,
+):
     from ingestion.validators.dicom import validate_dicom_files
+
+    usable = prechecked is not None and prechecked.subject_attribute == manifest.subject_id
 
     def dicom_progress(done: int, total: int | None = None) -> None:
         if progress:
@@ -215,6 +234,7 @@ def _run_dicom(root: Path, manifest: DatasetManifest, paths: list[str], progress
         [root / p for p in paths],
         progress=dicom_progress if progress else None,
         subject_attribute=manifest.subject_id,
+        precomputed=prechecked.outcomes if usable and prechecked is not None else None,
     )
 
 

@@ -14,13 +14,11 @@ retry can neither half-catalog a dataset nor catalog it twice.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +91,20 @@ class ReceiverLink:
         self._client.delete(f"/internal/transfers/{transfer_id}").raise_for_status()
 
 
+class _WaitForShares(Exception):
+    """Too few good shares so far, but the transfer's other shares have not all arrived."""
+
+
+def _share_set(found: list[tuple[ReceiverLink, dict[str, Any]]]) -> frozenset[int]:
+    return frozenset(int(meta["index"]) for _, meta in found)
+
+
+def _more_shares_expected(found: list[tuple[ReceiverLink, dict[str, Any]]]) -> bool:
+    """Fewer complete shares than the transfer has: a spare may still arrive."""
+    n = max(int(meta.get("n") or 0) for _, meta in found) if found else 0
+    return len(_share_set(found)) < n
+
+
 def describe_transfer(catalog: Any, transfer_id: str, record: Any = None) -> dict[str, Any]:
     """Where a transfer stands, as the status API and ``enclave share status`` show it."""
     if record is None:
@@ -148,6 +160,9 @@ class ReconstructionWorker:
         self.local_shares = local_shares
         self._requeued: set[str] = set()
         self._ignored: set[str] = set()  # failed on an internal error; shares kept for an admin
+        # Transfers whose complete shares did not give k good ones while more were still
+        # due: retried once the set of complete shares changes.
+        self._waiting: dict[str, frozenset[int]] = {}
         self.last_error: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -192,10 +207,14 @@ class ReconstructionWorker:
             for meta in metas:
                 if meta.get("state") == "complete":
                     complete.setdefault(meta["transfer_id"], []).append((link, meta))
+        for tid in list(self._waiting):
+            if tid in complete and _share_set(complete[tid]) != self._waiting[tid]:
+                del self._waiting[tid]  # another share arrived: try again
         return {
             tid: found
             for tid, found in complete.items()
             if tid not in self._ignored
+            and tid not in self._waiting
             and (len(found) >= int(found[0][1]["k"]) or tid in self._requeued)
         }
 
@@ -235,6 +254,11 @@ class ReconstructionWorker:
         staging = self.paths.staging / tid
         try:
             final = self._process(tid, record, found, staging)
+        except _WaitForShares as wait:
+            log.warning("transfer %s: %s; waiting for the other shares", tid, wait)
+            self._state(tid, "receiving", reason=f"{wait}; waiting for the other shares")
+            shutil.rmtree(staging, ignore_errors=True)
+            return "receiving"
         except EnclaveError as exc:
             log.warning("transfer %s failed: %s", tid, exc)
             self._state(tid, "failed", reason=str(exc))
@@ -266,8 +290,10 @@ class ReconstructionWorker:
         found: list[tuple[ReceiverLink, dict[str, Any]]],
         staging: Path,
     ) -> str:
-        from ingestion.validate import DERIVED_DIR, validate_dataset
+        from ingestion.pipeline import StreamingIngest
+        from ingestion.validate import validate_dataset
         from secret_sharing import combine_shares
+        from secret_sharing.errors import NotEnoughSharesError
 
         owner = _name(_attr(record, "provider_name", "provider"))
         provider = self.catalog.get_provider(owner)
@@ -285,41 +311,41 @@ class ReconstructionWorker:
                 share_paths.append(link.fetch(meta, staging / "shares", local_ok=self.local_shares))
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("share %s of %s unavailable: %s", meta["index"], tid, exc)
-        result = combine_shares(share_paths, staging / "data", verify_key=verify_key)
-        timings["reconstruct_s"] = round(time.perf_counter() - started, 3)
-        rejected = {Path(p).name: why for p, why in (result.rejected or {}).items()}
-        for name, why in rejected.items():
-            log.warning("transfer %s: %s rejected, used a spare share: %s", tid, name, why)
-
-        self._pause()  # fault-injection tests kill the service here, plaintext in staging
-        self._state(tid, "validating")
-        started = time.perf_counter()
-        root = Path(result.output_path)
-        # Encrypt the provider's files while they are validated (I/O, hashing and AES release
-        # the GIL); files validation derives are added once it is done.
+        # Files are encrypted into the store and DICOM files checked as they are unpacked;
+        # nothing becomes visible before validation passes and the version is committed.
         writer = store.VersionWriter(self.paths.store, self.master_key, name_hint=tid)
-        with ThreadPoolExecutor(1, thread_name_prefix="ingest-encrypt") as pool:
-            # Validation hashes every file it reads; the store takes those digests at commit.
-            encrypting = pool.submit(
-                writer.add_tree,
-                root,
-                exclude=lambda rel: rel.split("/")[0] == DERIVED_DIR,
-                hashed=False,
-            )
-            try:
-                outcome = validate_dataset(root, transfer_id=tid)
-            except BaseException:
-                encrypting.cancel()
-                concurrent.futures.wait([encrypting])
-                writer.abort()
-                raise
+        try:
+            with StreamingIngest(writer) as streaming:
+                try:
+                    result = combine_shares(
+                        share_paths,
+                        staging / "data",
+                        verify_key=verify_key,
+                        on_file=streaming.file_ready,
+                        before_publish=streaming.drain,
+                    )
+                except NotEnoughSharesError as exc:
+                    if _more_shares_expected(found):
+                        self._waiting[tid] = _share_set(found)
+                        raise _WaitForShares(str(exc)) from None
+                    raise
+                prechecked = streaming.prechecked()
+            timings["reconstruct_s"] = round(time.perf_counter() - started, 3)
+            timings["files_prechecked"] = len(prechecked.outcomes)
+            rejected = {Path(p).name: why for p, why in (result.rejected or {}).items()}
+            for name, why in rejected.items():
+                log.warning("transfer %s: %s rejected, used a spare share: %s", tid, name, why)
+
+            self._pause()  # fault-injection tests kill the service here, plaintext in staging
+            self._state(tid, "validating")
+            started = time.perf_counter()
+            root = Path(result.output_path)
+            outcome = validate_dataset(root, transfer_id=tid, prechecked=prechecked)
             timings["validate_s"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
-            try:
-                encrypting.result()
-            except BaseException:
-                writer.abort()
-                raise
+        except BaseException:
+            writer.abort()
+            raise
         report = outcome.report
         report.summary["ingest_timings"] = timings
         report.transfer_id = report.transfer_id or tid
@@ -351,7 +377,8 @@ class ReconstructionWorker:
         except BaseException:
             writer.abort()
             raise
-        # Encryption overlaps validation; this is only what it added after validation ended.
+        # The provider's files were encrypted during reconstruction; this is the derived
+        # tables and making the version durable.
         timings["store_after_validation_s"] = round(time.perf_counter() - started, 3)
         try:
             version = self.catalog.catalog_version(

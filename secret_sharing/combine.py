@@ -37,7 +37,7 @@ from secret_sharing.errors import (
     ShareSignatureError,
 )
 from secret_sharing.keys import key_fingerprint
-from secret_sharing.packing import SegmentReader, extract_stream
+from secret_sharing.packing import FileCallback, SegmentReader, extract_stream
 from secret_sharing.shamir import combine_secret
 from secret_sharing.split import worker_count
 
@@ -412,6 +412,8 @@ def combine_shares(
     *,
     verify_key: Ed25519PublicKey,
     progress: Progress | None = None,
+    on_file: FileCallback | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> CombineResult:
     """Rebuild the dataset from any k or more shares as ``out_dir/<dataset name>``.
 
@@ -419,6 +421,13 @@ def combine_shares(
     ``rejected`` and replaced by spares; if fewer than k good ones remain the call
     raises NotEnoughSharesError listing each share's problem. Any failure leaves
     nothing in ``out_dir`` (and removes ``out_dir`` itself if this call created it).
+
+    ``on_file(path, relative_path)`` is told of each file as soon as it is unpacked (every
+    byte of it already passed its GCM check) in the hidden staging folder, so the caller can
+    validate and store while the rest is decrypted. Those paths are valid until the dataset
+    is renamed into place: ``before_publish()`` runs just before, once the whole archive
+    checked out, and must return only when the caller has finished reading them. If it
+    raises, nothing is published.
     """
     if not isinstance(verify_key, Ed25519PublicKey):
         raise ShareParameterError("the verify key must be an Ed25519 public key")
@@ -445,7 +454,9 @@ def combine_shares(
                 f"transfer {manifest.transfer_id}: the recombined key does not match the signed "
                 "key commitment"
             )
-        return _reconstruct(shares, manifest, key, Path(out_dir), rejected, progress)
+        return _reconstruct(
+            shares, manifest, key, Path(out_dir), rejected, progress, on_file, before_publish
+        )
     finally:
         for share in shares:
             os.close(share.fd)
@@ -458,6 +469,8 @@ def _reconstruct(
     out_dir: Path,
     rejected: dict[Path, str],
     progress: Progress | None,
+    on_file: FileCallback | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> CombineResult:
     target = out_dir / manifest.dataset_name
     if os.path.lexists(target):
@@ -514,7 +527,9 @@ def _reconstruct(
     stream = segments()
     try:
         reader = SegmentReader(stream)
-        extract_stream(reader, staging, manifest.dataset_name, manifest.dataset_kind, where)
+        extract_stream(
+            reader, staging, manifest.dataset_name, manifest.dataset_kind, where, on_file
+        )
         if not reader.drain_zeros():
             raise ShareIntegrityError(f"{where}: data follows the end of the archive")
         if reader.consumed != manifest.plaintext_length:
@@ -525,6 +540,8 @@ def _reconstruct(
         produced = staging / manifest.dataset_name
         if not os.path.lexists(produced):
             raise ShareIntegrityError(f"{where}: the archive did not contain {manifest.dataset_name}")
+        if before_publish is not None:
+            before_publish()
         if os.path.lexists(target):
             raise OutputExistsError(f"{target} appeared while combining; refusing to overwrite it")
         os.rename(produced, target)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from secret_sharing.format import FormatProblem, check_dataset_name
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240
 _READ_CHUNK = 1024 * 1024
+# (where the file is now, its path inside the dataset)
+FileCallback = Callable[[Path, str], None]
 
 
 @dataclass(frozen=True)
@@ -327,18 +329,47 @@ def _data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
     return member.replace(mode=mode, uid=None, gid=None, uname=None, gname=None, deep=False)
 
 
+def _announced(
+    members: Iterator[tarfile.TarInfo], staging_dir: Path, on_file: FileCallback
+) -> Iterator[tarfile.TarInfo]:
+    """Pass members to ``extractall`` and announce each regular file once it is written:
+    ``extractall`` asks for the next member only after the previous one is closed."""
+    previous: tarfile.TarInfo | None = None
+    for member in members:
+        if previous is not None and previous.isreg():
+            on_file(staging_dir / previous.name, _dataset_relative(previous.name))
+        previous = member
+        yield member
+    if previous is not None and previous.isreg():
+        on_file(staging_dir / previous.name, _dataset_relative(previous.name))
+
+
+def _dataset_relative(member_name: str) -> str:
+    """``NAME/a/b.dcm`` -> ``a/b.dcm``; a single-file dataset is its own name."""
+    _, _, rest = member_name.partition("/")
+    return rest or member_name
+
+
 def extract_stream(
-    stream: SegmentReader, staging_dir: Path, dataset_name: str, dataset_kind: str, where: str
+    stream: SegmentReader,
+    staging_dir: Path,
+    dataset_name: str,
+    dataset_kind: str,
+    where: str,
+    on_file: FileCallback | None = None,
 ) -> None:
     """Unpack the tar stream into ``staging_dir`` (no absolute paths, no ``..``, no links,
-    no device files, sane permissions: tarfile's ``data`` filter rules)."""
+    no device files, sane permissions: tarfile's ``data`` filter rules).
+
+    ``on_file(path, relative_path)`` hears of each regular file as soon as it is complete,
+    so a caller can check and encrypt files while later ones are still being decrypted.
+    """
     try:
         with tarfile.open(fileobj=stream, mode="r:", copybufsize=_READ_CHUNK) as archive:
-            archive.extractall(
-                staging_dir,
-                members=_checked_members(archive, dataset_name, dataset_kind, where),
-                filter=_data_filter,
-            )
+            members = _checked_members(archive, dataset_name, dataset_kind, where)
+            if on_file is not None:
+                members = _announced(members, staging_dir, on_file)
+            archive.extractall(staging_dir, members=members, filter=_data_filter)
     except EOFError:
         raise ShareIntegrityError(f"{where}: the reconstructed archive ends early") from None
     except tarfile.FilterError as exc:

@@ -149,7 +149,7 @@ def test_share_corrupted_at_rest_is_skipped_for_a_spare(
     assert "share-1" in report["summary"]["shares"]["rejected"]
 
 
-def test_too_few_good_shares_fails_the_transfer_with_a_reason(
+def test_too_few_good_shares_waits_for_the_spares_then_catalogs(
     enclave, provider, make_service, sample_dataset, split
 ):
     service = make_service(run_worker=False)
@@ -161,9 +161,37 @@ def test_too_few_good_shares_fails_the_transfer_with_a_reason(
     worker.recover()
     worker.run_once()
     transfer = enclave.catalog.get_transfer(shares.transfer_id)
-    assert transfer.state == "failed"
+    assert transfer.state == "receiving"  # shares 4 and 5 may still come
     assert "share-2" in transfer.reason and "segment" in transfer.reason
     assert transfer.version is None
+    assert worker.run_once() == []  # nothing new arrived: no second attempt
+    assert list(IngestPaths(enclave.state_dir).staging.iterdir()) == []
+    send_shares(shares.share_paths[3:4], [service.coordinator_url], provider.token)
+    assert worker.run_once() == [shares.transfer_id]
+    transfer = enclave.catalog.get_transfer(shares.transfer_id)
+    assert transfer.state == "cataloged", transfer.reason
+    report = enclave.catalog.get_version("demo-ct", 1).report
+    assert "share-2" in report["summary"]["shares"]["rejected"]
+
+
+def test_too_few_good_shares_of_all_n_fails_the_transfer_with_a_reason(
+    enclave, provider, make_service, sample_dataset, split
+):
+    service = make_service(run_worker=False)
+    shares = split(sample_dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    for index in (1, 2, 4):
+        stored = IngestPaths(enclave.state_dir).receiver_store(index) / shares.transfer_id
+        flip_byte(stored / f"share-{index}", 64 + 10)
+    worker = _worker(enclave, service)
+    worker.recover()
+    worker.run_once()
+    transfer = enclave.catalog.get_transfer(shares.transfer_id)
+    assert transfer.state == "failed", transfer.reason
+    assert "share-2" in transfer.reason and "segment" in transfer.reason
+    assert transfer.version is None
+    assert [p for p in IngestPaths(enclave.state_dir).store.iterdir()
+            if not p.name.startswith(".")] == []
 
 
 def _worker(enclave, service):
