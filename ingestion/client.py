@@ -238,6 +238,7 @@ def send_shares(
     """Send each share to the receiver that takes its index; resume anything partial.
 
     ``urls`` are receiver URLs (in any order) or the service's URL, which lists them.
+    Shares 1..k are sent before the spares (see below).
     """
     from secret_sharing import read_share_info
 
@@ -271,22 +272,32 @@ def send_shares(
             timeout=timeout,
         ).run()
 
-    if parallel and len(uploads) > 1:
-        with ThreadPoolExecutor(max_workers=len(uploads)) as pool:
-            futures = [pool.submit(one, u) for u in uploads]
-            errors = []
-            for fut in futures:
+    # The first k shares (by index) go first: any k rebuild the dataset, so the enclave can
+    # reconstruct and validate while the spares follow, and spares that arrive after the
+    # transfer is cataloged are not sent at all. A primary that fails does not stop the
+    # spares, which are then the ones that count.
+    k = infos[0].k
+    waves = [[u for u in uploads if u.index <= k], [u for u in uploads if u.index > k]]
+    errors: list[Exception] = []
+    for wave in waves:
+        if parallel and len(wave) > 1:
+            with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+                futures = [pool.submit(one, u) for u in wave]
+                for fut in futures:
+                    try:
+                        fut.result()
+                    except Exception as exc:  # report every share's problem, not the first
+                        errors.append(exc)
+        else:
+            for u in wave:
                 try:
-                    fut.result()
-                except Exception as exc:  # report every share's problem, not just the first
+                    one(u)
+                except Exception as exc:
                     errors.append(exc)
-            if errors:
-                if len(errors) == 1 or not all(isinstance(e, UploadError) for e in errors):
-                    raise errors[0]
-                raise UploadError("; ".join(str(e) for e in errors))
-    else:
-        for u in uploads:
-            one(u)
+    if errors:
+        if len(errors) == 1 or not all(isinstance(e, UploadError) for e in errors):
+            raise errors[0]
+        raise UploadError("; ".join(str(e) for e in errors))
     return result
 
 

@@ -149,6 +149,38 @@ def test_share_corrupted_at_rest_is_skipped_for_a_spare(
     assert "share-1" in report["summary"]["shares"]["rejected"]
 
 
+def test_the_first_k_shares_go_before_the_spares_and_late_spares_are_not_needed(
+    enclave, provider, make_service, sample_dataset, split
+):
+    service = make_service(run_worker=False)
+    shares = split(sample_dataset, provider)
+    events: list[tuple[int, int, int]] = []
+    lock = threading.Lock()
+
+    def record(index: int, done: int, length: int) -> None:
+        with lock:
+            events.append((index, done, length))
+
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token, progress=record)
+    k = 3
+    last_primary = max(i for i, (index, done, length) in enumerate(events)
+                       if index <= k and done == length)
+    first_spare = min(i for i, (index, _, _) in enumerate(events) if index > k)
+    assert last_primary < first_spare, events
+
+    # A transfer cataloged from its primaries needs no spares: sending them is a no-op.
+    again = split(sample_dataset, provider)
+    send_shares(again.share_paths[:k], [service.coordinator_url], provider.token)
+    worker = _worker(enclave, service)
+    worker.recover()
+    worker.run_once()
+    assert enclave.catalog.get_transfer(again.transfer_id).state == "cataloged"
+    late = send_shares(again.share_paths, [service.coordinator_url], provider.token)
+    assert {u.index: u.outcome for u in late.uploads if u.index > k} == {
+        4: "already-cataloged", 5: "already-cataloged"}
+    assert all(u.sent_bytes == 0 for u in late.uploads)
+
+
 def test_too_few_good_shares_waits_for_the_spares_then_catalogs(
     enclave, provider, make_service, sample_dataset, split
 ):
