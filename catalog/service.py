@@ -1035,6 +1035,11 @@ class Catalog:
                 raise UnknownDataset(name)
             return found[0]
 
+    def store_locations(self) -> set[str]:
+        """Where every cataloged version's encrypted data lies: what the store must keep."""
+        with self._read() as s:
+            return set(s.scalars(select(DatasetVersion.store_location)))
+
     def _version_row(self, s: Session, name: str, version: object) -> DatasetVersion:
         number = parse_version(version)
         d_id = s.scalar(select(Dataset.id).where(Dataset.name == name))

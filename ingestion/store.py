@@ -343,6 +343,27 @@ def clean_temporary(store_root: Path) -> list[Path]:
     return removed
 
 
+def remove_unreferenced(store_root: Path, referenced: set[str]) -> list[Path]:
+    """Remove complete versions no catalog entry points to.
+
+    The worker renames a version into place and then catalogs it in one transaction; a
+    crash between the two leaves an encrypted folder nobody can decrypt (its wrapped key was
+    only in memory). The retry writes a fresh one, so the worker clears these at start,
+    before it processes anything.
+    """
+    removed = []
+    keep = {Path(location).resolve() for location in referenced}
+    root = Path(store_root)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if (entry / "store.json").is_file() and entry.resolve() not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
 def _location_and_key(version: Any) -> tuple[Path, bytes]:
     try:
         return Path(version.store_location), bytes(version.wrapped_key)

@@ -172,6 +172,8 @@ class ReconstructionWorker:
         shutil.rmtree(self.paths.staging, ignore_errors=True)
         self.paths.staging.mkdir(parents=True, mode=0o700)
         store.clean_temporary(self.paths.store)
+        for orphan in store.remove_unreferenced(self.paths.store, self.catalog.store_locations()):
+            log.warning("removed %s: stored but never cataloged (interrupted)", orphan.name)
         requeued = []
         for state in IN_PROGRESS:
             for record in self.catalog.transfers_in_state(state):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -318,3 +319,39 @@ def test_two_concurrent_transfers_are_both_cataloged(
         transfer = enclave.wait_for_state(s.transfer_id, ("cataloged", "failed", "quarantined"))
         assert transfer.state == "cataloged", transfer.reason
         assert len(_versions(enclave, f"concurrent-{i}")) == 1
+
+
+def test_a_version_stored_but_never_cataloged_is_removed_when_the_worker_restarts(
+    enclave, provider, make_service, sample_dataset, split, monkeypatch
+):
+    """A crash between the store's rename and the catalog commit leaves an encrypted folder
+    whose key died with the process; the next start clears it and the retry catalogs."""
+    service = make_service(run_worker=False)
+    shares = split(sample_dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    store_root = IngestPaths(enclave.state_dir).store
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the catalog commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(enclave.catalog, "catalog_version", crash)
+        patch.setattr(store, "delete_version", lambda location: None)  # a kill runs no cleanup
+        worker = _worker(enclave, service)
+        worker.recover()
+        with pytest.raises(KeyboardInterrupt):
+            worker.run_once()
+    orphans = [p for p in store_root.iterdir() if not p.name.startswith(".")]
+    assert len(orphans) == 1 and (orphans[0] / "store.json").is_file()
+    assert enclave.catalog.get_transfer(shares.transfer_id).state == "validating"
+
+    restarted = _worker(enclave, service)
+    assert restarted.recover() == [shares.transfer_id]
+    assert not orphans[0].exists()
+    assert restarted.run_once() == [shares.transfer_id]
+    version = enclave.catalog.get_transfer(shares.transfer_id).version
+    assert [p for p in store_root.iterdir() if not p.name.startswith(".")] == [
+        Path(version.store_location)]
+    # Restarting again keeps what the catalog points to.
+    _worker(enclave, service).recover()
+    assert Path(version.store_location).is_dir()
