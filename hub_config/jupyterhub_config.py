@@ -9,6 +9,7 @@ decrypt granted datasets.
 
 import os
 
+from enclave.spawner import prewarm_zygote
 from enclave.workspace.hub import HubSettings, configure, master_key_from_environment
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
@@ -17,3 +18,5 @@ if not state_dir:
     raise SystemExit("error: set ENCLAVE_STATE_DIR (enclave up does) to the enclave state directory")
 settings = HubSettings.load(state_dir)
 configure(c, settings, master_key=master_key_from_environment(settings))
+# User servers fork from a pre-imported zygote (enclave.workspace.zygote); start it now.
+prewarm_zygote(c)
