@@ -188,3 +188,11 @@ def test_concurrent_cataloging_of_one_new_dataset_numbers_versions_once(catalog,
     assert errors == []
     assert sorted(results) == [1, 2]
     assert [v.version for v in catalog.get_dataset("twin").versions] == [1, 2]
+
+
+def test_store_locations_name_every_cataloged_version_and_nothing_else(catalog, ingest):
+    assert catalog.store_locations() == set()
+    first = ingest(transfer_id="t-1")
+    assert catalog.store_locations() == {first.store_location}
+    catalog.retire("lung-ct", 1, actor="admin:test")  # retired data is still the catalog's
+    assert catalog.store_locations() == {first.store_location}
