@@ -9,6 +9,10 @@ spawned and stopped ``--spawns`` times; the time is from the spawn request (REST
 "Start" button) to the hub reporting the server ready. Then ``--concurrent`` users ask for
 their servers at once (isolated) and the time until the last is ready is reported.
 Targets: isolation overhead < 1.5x, isolated median < 3 s, 30 users ready within 60 s.
+For the isolated single spawns it also prints where the time went (median per phase), from the
+phase times ``IsolatedSpawner`` keeps in the server's state, read after each timed spawn:
+hub before ``start()``, preparation (account, datasets, namespace), launch (limits and fork or
+exec), the server's own start until it answers, and from there to the hub reporting it ready.
 Prints figures and, last, one line of JSON.
 """
 
@@ -71,13 +75,30 @@ class Bench:
         return bool(server and server.get("ready"))
 
     def spawn_time(self, name: str) -> float:
+        self.last_request_wall = time.time()
         started = time.perf_counter()
         reply = self.api.post(f"/users/{name}/server")
         if reply.status_code not in (201, 202):
             raise SystemExit(f"spawn of {name} refused: {reply.status_code} {reply.text[:200]}")
         while not self.ready(name):
             time.sleep(0.05)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.last_ready_wall = self.last_request_wall + elapsed
+        return elapsed
+
+    def phases(self, name: str) -> dict[str, float | str] | None:
+        """Where the last spawn's time went (after the timed interval: it is not measured)."""
+        server = self.api.get(f"/users/{name}").json()["servers"].get("") or {}
+        marks = (server.get("state") or {}).get("spawn_timings")
+        if not marks:
+            return None
+        points = [self.last_request_wall, marks["start"], marks["prepared"], marks["launched"],
+                  marks["answered"], self.last_ready_wall]
+        names = ["hub_before_start", "prepare", "launch", "server_start", "hub_to_ready"]
+        found: dict[str, float | str] = {n: round(b - a, 3) for n, a, b in
+                                         zip(names, points, points[1:], strict=False)}
+        found["path"] = marks.get("path", "?")
+        return found
 
     def stop(self, names: list[str]) -> None:
         for name in names:
@@ -121,6 +142,19 @@ class Bench:
         clean_leftovers(self.settings)
 
 
+def median_phases(phases: list[dict | None]) -> dict[str, float | str]:
+    known = [p for p in phases if p]
+    if not known:
+        return {}
+    found: dict[str, float | str] = {
+        k: round(statistics.median(p[k] for p in known), 3)
+        for k in known[0] if k != "path"
+    }
+    paths = sorted({str(p["path"]) for p in known})
+    found["paths"] = "+".join(f"{path} x{sum(p['path'] == path for p in known)}" for path in paths)
+    return found
+
+
 def run(spawns: int, concurrent: int) -> dict:
     from enclave.custody import init_custody
     from enclave.workspace import accounts
@@ -155,14 +189,21 @@ def run(spawns: int, concurrent: int) -> dict:
         try:
             bench.add_user("solo")
             times = []
+            phases = []
             for _ in range(spawns):
                 times.append(bench.spawn_time("solo"))
+                phases.append(bench.phases("solo"))
                 bench.stop(["solo"])
             result["isolated_median_s"] = round(statistics.median(times), 3)
+            result["isolated_phases_median_s"] = median_phases(phases)
             result["overhead_ratio"] = round(result["isolated_median_s"] / result["plain_median_s"], 3)
             print(f"IsolatedSpawner:     median {result['isolated_median_s']:.2f} s over {spawns} "
                   f"spawns (min {min(times):.2f}, max {max(times):.2f}); overhead "
                   f"{result['overhead_ratio']:.2f}x (target < {TARGETS['overhead_ratio']}x)")
+            if result["isolated_phases_median_s"]:
+                print("  median per phase: " + ", ".join(
+                    f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in result["isolated_phases_median_s"].items()))
             names = [f"user{i:02d}" for i in range(concurrent)]
             for name in names:
                 bench.add_user(name)

@@ -55,6 +55,7 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 MAX_MESSAGE = 1 << 20
+RESTART_AFTER = 60.0
 RLIMITS = {"as": "RLIMIT_AS", "nproc": "RLIMIT_NPROC"}
 # What a spawn may run: the server interpreter with one of these forms (anything else -> exec).
 READY, FORKED, STARTED, FAILED, EXITED = b"ready", b"forked", b"started", b"failed", b"exited"
@@ -239,7 +240,7 @@ def _run_entry(kind: str, target: str, args: list[str]) -> int:
 
 def _child(channel: socket.socket, keep_fds: set[int]) -> None:
     """The forked child: read the request, become the user, run the server. Never returns."""
-    code = 125
+    code, started = 125, False
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
@@ -257,11 +258,17 @@ def _child(channel: socket.socket, keep_fds: set[int]) -> None:
         become_user(request)
         channel.send(STARTED)
         channel.close()
+        started = True
         code = _run_entry(*entry)
-    except BaseException as exc:  # report, never fall through into the zygote's loop
-        with contextlib.suppress(OSError):
-            channel.send(FAILED + b" " + f"{type(exc).__name__}: {exc}".encode()[:4000])
-        code = 125 if code == 125 else code
+    except BaseException as exc:  # never fall through into the zygote's loop
+        if started:  # the server's own failure, as the interpreter would report it
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        else:
+            with contextlib.suppress(OSError):
+                channel.send(FAILED + b" " + f"{type(exc).__name__}: {exc}".encode()[:4000])
     finally:
         import atexit
 
@@ -309,6 +316,8 @@ def serve(control_fd: int) -> None:
             if not fds:
                 return  # the hub has gone: running servers carry on, the hub's cleanup stops them
             channel = socket.socket(fileno=fds[0])
+            sys.stdout.flush()  # nothing buffered may be written twice
+            sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
                 _child(channel, {1, 2})
@@ -388,7 +397,7 @@ class ZygoteProcess:
         self._read_status()
         if self.returncode is None and self._pidfd_exited():
             # Exited; the zygote's report follows at once.
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 0.2
             while self.returncode is None and time.monotonic() < deadline:
                 time.sleep(0.01)
                 self._read_status()
@@ -452,9 +461,15 @@ class ZygoteClient:
         self._started_at = 0.0
 
     def start(self) -> None:
-        """Start the zygote in the background (returns at once; ``ready`` turns True later)."""
+        """Start the zygote in the background (returns at once; ``ready`` turns True later).
+
+        A zygote that has exited is started again, at most once a minute (one that cannot
+        import would otherwise cost every spawn an import next to the exec path's).
+        """
         with self._lock:
-            if self.process is not None and self.process.poll() is None:
+            if self.process is not None and (
+                self.process.poll() is None or time.monotonic() - self._started_at < RESTART_AFTER
+            ):
                 return
             hub_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
