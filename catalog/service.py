@@ -1175,7 +1175,11 @@ class Catalog:
             # Rank and cut to ``limit`` over narrow rows, then load only those datasets (one query).
             stmt = select(Dataset.id)
             for word in words:
-                stmt = stmt.where(Dataset.search_text.like(f"%{_like_escape(word)}%", escape="\\"))
+                # A trigram index cannot narrow a word shorter than three letters: PostgreSQL
+                # would read the whole index for it. Such words are checked on the rows the
+                # other words (or a sequential scan of the narrow column) leave.
+                column = Dataset.search_text if len(word) >= 3 else Dataset.search_text.concat("")
+                stmt = stmt.where(column.like(f"%{_like_escape(word)}%", escape="\\"))
             restricted = principal is not None and not principal.is_admin
             if restricted or mod:
                 stmt = stmt.where(Dataset.id.in_(self._dataset_ids_with(principal, now, mod)))
