@@ -17,14 +17,13 @@ again; a failed encryption fails the transfer, as it always did.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestion.manifest import MANIFEST_NAME
 from ingestion.store import VersionWriter
-from ingestion.validate import DERIVED_DIR, PrecheckedDicom
+from ingestion.validate import DERIVED_DIR, PrecheckedDicom, is_dicom_candidate
 
 log = logging.getLogger("enclave.ingest.pipeline")
 
@@ -32,19 +31,6 @@ log = logging.getLogger("enclave.ingest.pipeline")
 #: the pool starts while the first series is still being unpacked.
 CHUNK_FILES = 16
 DEFAULT_SUBJECT_ATTRIBUTE = "PatientID"
-
-
-def is_dicom_candidate(rel: str) -> bool:
-    """The same rule as validation's inventory: ``*.dcm`` anywhere, anything under dicom/."""
-    return rel.lower().endswith(".dcm") or PurePosixPath(rel).parts[0] == "dicom"
-
-
-def _pool_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 4))
 
 
 def manifest_subject_attribute(path: Path) -> str:
@@ -66,7 +52,9 @@ class StreamingIngest:
 
     def __init__(self, writer: VersionWriter, *, workers: int | None = None) -> None:
         self.writer = writer
-        self.workers = workers or _pool_workers()
+        from ingestion.validators.dicom import pool_size
+
+        self.workers = workers or pool_size()
         self.subject_attribute = DEFAULT_SUBJECT_ATTRIBUTE
         self.files = 0
         self._encrypt = ThreadPoolExecutor(1, thread_name_prefix="ingest-encrypt")

@@ -50,6 +50,11 @@ EXECUTABLE_MAGIC: tuple[tuple[bytes, str], ...] = (
 Progress = Callable[[str, int, int | None], None]
 
 
+def is_dicom_candidate(rel: str) -> bool:
+    """Files validated as DICOM: ``*.dcm`` anywhere, and every file under ``dicom/``."""
+    return rel.lower().endswith(".dcm") or PurePosixPath(rel).parts[0] == "dicom"
+
+
 @dataclass
 class PrecheckedDicom:
     """Per-file DICOM outcomes (``validators.dicom.precheck_files``) computed early."""
@@ -323,12 +328,7 @@ class _Inventory:
                 break
 
     def dicom_candidates(self) -> list[str]:
-        """``*.dcm`` anywhere, and every file under ``dicom/``."""
-        return sorted(
-            p
-            for p in self.files
-            if p.lower().endswith(".dcm") or PurePosixPath(p).parts[0] == "dicom"
-        )
+        return sorted(p for p in self.files if is_dicom_candidate(p))
 
     def unaccounted(self, manifest: DatasetManifest, dicom_paths: set[str]) -> list[Finding]:
         known = set(manifest.referenced_paths()) | dicom_paths | {MANIFEST_NAME}

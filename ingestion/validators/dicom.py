@@ -948,6 +948,12 @@ def _default_workers(count: int) -> int:
     threshold = POOL_MIN_FILES if _can_fork() else POOL_MIN_FILES_FORKSERVER
     if count < threshold:
         return 1
+    return pool_size()
+
+
+def pool_size() -> int:
+    """Validation processes for a large submission: one per core this process may use, at
+    most 4."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
