@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,14 @@ class IsolatedSpawner(LocalProcessSpawner):
         [Instance(subprocess.Popen), Instance("enclave.workspace.zygote.ZygoteProcess")],
         allow_none=True, help="The server process: exec'd (Popen) or forked by the zygote.",
     )
+    server_log_dir = Unicode(
+        "",
+        help="""Root-only folder where each user's server writes its output, as USER.log (appended).
+
+        Keeps what a user's code prints out of the hub's own log, where it could pose as hub
+        lines, and gives an admin one place to see why a server failed. Empty: servers write to
+        the hub's output, as JupyterHub's LocalProcessSpawner does.""",
+    ).tag(config=True)
     use_zygote = Bool(
         True,
         help="""Fork servers from a pre-imported zygote (enclave.workspace.zygote) when it is ready.
@@ -317,6 +326,7 @@ class IsolatedSpawner(LocalProcessSpawner):
 
         applied = apply_limits(network.namespace, limits)
         zygote = self.zygote
+        output = self._open_server_log()
         try:
             if zygote is not None:
                 try:
@@ -328,7 +338,7 @@ class IsolatedSpawner(LocalProcessSpawner):
                         cgroup_procs=[str(f) for f in applied.procs_files],
                         rlimits=rlimits_from_prlimit_args(applied.prlimit_args),
                     )
-                    proc = zygote.spawn(request)
+                    proc = zygote.spawn(request, output_fd=output)
                 except ZygoteUnavailable as exc:
                     self.log.info("Starting %s's server without the zygote: %s", self.user.name, exc)
                     for pid in applied.pids():  # nothing may linger from a half-made fork
@@ -341,10 +351,28 @@ class IsolatedSpawner(LocalProcessSpawner):
             return popen_in_namespace(
                 network, cmd, uid=account.uid, gid=account.gid, env=env, cwd=str(account.home),
                 limits=applied, start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=output, stderr=output,
             )
         except BaseException:
             applied.remove()
             raise
+        finally:
+            if output is not None:
+                os.close(output)  # the server holds its own copy
+
+    def _open_server_log(self) -> int | None:
+        """The write end of the user's server log (append only), or None for the hub's output."""
+        if not self.server_log_dir:
+            return None
+        folder = Path(self.server_log_dir)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        safe = re.sub(r"[^A-Za-z0-9._@-]", "_", self.user.name).lstrip(".") or "user"
+        path = folder / f"{safe}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.write(fd, f"--- {stamp} server of {self.user.name} starting ---\n".encode())
+        return fd
 
     async def _signal(self, sig: int) -> bool:
         """Signal the server; a zygote-forked one through its pidfd (never a recycled pid)."""

@@ -269,6 +269,7 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.IsolatedSpawner.policy_dir = str(policy_dir)
     c.IsolatedSpawner.cmd = server_cmd
     c.IsolatedSpawner.catalog_url = settings.catalog_url or _default_catalog_url(settings)
+    c.IsolatedSpawner.server_log_dir = str(settings.hub_dir / "server-logs")
 
 
 def _default_catalog_url(settings: HubSettings) -> str:

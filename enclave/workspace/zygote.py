@@ -251,7 +251,12 @@ def _child(channel: socket.socket, keep_fds: set[int]) -> None:
         if devnull != 0:
             os.dup2(devnull, 0)
             os.close(devnull)
-        request = SpawnRequest.from_json(channel.recv(MAX_MESSAGE))
+        message, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 1)
+        for fd in fds:  # the server's log: its stdout and stderr
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        request = SpawnRequest.from_json(message)
         entry = entry_point(request.argv, sys.executable)
         if entry is None:
             raise ZygoteError(f"cannot run {request.argv[:3]} (not this interpreter with -m or a file)")
@@ -512,8 +517,12 @@ class ZygoteClient:
                 return False
             time.sleep(0.02)
 
-    def spawn(self, request: SpawnRequest, *, timeout: float = 30.0) -> ZygoteProcess:
-        """Fork a server for ``request``; raises ZygoteUnavailable to ask for the exec path."""
+    def spawn(
+        self, request: SpawnRequest, *, timeout: float = 30.0, output_fd: int | None = None
+    ) -> ZygoteProcess:
+        """Fork a server for ``request``; raises ZygoteUnavailable to ask for the exec path.
+
+        ``output_fd`` becomes the server's stdout and stderr (else it keeps the zygote's)."""
         if entry_point(request.argv, self.python) is None:
             raise ZygoteUnavailable(f"the zygote does not run {request.argv[:3]}")
         hub_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -527,7 +536,7 @@ class ZygoteClient:
                     self.ready = False
                     raise ZygoteUnavailable(f"the zygote is gone ({exc})") from None
             child_end.close()
-            hub_end.send(request.to_json())
+            socket.send_fds(hub_end, [request.to_json()], [] if output_fd is None else [output_fd])
             hub_end.settimeout(timeout)
             pid, pidfd, answer = 0, -1, b""
             try:

@@ -124,6 +124,31 @@ def test_server_runs_as_its_own_unprivileged_user(hub, alice):
     assert int(caps, 16) == 0
 
 
+def test_what_a_server_logs_goes_to_its_users_log_not_the_hub_log(hub, alice):
+    """A user can make their server log text of their choosing (here, a kernel name in a
+    request body, which the proxy's access log does not see): it lands in a root-only
+    per-user log, never in the hub's log where it could pass as the hub's."""
+    import stat
+    import time
+    import uuid
+
+    marker = f"forged-hub-line-{uuid.uuid4().hex}"
+    with hub.as_user(RESEARCHER) as client:
+        reply = client.post(f"/user/{RESEARCHER}/api/kernels", json={"name": marker})
+        assert reply.status_code in (400, 404, 500), reply.text
+    folder = Path(hub.settings.hub_dir) / "server-logs"
+    log = folder / f"{RESEARCHER}.log"
+    deadline = time.monotonic() + 10
+    while marker not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"{marker} not in {log}"
+        time.sleep(0.1)
+    assert "server of alice starting" in log.read_text()
+    assert marker not in (Path(hub.settings.hub_dir) / "hub.log").read_text()
+    for path, mode in ((folder, 0o700), (log, 0o600)):
+        info = path.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, mode)
+
+
 def test_the_hub_answers_from_inside(alice):
     out = alice.run(
         "import os, json, urllib.request\n"
