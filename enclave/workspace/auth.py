@@ -13,6 +13,8 @@ from typing import Any
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 
+TOTP_STEP_SECONDS = 30
+
 
 class EnclaveLoginHandler(NativeLoginHandler):
     """NativeAuthenticator 1.3's login handler without its JupyterHub-5 ``statsd`` call.
@@ -54,4 +56,24 @@ class EnclaveAuthenticator(NativeAuthenticator):
         if user is not None and not user.has_2fa:
             self.log.warning("refused login of %s: no second factor enrolled", user.username)
             return None
+        if user is not None and user.otp_secret and data.get("2fa"):
+            data = dict(data, **{"2fa": current_totp_for(str(data["2fa"]), user.otp_secret)})
         return await super().authenticate(handler, data)
+
+
+def current_totp_for(code: str, secret: str, now: float | None = None) -> str:
+    """The current step's code when ``code`` is valid now or in the step that just ended, else
+    ``code`` unchanged (still checked, and refused, by NativeAuthenticator).
+
+    NativeAuthenticator accepts only the current 30 s step, so a code typed at the end of its
+    step fails on arrival; RFC 6238 (5.2) allows one step back for that delay, no more.
+    """
+    import time
+
+    import onetimepass
+
+    now = time.time() if now is None else now
+    code = code.strip()
+    current = str(onetimepass.get_totp(secret, clock=int(now))).zfill(6)
+    previous = str(onetimepass.get_totp(secret, clock=int(now) - TOTP_STEP_SECONDS)).zfill(6)
+    return current if code in (current, previous) else code
