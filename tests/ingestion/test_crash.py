@@ -72,9 +72,14 @@ class ServeProcess:
                 self.proc.wait()
 
 
+def _multiprocessing_semaphores() -> set[Path]:
+    return set(Path("/dev/shm").glob("sem.mp-*"))
+
+
 @pytest.fixture
 def serve(enclave):
     started = []
+    before = _multiprocessing_semaphores()
 
     def start(**env: str) -> ServeProcess:
         process = ServeProcess(enclave.state_dir, enclave.mnemonics[:2], receivers=3, env=env)
@@ -84,6 +89,10 @@ def serve(enclave):
     yield start
     for process in started:
         process.stop()
+    # A killed service's validation pool cannot unlink its named semaphores (its resource
+    # tracker died with it); remove the ones that appeared while these services ran.
+    for leaked in _multiprocessing_semaphores() - before:
+        leaked.unlink(missing_ok=True)
 
 
 def test_killed_during_reconstruction_completes_after_restart_with_one_version(
