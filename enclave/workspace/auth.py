@@ -52,28 +52,44 @@ class EnclaveAuthenticator(NativeAuthenticator):
         return super().create_user(username, password, **kwargs)
 
     async def authenticate(self, handler: Any, data: dict) -> Any:
-        user = self.get_user(data.get("username", ""))
-        if user is not None and not user.has_2fa:
+        """NativeAuthenticator's checks (authorized, password, lockout after failed logins)
+        with the second factor required and checked by ``totp_accepted``."""
+        username = self.normalize_username(data.get("username", ""))
+        user = self.get_user(username)
+        if user is None:
+            return None
+        if not user.has_2fa or not user.otp_secret:
             self.log.warning("refused login of %s: no second factor enrolled", user.username)
             return None
-        if user is not None and user.otp_secret and data.get("2fa"):
-            data = dict(data, **{"2fa": current_totp_for(str(data["2fa"]), user.otp_secret)})
-        return await super().authenticate(handler, data)
+        if self.allowed_failed_logins and self.is_blocked(username):
+            return None
+        password_ok = user.is_valid_password(data.get("password", ""))
+        # Checked after the password (about 0.3 s of bcrypt), at the time that counts.
+        code_ok = totp_accepted(str(data.get("2fa") or ""), user.otp_secret)
+        if user.is_authorized and password_ok and code_ok:
+            self.successful_login(username)
+            return username
+        self.add_login_attempt(username)
+        return None
 
 
-def current_totp_for(code: str, secret: str, now: float | None = None) -> str:
-    """The current step's code when ``code`` is valid now or in the step that just ended, else
-    ``code`` unchanged (still checked, and refused, by NativeAuthenticator).
+def totp_accepted(code: str, secret: str, now: float | None = None) -> bool:
+    """Whether ``code`` is the TOTP of the current 30 s step or of the step that just ended.
 
-    NativeAuthenticator accepts only the current 30 s step, so a code typed at the end of its
-    step fails on arrival; RFC 6238 (5.2) allows one step back for that delay, no more.
+    NativeAuthenticator accepts only the current step, so a code typed near the end of its
+    step failed on arrival (the password check alone takes a noticeable part of a second);
+    RFC 6238 (5.2) allows one step back for that delay, no more.
     """
+    import hmac
     import time
 
     import onetimepass
 
-    now = time.time() if now is None else now
     code = code.strip()
-    current = str(onetimepass.get_totp(secret, clock=int(now))).zfill(6)
-    previous = str(onetimepass.get_totp(secret, clock=int(now) - TOTP_STEP_SECONDS)).zfill(6)
-    return current if code in (current, previous) else code
+    if not (code.isdigit() and len(code) == 6):
+        return False
+    now = time.time() if now is None else now
+    return any(
+        hmac.compare_digest(code, str(onetimepass.get_totp(secret, clock=int(now) - back)).zfill(6))
+        for back in (0, TOTP_STEP_SECONDS)
+    )
