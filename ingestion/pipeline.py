@@ -21,7 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ingestion.manifest import MANIFEST_NAME
+from ingestion.manifest import MANIFEST_NAME, DatasetManifest
 from ingestion.store import VersionWriter
 from ingestion.validate import DERIVED_DIR, PrecheckedDicom, is_dicom_candidate
 
@@ -30,7 +30,7 @@ log = logging.getLogger("enclave.ingest.pipeline")
 #: Files per pool task: large enough to keep inter-process traffic small, small enough that
 #: the pool starts while the first series is still being unpacked.
 CHUNK_FILES = 16
-DEFAULT_SUBJECT_ATTRIBUTE = "PatientID"
+DEFAULT_SUBJECT_ATTRIBUTE = DatasetManifest.subject_id  # the manifest's own default
 
 
 def manifest_subject_attribute(path: Path) -> str:
@@ -56,7 +56,6 @@ class StreamingIngest:
 
         self.workers = workers or pool_size()
         self.subject_attribute = DEFAULT_SUBJECT_ATTRIBUTE
-        self.files = 0
         self._encrypt = ThreadPoolExecutor(1, thread_name_prefix="ingest-encrypt")
         self._encrypting: list[Future] = []
         self._pool: ProcessPoolExecutor | None = None
@@ -64,13 +63,11 @@ class StreamingIngest:
         self._pending: list[str] = []
         self._pending_root = ""
         self._outcomes: dict[str, tuple[str, Any]] = {}
-        self._drained = False
 
     # --- fed by combine_shares --------------------------------------------------------
 
     def file_ready(self, path: Path, rel: str) -> None:
         """Called by ``combine_shares`` for each file, in archive order, on its thread."""
-        self.files += 1
         if PurePosixPath(rel).parts[0] != DERIVED_DIR:  # derived/ is the enclave's to write
             self._encrypting.append(
                 self._encrypt.submit(self.writer.add_file, path, rel, hashed=False)
@@ -112,7 +109,6 @@ class StreamingIngest:
                 continue
             for rel, outcome in pairs:
                 self._outcomes[rel] = (attribute, outcome)
-        self._drained = True
 
     # --- handed to validation ---------------------------------------------------------
 

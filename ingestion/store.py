@@ -241,7 +241,7 @@ class VersionWriter:
         """Encrypt one file as ``rel``; the worker calls this as reconstruction unpacks
         each file, so the store is written while the rest is still being decrypted."""
         with self._lock:
-            if rel in self._files or rel in self._reserved:
+            if rel in self._reserved:
                 raise StoreError(f"{rel} was added to the stored version twice")
             self._reserved.add(rel)
             number = len(self._reserved)
