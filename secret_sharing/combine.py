@@ -37,9 +37,9 @@ from secret_sharing.errors import (
     ShareSignatureError,
 )
 from secret_sharing.keys import key_fingerprint
-from secret_sharing.packing import FileCallback, SegmentReader, extract_stream
 from secret_sharing.shamir import combine_secret
 from secret_sharing.split import worker_count
+from secret_sharing.unpacking import FileCallback, SegmentCursor, unpack_segments
 
 Progress = Callable[[int], None]
 MAX_MANIFEST_LENGTH = 4 * 1024 * 1024
@@ -286,16 +286,27 @@ class _SegmentDecoder:
             self._local.tools = tools
         return tools
 
-    def __call__(self, segment: int, shares: tuple[_OpenShare, ...]) -> bytearray | _SegmentFailure:
+    def __call__(
+        self, segment: int, shares: tuple[_OpenShare, ...]
+    ) -> memoryview | _SegmentFailure:
+        """The segment's verified plaintext, or which shares' blocks failed their hash.
+
+        The k blocks are read side by side into one buffer and decrypted in place: with the
+        primary shares (the usual case, zfec is systematic) that buffer already is the
+        ciphertext, so a segment costs one read, one hash and one decryption per byte and
+        no copies. The plaintext is a view of that fresh buffer; the caller owns it.
+        """
         layout, manifest = self._layout, self._manifest
         k, n = manifest.k, manifest.n
         length = layout.block_length(segment)
         offset = layout.block_offset(segment)
-        blocks = []
+        buffer = bytearray(length * k)
+        view = memoryview(buffer)
         problems: dict[_OpenShare, str] = {}
-        for share in shares:
+        for position, share in enumerate(shares):
+            block = view[position * length : (position + 1) * length]
             try:
-                block = _pread_exact(share.fd, length, offset)
+                _pread_into(share.fd, block, offset)
             except EOFError:
                 problems[share] = f"truncated in segment {segment}"
                 continue
@@ -304,32 +315,29 @@ class _SegmentDecoder:
                 continue
             if fmt.block_hash(self._tid, share.number, segment, block) != share.expected_hash(segment):
                 problems[share] = f"data block of segment {segment} does not match its signed hash (corrupt)"
-                continue
-            blocks.append(block)
         if problems:
             return _SegmentFailure(segment, problems)
         aes, decoder = self._tools()
         numbers = [share.number - 1 for share in shares]
-        if numbers == list(range(k)):
-            primaries = blocks
-        else:
-            primaries = decoder.decode(list(blocks), numbers)  # decode reorders its arguments
-        ciphertext = b"".join(primaries)
+        if numbers != list(range(k)):
+            blocks = [view[i * length : (i + 1) * length] for i in range(k)]
+            primaries = decoder.decode(blocks, numbers)  # decode reorders its arguments
+            buffer = bytearray(b"".join(primaries))
+            view = memoryview(buffer)
         plaintext_length = layout.segment_length(segment)
         ciphertext_length = plaintext_length + fmt.TAG_LEN
-        if any(ciphertext[ciphertext_length:]):
+        if any(view[ciphertext_length:]):  # fewer than k bytes of padding
             raise ShareIntegrityError(
                 f"segment {segment} of transfer {manifest.transfer_id} has non-zero padding "
                 "although its blocks match the signed hashes: the transfer is corrupt at its source"
             )
-        plaintext = bytearray(plaintext_length)
         last = segment == layout.segment_count - 1
         try:
-            aes.decrypt_into(
+            aes.decrypt_into(  # in place: OpenSSL decrypts over the ciphertext it reads
                 fmt.nonce(self._prefix, segment),
-                memoryview(ciphertext)[:ciphertext_length],
+                view[:ciphertext_length],
                 fmt.associated_data(self._tid, segment, last, k, n),
-                plaintext,
+                view[:plaintext_length],
             )
         except InvalidTag:
             raise ShareIntegrityError(
@@ -337,7 +345,17 @@ class _SegmentDecoder:
                 "decryption although its blocks match the signed hashes: the transfer is "
                 "corrupt at its source"
             ) from None
-        return plaintext
+        return view[:plaintext_length]
+
+
+def _pread_into(fd: int, target: memoryview, offset: int) -> None:
+    """Fill ``target`` from ``fd`` at ``offset`` (a short read is legal; EOF is not)."""
+    while target:
+        got = os.preadv(fd, [target], offset)
+        if not got:
+            raise EOFError
+        target = target[got:]
+        offset += got
 
 
 def _open_candidates(
@@ -422,10 +440,12 @@ def combine_shares(
     raises NotEnoughSharesError listing each share's problem. Any failure leaves
     nothing in ``out_dir`` (and removes ``out_dir`` itself if this call created it).
 
-    ``on_file(path, relative_path)`` is told of each file as soon as it is unpacked (every
-    byte of it already passed its GCM check) in the hidden staging folder, so the caller can
-    validate and store while the rest is decrypted. Those paths are valid until the dataset
-    is renamed into place: ``before_publish()`` runs just before, once the whole archive
+    ``on_file(path, relative_path, data)`` is told of each file as soon as it is unpacked
+    (every byte of it already passed its GCM check) in the hidden staging folder, with its
+    bytes as views of the decrypted segments (None for files over
+    ``unpacking.IN_MEMORY_LIMIT``), so the caller can validate and store while the rest is
+    decrypted. Those paths are valid until the dataset is renamed into place:
+    ``before_publish()`` runs just before, once the whole archive
     checked out, and must return only when the caller has finished reading them. If it
     raises, nothing is published.
     """
@@ -526,11 +546,11 @@ def _reconstruct(
 
     stream = segments()
     try:
-        reader = SegmentReader(stream)
-        extract_stream(
+        reader = SegmentCursor(stream)
+        unpack_segments(
             reader, staging, manifest.dataset_name, manifest.dataset_kind, where, on_file
         )
-        if not reader.drain_zeros():
+        if not reader.rest_is_zero():
             raise ShareIntegrityError(f"{where}: data follows the end of the archive")
         if reader.consumed != manifest.plaintext_length:
             raise ShareIntegrityError(

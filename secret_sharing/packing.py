@@ -14,18 +14,16 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from secret_sharing.errors import DatasetError, ShareIntegrityError
+from secret_sharing.errors import DatasetError
 from secret_sharing.format import FormatProblem, check_dataset_name
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240
 _READ_CHUNK = 1024 * 1024
-# (where the file is now, its path inside the dataset)
-FileCallback = Callable[[Path, str], None]
 
 
 @dataclass(frozen=True)
@@ -211,168 +209,3 @@ def pack_segments(source: Path, segment_size: int) -> Iterator[bytearray]:
         view.release()
         del buffer[filled:]
         yield buffer
-
-
-class SegmentReader:
-    """A forward-only file object over an iterator of verified plaintext segments.
-
-    ``tarfile`` pulls from it; segments are produced (and authenticated) lazily, so
-    extraction never sees a byte that failed its GCM tag. Forward ``seek`` lets tarfile
-    use its random-access reader, which copies file data once instead of the several
-    copies its stream reader makes.
-    """
-
-    def __init__(self, segments: Iterator[bytes | bytearray]) -> None:
-        self._segments = segments
-        self._current = memoryview(b"")
-        self._position = 0
-        self.consumed = 0
-
-    def _next_segment(self) -> bool:
-        try:
-            self._current = memoryview(next(self._segments))
-        except StopIteration:
-            return False
-        self._position = 0
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        chunks = []
-        wanted = size if size is not None and size >= 0 else None
-        while wanted is None or wanted > 0:
-            if self._position >= len(self._current):
-                if not self._next_segment():
-                    break
-                continue
-            end = len(self._current) if wanted is None else self._position + wanted
-            chunk = self._current[self._position : end]
-            self._position += len(chunk)
-            if wanted is not None:
-                wanted -= len(chunk)
-            chunks.append(chunk)
-        data = chunks[0].tobytes() if len(chunks) == 1 else b"".join(chunks)
-        self.consumed += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self.consumed
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence != 0 or offset < self.consumed:
-            raise OSError("the reconstructed stream can only be read forwards")
-        self.skip(offset - self.consumed)
-        return self.consumed
-
-    def skip(self, count: int) -> None:
-        while count > 0:
-            if self._position >= len(self._current):
-                if not self._next_segment():
-                    raise EOFError
-                continue
-            take = min(count, len(self._current) - self._position)
-            self._position += take
-            self.consumed += take
-            count -= take
-
-    def drain_zeros(self) -> bool:
-        """Read (and so verify) everything left; True if it was all zero bytes."""
-        clean = True
-        while True:
-            rest = self._current[self._position :]
-            if clean and rest.tobytes().strip(b"\x00"):
-                clean = False
-            self.consumed += len(rest)
-            self._position = len(self._current)
-            if not self._next_segment():
-                return clean
-
-
-def _checked_members(
-    archive: tarfile.TarFile, dataset_name: str, dataset_kind: str, where: str
-) -> Iterator[tarfile.TarInfo]:
-    seen = 0
-    for member in archive:
-        name = member.name.rstrip("/")
-        parts = name.split("/")
-        if parts[0] != dataset_name or any(part in ("", ".", "..") for part in parts):
-            raise ShareIntegrityError(f"{where}: archive member {name!r} is outside the dataset")
-        if not (member.isreg() or member.isdir()):
-            raise ShareIntegrityError(f"{where}: archive member {name!r} is not a file or folder")
-        if seen == 0 and (name != dataset_name or member.isdir() != (dataset_kind == "dir")):
-            raise ShareIntegrityError(f"{where}: archive does not start with the dataset {dataset_kind}")
-        if dataset_kind == "file" and seen > 0:
-            raise ShareIntegrityError(f"{where}: a single-file dataset has extra archive members")
-        seen += 1
-        yield member
-    if seen == 0:
-        raise ShareIntegrityError(f"{where}: the archive is empty")
-
-
-def _data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
-    """tarfile's ``data`` filter for the members ``_checked_members`` lets through.
-
-    Those are only regular files and folders named inside the dataset without ``..``, and
-    the staging folder is fresh, so nothing can lead outside it; the ``data`` filter's two
-    ``realpath`` calls per member (an ``lstat`` per path component) were a fifth of the
-    unpacking time of a 1,000-slice series. Permissions and ownership are limited the way
-    the ``data`` filter limits them.
-    """
-    mode: int | None = member.mode & 0o755
-    if member.isreg():
-        if not mode & 0o100:
-            mode &= ~0o111
-        mode |= 0o600
-    elif member.isdir():
-        mode = None
-    else:  # _checked_members refuses these first; never extract one regardless
-        raise tarfile.SpecialFileError(member)
-    return member.replace(mode=mode, uid=None, gid=None, uname=None, gname=None, deep=False)
-
-
-def _announced(
-    members: Iterator[tarfile.TarInfo], staging_dir: Path, on_file: FileCallback
-) -> Iterator[tarfile.TarInfo]:
-    """Pass members to ``extractall`` and announce each regular file once it is written:
-    ``extractall`` asks for the next member only after the previous one is closed."""
-    previous: tarfile.TarInfo | None = None
-    for member in members:
-        if previous is not None and previous.isreg():
-            on_file(staging_dir / previous.name, _dataset_relative(previous.name))
-        previous = member
-        yield member
-    if previous is not None and previous.isreg():
-        on_file(staging_dir / previous.name, _dataset_relative(previous.name))
-
-
-def _dataset_relative(member_name: str) -> str:
-    """``NAME/a/b.dcm`` -> ``a/b.dcm``; a single-file dataset is its own name."""
-    _, _, rest = member_name.partition("/")
-    return rest or member_name
-
-
-def extract_stream(
-    stream: SegmentReader,
-    staging_dir: Path,
-    dataset_name: str,
-    dataset_kind: str,
-    where: str,
-    on_file: FileCallback | None = None,
-) -> None:
-    """Unpack the tar stream into ``staging_dir`` (no absolute paths, no ``..``, no links,
-    no device files, sane permissions: tarfile's ``data`` filter rules).
-
-    ``on_file(path, relative_path)`` hears of each regular file as soon as it is complete,
-    so a caller can check and encrypt files while later ones are still being decrypted.
-    """
-    try:
-        with tarfile.open(fileobj=stream, mode="r:", copybufsize=_READ_CHUNK) as archive:
-            members = _checked_members(archive, dataset_name, dataset_kind, where)
-            if on_file is not None:
-                members = _announced(members, staging_dir, on_file)
-            archive.extractall(staging_dir, members=members, filter=_data_filter)
-    except EOFError:
-        raise ShareIntegrityError(f"{where}: the reconstructed archive ends early") from None
-    except tarfile.FilterError as exc:
-        raise ShareIntegrityError(f"{where}: refused archive member: {exc}") from None
-    except tarfile.TarError as exc:
-        raise ShareIntegrityError(f"{where}: the reconstructed archive is invalid: {exc}") from None
