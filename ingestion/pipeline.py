@@ -17,6 +17,8 @@ again; a failed encryption fails the transfer, as it always did.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,6 +32,8 @@ log = logging.getLogger("enclave.ingest.pipeline")
 #: Files per pool task: large enough to keep inter-process traffic small, small enough that
 #: the pool starts while the first series is still being unpacked.
 CHUNK_FILES = 16
+#: Plaintext waiting for the encryption thread, held as views of decrypted segments.
+ENCRYPT_BACKLOG_BYTES = 256 * 1024 * 1024
 DEFAULT_SUBJECT_ATTRIBUTE = DatasetManifest.subject_id  # the manifest's own default
 
 
@@ -46,6 +50,28 @@ def manifest_subject_attribute(path: Path) -> str:
     return value if isinstance(value, str) and value else DEFAULT_SUBJECT_ATTRIBUTE
 
 
+class ByteBudget:
+    """At most ``limit`` bytes outstanding; ``acquire`` blocks until enough are released.
+    One request larger than the whole budget waits for an empty budget, then takes it all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, size: int) -> int:
+        size = min(size, self.limit)
+        with self._changed:
+            self._changed.wait_for(lambda: self.used + size <= self.limit)
+            self.used += size
+        return size
+
+    def release(self, size: int) -> None:
+        with self._changed:
+            self.used -= size
+            self._changed.notify_all()
+
+
 class StreamingIngest:
     """Hears of each unpacked file (``file_ready``), encrypts it into ``writer`` and
     pre-checks DICOM files in a process pool; ``drain`` before the paths change."""
@@ -57,6 +83,7 @@ class StreamingIngest:
         self.workers = workers or pool_size()
         self.subject_attribute = DEFAULT_SUBJECT_ATTRIBUTE
         self._encrypt = ThreadPoolExecutor(1, thread_name_prefix="ingest-encrypt")
+        self._backlog = ByteBudget(ENCRYPT_BACKLOG_BYTES)
         self._encrypting: list[Future] = []
         self._pool: ProcessPoolExecutor | None = None
         self._checks: list[tuple[str, Future]] = []  # (subject attribute used, future)
@@ -66,12 +93,19 @@ class StreamingIngest:
 
     # --- fed by combine_shares --------------------------------------------------------
 
-    def file_ready(self, path: Path, rel: str) -> None:
-        """Called by ``combine_shares`` for each file, in archive order, on its thread."""
+    def file_ready(self, path: Path, rel: str, data: Sequence[memoryview] | None = None) -> None:
+        """Called by ``combine_shares`` for each file, in archive order, on its thread; ``data``
+        is the file's bytes still in memory (None for a large file: read back from ``path``)."""
         if PurePosixPath(rel).parts[0] != DERIVED_DIR:  # derived/ is the enclave's to write
-            self._encrypting.append(
-                self._encrypt.submit(self.writer.add_file, path, rel, hashed=False)
-            )
+            if data is None:
+                task = self._encrypt.submit(self.writer.add_file, path, rel, hashed=False)
+            else:
+                # Bounded: reconstruction waits here while the encryptor is behind, so the
+                # plaintext held in memory stays within ENCRYPT_BACKLOG_BYTES.
+                held = self._backlog.acquire(sum(len(piece) for piece in data))
+                task = self._encrypt.submit(self.writer.add_data, rel, data, hashed=False)
+                task.add_done_callback(lambda _, held=held: self._backlog.release(held))
+            self._encrypting.append(task)
         if rel == MANIFEST_NAME:
             self.subject_attribute = manifest_subject_attribute(path)
         elif is_dicom_candidate(rel):

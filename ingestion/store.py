@@ -33,7 +33,7 @@ import shutil
 import struct
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -97,6 +97,48 @@ def _aad(store_id: str, path: str, segment: int, last: bool) -> bytes:
     )
 
 
+def _encrypt_chunks(
+    aead: AESGCM, store_id: str, obj: int, path: str, chunks: Iterator[Any]
+) -> Iterator[bytes]:
+    """The object's bytes (``MAGIC``, then one record per plaintext chunk), flagging the last
+    chunk; no chunks at all is one empty, last segment."""
+    yield MAGIC
+    index = 0
+    chunk: Any = next(chunks, b"")
+    while True:
+        following = next(chunks, None)
+        last = following is None
+        ct = aead.encrypt(_nonce(obj, index), chunk, _aad(store_id, path, index, last))
+        yield _SEG_HEADER.pack(len(ct), _FLAG_LAST if last else 0)
+        yield ct
+        if last:
+            return
+        chunk = following
+        index += 1
+
+
+def _memory_chunks(data: Sequence[Any], seg_size: int) -> Iterator[Any]:
+    """``data`` (views of a file's bytes) in chunks of ``seg_size``: a view where a chunk
+    lies within one piece, joined bytes only where it spans pieces."""
+    pending: list[Any] = []
+    pending_size = 0
+    for piece in data:
+        piece = memoryview(piece)
+        while piece:
+            take = min(len(piece), seg_size - pending_size)
+            if not pending and take == seg_size:
+                yield piece[:take]
+            else:
+                pending.append(piece[:take])
+                pending_size += take
+                if pending_size == seg_size:
+                    yield b"".join(pending)
+                    pending, pending_size = [], 0
+            piece = piece[take:]
+    if pending:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
+
+
 def _encrypt_stream(
     aead: AESGCM, store_id: str, obj: int, path: str, src: BinaryIO, dst: BinaryIO, seg_size: int,
     *, hashed: bool = True,
@@ -104,23 +146,19 @@ def _encrypt_stream(
     """Encrypt ``src`` into ``dst`` segment by segment; return plaintext size and sha256
     (``""`` when not ``hashed``: the caller already knows it)."""
     digest = hashlib.sha256() if hashed else None
-    total = 0
-    dst.write(MAGIC)
-    index = 0
-    chunk = src.read(seg_size)
-    while True:
-        nxt = src.read(seg_size) if len(chunk) == seg_size else b""
-        last = not nxt
-        if digest is not None:
-            digest.update(chunk)
-        total += len(chunk)
-        ct = aead.encrypt(_nonce(obj, index), chunk, _aad(store_id, path, index, last))
-        dst.write(_SEG_HEADER.pack(len(ct), _FLAG_LAST if last else 0))
-        dst.write(ct)
-        if last:
-            return total, digest.hexdigest() if digest is not None else ""
-        chunk = nxt
-        index += 1
+    size = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal size
+        while chunk := src.read(seg_size):
+            size += len(chunk)
+            if digest is not None:
+                digest.update(chunk)
+            yield chunk
+
+    for record in _encrypt_chunks(aead, store_id, obj, path, chunks()):
+        dst.write(record)
+    return size, digest.hexdigest() if digest is not None else ""
 
 
 def _decrypt_segments(
@@ -149,6 +187,18 @@ def _decrypt_segments(
                 raise StoreError(f"{what} has data after its final segment")
             return
         index += 1
+
+
+def _write_all(fd: int, buffers: list[Any]) -> None:
+    """``writev`` until every buffer is written (a short write is legal)."""
+    views = [memoryview(b) for b in buffers]
+    while views:
+        written = os.writev(fd, views[:512])
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
 
 
 def _flush_to_disk(folder: Path) -> None:
@@ -240,11 +290,7 @@ class VersionWriter:
     def add_file(self, path: Path, rel: str, *, hashed: bool = True) -> StoredFile:
         """Encrypt one file as ``rel``; the worker calls this as reconstruction unpacks
         each file, so the store is written while the rest is still being decrypted."""
-        with self._lock:
-            if rel in self._reserved:
-                raise StoreError(f"{rel} was added to the stored version twice")
-            self._reserved.add(rel)
-            number = len(self._reserved)
+        number = self._reserve(rel)
         obj_path = self.tmp / "objects" / f"{number:06d}.enc"
         with open(path, "rb") as src, open(obj_path, "wb") as dst:
             size, sha = _encrypt_stream(
@@ -259,6 +305,37 @@ class VersionWriter:
         with self._lock:
             self._files[rel] = stored
         return stored
+
+    def add_data(self, rel: str, data: Sequence[Any], *, hashed: bool = True) -> StoredFile:
+        """Encrypt one file whose bytes are already in memory (``data``: buffers, e.g. views of
+        reconstruction's decrypted segments), without reading it back from staging."""
+        number = self._reserve(rel)
+        digest = hashlib.sha256() if hashed else None
+        size = 0
+        for piece in data:
+            size += len(piece)
+            if digest is not None:
+                digest.update(piece)
+        chunks = _memory_chunks(data, self.segment_size)
+        records = list(_encrypt_chunks(self._aead, self.store_id, number, rel, chunks))
+        obj_path = self.tmp / "objects" / f"{number:06d}.enc"
+        fd = os.open(obj_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, records)
+            start_writeback(fd)
+        finally:
+            os.close(fd)
+        stored = StoredFile(rel, number, size, digest.hexdigest() if digest is not None else "")
+        with self._lock:
+            self._files[rel] = stored
+        return stored
+
+    def _reserve(self, rel: str) -> int:
+        with self._lock:
+            if rel in self._reserved:
+                raise StoreError(f"{rel} was added to the stored version twice")
+            self._reserved.add(rel)
+            return len(self._reserved)
 
     def commit(self, hashes: dict[str, str] | None = None) -> StoredVersion:
         """Write the index, fsync, and rename the version into place atomically.

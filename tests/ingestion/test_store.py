@@ -155,3 +155,25 @@ def test_unhashed_file_without_a_digest_is_not_committed(tmp_path, dataset, mast
     with pytest.raises(StoreError, match="no SHA-256 for dataset.yaml"):
         writer.commit(hashes={})
     assert not list((tmp_path / "store").iterdir())
+
+
+def test_files_given_as_views_in_memory_store_the_same_bytes(tmp_path, dataset, master_key):
+    """Reconstruction hands files over as views of its segments, split anywhere."""
+    files = _files(dataset)
+    writer = store.VersionWriter(
+        tmp_path / "store", master_key, name_hint="views", segment_size=1024 * 1024
+    )
+    for number, (rel, data) in enumerate(sorted(files.items())):
+        cut = [0, *sorted({len(data) // 3, len(data) // 3 + number, len(data) - 1}), len(data)]
+        pieces = [memoryview(data)[a:b] for a, b in zip(cut, cut[1:], strict=False) if b >= a]
+        stored = writer.add_data(rel, pieces)
+        assert stored.size == len(data)
+    with pytest.raises(StoreError, match="added to the stored version twice"):
+        writer.add_data("dataset.yaml", [b"again"])
+    version = writer.commit()
+    assert _files(store.materialize(version, tmp_path / "out", master_key)) == files
+    # Same object layout as a file read from disk: segment records of at most 1 MiB.
+    objects = sorted((Path(version.store_location) / "objects").iterdir())
+    reference = _stored(tmp_path / "ref", dataset, master_key)
+    ref_objects = sorted((Path(reference.store_location) / "objects").iterdir())
+    assert [p.stat().st_size for p in objects] == [p.stat().st_size for p in ref_objects]
