@@ -14,7 +14,9 @@ retry can neither half-catalog a dataset nor catalog it twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import threading
 import time
@@ -105,6 +107,34 @@ def _more_shares_expected(found: list[tuple[ReceiverLink, dict[str, Any]]]) -> b
     return len(_share_set(found)) < n
 
 
+def fits_in_memory(tmpfs: Path, size: int, fraction: float) -> bool:
+    """Whether ``size`` bytes are at most ``fraction`` of both the memory available and the
+    free space of the tmpfs at ``tmpfs``."""
+    if fraction <= 0 or not _is_tmpfs(tmpfs):
+        return False
+    try:
+        stats = os.statvfs(tmpfs)
+        with open("/proc/meminfo") as meminfo:
+            available = next(
+                int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")
+            )
+    except (OSError, StopIteration, ValueError):
+        return False
+    return size <= fraction * min(stats.f_bavail * stats.f_frsize, available)
+
+
+def _is_tmpfs(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as mounts:
+            return any(
+                fields[1] == str(path) and fields[2] == "tmpfs"
+                for fields in (line.split() for line in mounts)
+                if len(fields) > 2
+            )
+    except OSError:
+        return False
+
+
 def describe_transfer(catalog: Any, transfer_id: str, record: Any = None) -> dict[str, Any]:
     """Where a transfer stands, as the status API and ``enclave share status`` show it."""
     if record is None:
@@ -169,7 +199,8 @@ class ReconstructionWorker:
 
     def recover(self) -> list[str]:
         """Wipe scratch left by a crash and re-queue transfers it interrupted."""
-        shutil.rmtree(self.paths.staging, ignore_errors=True)
+        for root in self.paths.staging_roots():
+            shutil.rmtree(root, ignore_errors=True)
         self.paths.staging.mkdir(parents=True, mode=0o700)
         store.clean_temporary(self.paths.store)
         for orphan in store.remove_unreferenced(self.paths.store, self.catalog.store_locations()):
@@ -253,7 +284,7 @@ class ReconstructionWorker:
         if state not in ("receiving", *IN_PROGRESS):
             log.warning("transfer %s is %s; not processing it", tid, state)
             return state
-        staging = self.paths.staging / tid
+        staging = self._staging_for(tid, found)
         try:
             final = self._process(tid, record, found, staging)
         except _WaitForShares as wait:
@@ -274,8 +305,21 @@ class ReconstructionWorker:
         self._finish(tid, purge=self.settings.purge_shares)
         return final
 
+    def _staging_for(self, tid: str, found: list[tuple[ReceiverLink, dict[str, Any]]]) -> Path:
+        """On tmpfs when the plaintext (about k x a share) fits comfortably in memory."""
+        k = max(int(meta.get("k") or 1) for _, meta in found) if found else 1
+        estimate = k * max((int(meta.get("length") or 0) for _, meta in found), default=0)
+        root = self.paths.memory_staging
+        if fits_in_memory(root.parent, estimate, self.settings.memory_staging_fraction):
+            root.mkdir(mode=0o700, exist_ok=True)
+            return root / tid
+        return self.paths.staging / tid
+
     def _finish(self, tid: str, *, purge: bool) -> None:
-        shutil.rmtree(self.paths.staging / tid, ignore_errors=True)
+        for root in self.paths.staging_roots():
+            shutil.rmtree(root / tid, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty folder behind on the tmpfs
+            self.paths.memory_staging.rmdir()
         self._requeued.discard(tid)
         if not purge:
             return

@@ -146,3 +146,8 @@ def flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def no_plaintext_left(paths: object) -> bool:
+    """No transfer's plaintext in either staging folder (on disk, or on tmpfs)."""
+    return all(not root.exists() or not any(root.iterdir()) for root in paths.staging_roots())

@@ -12,7 +12,7 @@ import pytest
 from ingestion import store
 from ingestion.client import UploadError, send_shares, transfer_status
 from ingestion.settings import IngestPaths
-from tests.ingestion.conftest import flip_byte, source_files
+from tests.ingestion.conftest import flip_byte, no_plaintext_left, source_files
 
 
 def _receiver(service, index: int) -> str:
@@ -67,7 +67,7 @@ def test_sample_dataset_is_cataloged_and_materializes_identically(
 
     # No plaintext or shares left behind.
     paths = IngestPaths(enclave.state_dir)
-    assert not any(paths.staging.iterdir())
+    assert no_plaintext_left(paths)
     _eventually(lambda: not any((paths.receiver_store(j) / shares.transfer_id).exists()
                                 for j in range(1, 6)))
 
@@ -198,7 +198,7 @@ def test_too_few_good_shares_waits_for_the_spares_then_catalogs(
     assert "share-2" in transfer.reason and "segment" in transfer.reason
     assert transfer.version is None
     assert worker.run_once() == []  # nothing new arrived: no second attempt
-    assert list(IngestPaths(enclave.state_dir).staging.iterdir()) == []
+    assert no_plaintext_left(IngestPaths(enclave.state_dir))
     send_shares(shares.share_paths[3:4], [service.coordinator_url], provider.token)
     assert worker.run_once() == [shares.transfer_id]
     transfer = enclave.catalog.get_transfer(shares.transfer_id)
@@ -262,7 +262,7 @@ def test_phi_in_a_dicom_header_quarantines_with_a_report_naming_the_tag(
         assert str(value) not in text and str(value).split("^")[0] not in text
     # Quarantined data is deleted: no plaintext, no shares, nothing stored.
     paths = IngestPaths(enclave.state_dir)
-    assert not any(paths.staging.iterdir())
+    assert no_plaintext_left(paths)
     _eventually(lambda: not any((paths.receiver_store(j) / shares.transfer_id).exists()
                                 for j in range(1, 6)))
     assert not any(p for p in paths.store.glob("*") if p.name.startswith(shares.transfer_id))
