@@ -32,10 +32,12 @@ from secret_sharing.keys import (
 )
 from secret_sharing.packing import DatasetSummary, measure_dataset
 from secret_sharing.split import SplitResult, split_dataset
+from secret_sharing.verify import BlockDigester, verify_share_digests
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "FORMAT_VERSION",
+    "BlockDigester",
     "CombineResult",
     "DatasetError",
     "DatasetSummary",
@@ -59,5 +61,6 @@ __all__ = [
     "read_share_info",
     "split_dataset",
     "verify_share",
+    "verify_share_digests",
     "write_keypair",
 ]
