@@ -528,8 +528,9 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
         """Verify the whole share against its signed manifest, then mark it complete.
 
         The data blocks are checked through the digests taken as they were written, not
-        read back. Bytes changed on disk after that are caught later: the worker checks
-        every block against its signed hash again before it decodes a segment.
+        read back. Bytes changed on disk after that are caught later: a segment whose
+        blocks changed fails its GCM tag in the worker, which then hashes the blocks to name
+        this share and rebuilds the segment from a spare.
         """
         from secret_sharing import verify_share_digests
         from secret_sharing.errors import ShareError

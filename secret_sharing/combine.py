@@ -2,9 +2,9 @@
 
 Order of trust: structure (header, footer, manifest) -> signature by the provider's
 verify key -> same transfer, distinct indexes -> block-hash index and key share
-against the signed manifest -> key commitment after Shamir -> per segment, every
-block against its signed hash before erasure decoding, then the GCM tag before a
-byte is unpacked. Unpacking goes to a hidden staging folder next to the output; the
+against the signed manifest -> key commitment after Shamir -> per segment, the GCM
+tag before a byte is unpacked (and, only when it fails, every block against its
+signed hash, to name the share at fault and replace it with a spare). Unpacking goes to a hidden staging folder next to the output; the
 dataset is renamed into place only after the last segment checked out, and the
 staging folder is removed on any failure.
 """
@@ -269,7 +269,15 @@ class _SegmentFailure:
 
 
 class _SegmentDecoder:
-    """Checks block hashes, erasure-decodes and decrypts one segment (thread-safe)."""
+    """Erasure-decodes and decrypts one segment, finding bad blocks by their hash (thread-safe).
+
+    The GCM tag is checked first: under the key the signed manifest commits to, it
+    authenticates the whole segment, so a segment that decrypts needs no block hashes (they
+    were checked by the receivers, and cost a SHA-256 pass over every byte). Only when the
+    tag or the padding fails are the blocks read again and hashed, to name the share at
+    fault so a spare can replace it; if every block matches its signed hash the transfer is
+    corrupt at its source.
+    """
 
     def __init__(self, manifest: fmt.Manifest, layout: fmt.Layout, key: bytes):
         self._manifest = manifest
@@ -287,14 +295,14 @@ class _SegmentDecoder:
         return tools
 
     def __call__(
-        self, segment: int, shares: tuple[_OpenShare, ...]
+        self, segment: int, shares: tuple[_OpenShare, ...], *, check_hashes: bool = False
     ) -> memoryview | _SegmentFailure:
-        """The segment's verified plaintext, or which shares' blocks failed their hash.
+        """The segment's verified plaintext, or which shares' blocks are bad.
 
         The k blocks are read side by side into one buffer and decrypted in place: with the
         primary shares (the usual case, zfec is systematic) that buffer already is the
-        ciphertext, so a segment costs one read, one hash and one decryption per byte and
-        no copies. The plaintext is a view of that fresh buffer; the caller owns it.
+        ciphertext, so a segment costs one read and one decryption per byte and no copies.
+        The plaintext is a view of that fresh buffer; the caller owns it.
         """
         layout, manifest = self._layout, self._manifest
         k, n = manifest.k, manifest.n
@@ -313,7 +321,9 @@ class _SegmentDecoder:
             except OSError as exc:
                 problems[share] = f"cannot read segment {segment}: {exc.strerror}"
                 continue
-            if fmt.block_hash(self._tid, share.number, segment, block) != share.expected_hash(segment):
+            if check_hashes and fmt.block_hash(
+                self._tid, share.number, segment, block
+            ) != share.expected_hash(segment):
                 problems[share] = f"data block of segment {segment} does not match its signed hash (corrupt)"
         if problems:
             return _SegmentFailure(segment, problems)
@@ -326,13 +336,10 @@ class _SegmentDecoder:
             view = memoryview(buffer)
         plaintext_length = layout.segment_length(segment)
         ciphertext_length = plaintext_length + fmt.TAG_LEN
-        if any(view[ciphertext_length:]):  # fewer than k bytes of padding
-            raise ShareIntegrityError(
-                f"segment {segment} of transfer {manifest.transfer_id} has non-zero padding "
-                "although its blocks match the signed hashes: the transfer is corrupt at its source"
-            )
         last = segment == layout.segment_count - 1
         try:
+            if any(view[ciphertext_length:]):  # fewer than k bytes of padding
+                raise InvalidTag
             aes.decrypt_into(  # in place: OpenSSL decrypts over the ciphertext it reads
                 fmt.nonce(self._prefix, segment),
                 view[:ciphertext_length],
@@ -340,10 +347,12 @@ class _SegmentDecoder:
                 view[:plaintext_length],
             )
         except InvalidTag:
+            if not check_hashes:
+                return self(segment, shares, check_hashes=True)  # which share is at fault?
             raise ShareIntegrityError(
                 f"segment {segment} of transfer {manifest.transfer_id} fails authenticated "
-                "decryption although its blocks match the signed hashes: the transfer is "
-                "corrupt at its source"
+                "decryption (or has non-zero padding) although its blocks match the signed "
+                "hashes: the transfer is corrupt at its source"
             ) from None
         return view[:plaintext_length]
 
