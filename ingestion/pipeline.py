@@ -3,7 +3,7 @@
 Reconstruction (decrypt + unpack), the per-file DICOM checks and the store's encryption used
 to run one after the other, leaving one of two cores idle for most of a transfer. Here
 ``combine_shares`` announces each file as soon as it is unpacked (every byte already passed
-its GCM check): the file goes to the store's encryption thread and, when it is a DICOM
+its GCM check): the file goes to the store's encryption threads and, when it is a DICOM
 candidate, to a process pool that runs the per-file checks of
 ``validators.dicom.validate_dicom_files``. Before the dataset is renamed into place,
 ``drain`` waits for both; ``validate_dataset`` then reuses the per-file outcomes and runs
@@ -32,8 +32,10 @@ log = logging.getLogger("enclave.ingest.pipeline")
 #: Files per pool task: large enough to keep inter-process traffic small, small enough that
 #: the pool starts while the first series is still being unpacked.
 CHUNK_FILES = 16
-#: Plaintext waiting for the encryption thread, held as views of decrypted segments.
+#: Plaintext waiting for the encryption threads, held as views of decrypted segments.
 ENCRYPT_BACKLOG_BYTES = 256 * 1024 * 1024
+#: AES-GCM and the pack writes release the GIL: two threads keep up with reconstruction.
+ENCRYPT_THREADS = 2
 DEFAULT_SUBJECT_ATTRIBUTE = DatasetManifest.subject_id  # the manifest's own default
 
 
@@ -82,7 +84,7 @@ class StreamingIngest:
 
         self.workers = workers or pool_size()
         self.subject_attribute = DEFAULT_SUBJECT_ATTRIBUTE
-        self._encrypt = ThreadPoolExecutor(1, thread_name_prefix="ingest-encrypt")
+        self._encrypt = ThreadPoolExecutor(ENCRYPT_THREADS, thread_name_prefix="ingest-encrypt")
         self._backlog = ByteBudget(ENCRYPT_BACKLOG_BYTES)
         self._encrypting: list[Future] = []
         self._pool: ProcessPoolExecutor | None = None

@@ -1,11 +1,12 @@
 """The encrypted dataset store: every cataloged dataset version, encrypted at rest.
 
-Format (``enclave-store/1``), one directory per stored version::
+Format (``enclave-store/2``), one directory per stored version::
 
     store/<store id>/
       store.json          plaintext facts only: format, store id, cipher, counts (no file names)
-      index.enc           encrypted JSON list of files: path, object number, size, sha256
-      objects/000001.enc  one encrypted object per file, named by number (names leak nothing)
+      index.enc           encrypted JSON list of files: path, object number, size, sha256, and
+                          where the object lies (pack number, offset, length)
+      packs/000001.pack   encrypted objects, one per file, back to back (names leak nothing)
 
 Each version has its own fresh 32-byte data key, kept only wrapped by the enclave master key
 (``MasterKey.wrap(data_key, context=b"enclave-store/1:" + store id)``); the catalog holds the
@@ -17,14 +18,21 @@ each ``u32 ciphertext length | u8 flags | AES-256-GCM ciphertext+tag``. The nonc
 drawn per segment); the associated data binds the store id, the file's path, the segment index
 and the last-segment flag. Reordered, swapped, truncated or extended segments and objects
 moved between files or versions therefore fail authentication instead of decrypting to
-something else. An empty file is one empty, last segment.
+something else.  An empty file is one empty, last segment.
+
+Objects are packed into files of about ``PACK_BYTES``: a dataset of thousands of slices used to
+be thousands of object files, and creating a file on the store's filesystem cost more CPU than
+encrypting and writing its half megabyte. The encryption is exactly ``enclave-store/1``'s
+(whose versions, one file per object under ``objects/000001.enc``, are still read), so the
+key-wrapping context and associated data keep that label.
 
 Writes are atomic: a version is written under ``store/.tmp-*`` and renamed into place only when
-every object is on disk (flushed many files at once), so a crash leaves either nothing or a complete version.
+every object is on disk, so a crash leaves either nothing or a complete version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -44,11 +52,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enclave.errors import EnclaveError
 from ingestion.diskio import fdatasync, start_writeback
 
-FORMAT = "enclave-store/1"
+FORMAT = "enclave-store/2"
+#: Formats this module reads; the crypto of both carries the first's label.
+READABLE_FORMATS = ("enclave-store/1", FORMAT)
+CRYPTO_LABEL = "enclave-store/1"
+#: A new pack file starts once the current one holds this many bytes.
+PACK_BYTES = 256 * 1024 * 1024
 MAGIC = b"ENCSTOR1"
 SEGMENT_SIZE = 4 * 1024 * 1024
 INDEX_OBJECT = 0
 _SEG_HEADER = struct.Struct(">IB")
+_TAG_LEN = 16
 _FLAG_LAST = 1
 
 
@@ -70,6 +84,9 @@ class StoredFile:
     object: int
     size: int
     sha256: str
+    pack: int | None = None  # None: an enclave-store/1 object file of its own
+    offset: int = 0
+    length: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,7 @@ class StoredVersion:
 
 
 def key_context(store_id: str) -> bytes:
-    return f"{FORMAT}:{store_id}".encode()
+    return f"{CRYPTO_LABEL}:{store_id}".encode()
 
 
 def _nonce(obj: int, segment: int) -> bytes:
@@ -93,7 +110,8 @@ def _nonce(obj: int, segment: int) -> bytes:
 
 def _aad(store_id: str, path: str, segment: int, last: bool) -> bytes:
     return b"\0".join(
-        [FORMAT.encode(), store_id.encode(), path.encode("utf-8"), struct.pack(">QB", segment, last)]
+        [CRYPTO_LABEL.encode(), store_id.encode(), path.encode("utf-8"),
+         struct.pack(">QB", segment, last)]
     )
 
 
@@ -189,11 +207,12 @@ def _decrypt_segments(
         index += 1
 
 
-def _write_all(fd: int, buffers: list[Any]) -> None:
-    """``writev`` until every buffer is written (a short write is legal)."""
-    views = [memoryview(b) for b in buffers]
+def _pwrite_all(fd: int, buffers: list[Any], offset: int) -> None:
+    """``pwritev`` at ``offset`` until every buffer is written (a short write is legal)."""
+    views = [memoryview(b) for b in buffers if len(b)]
     while views:
-        written = os.writev(fd, views[:512])
+        written = os.pwritev(fd, views[:512], offset)  # IOV_MAX is 1024 on Linux
+        offset += written
         while views and written >= len(views[0]):
             written -= len(views[0])
             views.pop(0)
@@ -232,11 +251,68 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def object_length(size: int, seg_size: int) -> int:
+    """Bytes of the encrypted object of a ``size``-byte file: known before encrypting, so a
+    writer can reserve its place in a pack first."""
+    records = max(1, -(-size // seg_size))
+    return len(MAGIC) + size + records * (_SEG_HEADER.size + _TAG_LEN)
+
+
+class _Packs:
+    """Pack files of one version being written: places are reserved under a lock and filled
+    with ``pwritev``, so several threads write objects at once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True)
+        self._lock = threading.Lock()
+        self._number = 0
+        self._fd: int | None = None
+        self._end = 0
+        self._writers: dict[int, int] = {}  # pack number -> objects being written
+        self._retired: dict[int, int] = {}  # full packs still being written: number -> fd
+
+    def reserve(self, length: int) -> tuple[int, int, int]:
+        """(pack number, its fd, offset) for an object of ``length`` bytes; ``release`` after."""
+        with self._lock:
+            if self._fd is None or (self._end and self._end + length > PACK_BYTES):
+                self._next_pack()
+            offset = self._end
+            self._end += length
+            self._writers[self._number] = self._writers.get(self._number, 0) + 1
+            return self._number, self._fd, offset  # type: ignore[return-value]
+
+    def release(self, number: int) -> None:
+        with self._lock:
+            self._writers[number] -= 1
+            if not self._writers[number] and number in self._retired:
+                os.close(self._retired.pop(number))
+
+    def _next_pack(self) -> None:
+        if self._fd is not None:
+            if self._writers.get(self._number):
+                self._retired[self._number] = self._fd
+            else:
+                os.close(self._fd)
+        self._number += 1
+        path = self.folder / f"{self._number:06d}.pack"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._end = 0
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in [*self._retired.values(), *([self._fd] if self._fd is not None else [])]:
+                os.close(fd)
+            self._retired.clear()
+            self._fd = None
+
+
 class VersionWriter:
     """Builds one stored version file by file; nothing is visible until ``commit``.
 
-    Lets the worker encrypt a dataset while it is being validated (``add_tree`` in a
-    thread), add files validation derived afterwards, then commit or abort.
+    Lets the worker encrypt a dataset while it is being reconstructed (``add_data`` from
+    memory, ``add_file`` from disk, from several threads), add files validation derived
+    afterwards, then commit or abort.
     """
 
     def __init__(
@@ -260,7 +336,8 @@ class VersionWriter:
         self._files: dict[str, StoredFile] = {}
         self._reserved: set[str] = set()  # paths given an object number, stored or not yet
         self._lock = threading.Lock()
-        (self.tmp / "objects").mkdir(parents=True)
+        self.tmp.mkdir(parents=True)
+        self._packs = _Packs(self.tmp / "packs")
 
     def add_tree(
         self,
@@ -288,23 +365,26 @@ class VersionWriter:
         return added
 
     def add_file(self, path: Path, rel: str, *, hashed: bool = True) -> StoredFile:
-        """Encrypt one file as ``rel``; the worker calls this as reconstruction unpacks
-        each file, so the store is written while the rest is still being decrypted."""
+        """Encrypt one file from disk as ``rel``, streaming it segment by segment."""
         number = self._reserve(rel)
-        obj_path = self.tmp / "objects" / f"{number:06d}.enc"
-        with open(path, "rb") as src, open(obj_path, "wb") as dst:
-            size, sha = _encrypt_stream(
-                self._aead, self.store_id, number, rel, src, dst, self.segment_size,
-                hashed=hashed,
-            )
-            dst.flush()
-            # The disk writes while the next files are encrypted; commit's flush
-            # then finds little left to do.
-            start_writeback(dst.fileno())
-        stored = StoredFile(rel, number, size, sha)
-        with self._lock:
-            self._files[rel] = stored
-        return stored
+        digest = hashlib.sha256() if hashed else None
+        with open(path, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+
+            def chunks() -> Iterator[bytes]:
+                left = size
+                while left > 0:
+                    chunk = src.read(min(self.segment_size, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
+                    yield chunk
+
+            records = _encrypt_chunks(self._aead, self.store_id, number, rel, chunks())
+            stored = self._write_object(rel, number, size, records)
+        return self._stored(stored, digest)
 
     def add_data(self, rel: str, data: Sequence[Any], *, hashed: bool = True) -> StoredFile:
         """Encrypt one file whose bytes are already in memory (``data``: buffers, e.g. views of
@@ -317,17 +397,42 @@ class VersionWriter:
             if digest is not None:
                 digest.update(piece)
         chunks = _memory_chunks(data, self.segment_size)
-        records = list(_encrypt_chunks(self._aead, self.store_id, number, rel, chunks))
-        obj_path = self.tmp / "objects" / f"{number:06d}.enc"
-        fd = os.open(obj_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        records = _encrypt_chunks(self._aead, self.store_id, number, rel, chunks)
+        return self._stored(self._write_object(rel, number, size, records), digest)
+
+    def _write_object(
+        self, rel: str, number: int, size: int, records: Iterator[bytes]
+    ) -> StoredFile:
+        """Reserve the object's place in a pack and write its records there as they come."""
+        length = object_length(size, self.segment_size)
+        pack, fd, offset = self._packs.reserve(length)
         try:
-            _write_all(fd, records)
-            start_writeback(fd)
+            written = 0
+            batch: list[bytes] = []
+            batch_bytes = 0
+            for record in records:
+                batch.append(record)
+                batch_bytes += len(record)
+                if batch_bytes >= self.segment_size:
+                    _pwrite_all(fd, batch, offset + written)
+                    written += batch_bytes
+                    batch, batch_bytes = [], 0
+            _pwrite_all(fd, batch, offset + written)
+            written += batch_bytes
+            if written != length:
+                raise StoreError(f"{rel} changed size while it was being stored")
+            # The disk writes while the next files are encrypted; commit's flush then finds
+            # little left to do.
+            start_writeback(fd, offset, length)
         finally:
-            os.close(fd)
-        stored = StoredFile(rel, number, size, digest.hexdigest() if digest is not None else "")
+            self._packs.release(pack)
+        return StoredFile(rel, number, size, "", pack, offset, length)
+
+    def _stored(self, stored: StoredFile, digest: Any) -> StoredFile:
+        if digest is not None:
+            stored = dataclasses.replace(stored, sha256=digest.hexdigest())
         with self._lock:
-            self._files[rel] = stored
+            self._files[stored.path] = stored
         return stored
 
     def _reserve(self, rel: str) -> int:
@@ -344,12 +449,13 @@ class VersionWriter:
         store checks them on every read, so they bind it to the bytes that were validated.
         """
         try:
+            self._packs.close()
             for path, entry in list(self._files.items()):
                 if not entry.sha256:
                     sha = (hashes or {}).get(path, "")
                     if len(sha) != 64:
                         raise StoreError(f"no SHA-256 for {path}: it was added unhashed")
-                    self._files[path] = StoredFile(path, entry.object, entry.size, sha)
+                    self._files[path] = dataclasses.replace(entry, sha256=sha)
             files = sorted(self._files.values(), key=lambda f: f.path)
             index = json.dumps([f.__dict__ for f in files]).encode()
             with open(self.tmp / "index.enc", "wb") as dst:
@@ -370,7 +476,7 @@ class VersionWriter:
             }
             (self.tmp / "store.json").write_text(json.dumps(meta, indent=2))
             _flush_to_disk(self.tmp)
-            _fsync_dir(self.tmp / "objects")
+            _fsync_dir(self.tmp / "packs")
             _fsync_dir(self.tmp)
             os.rename(self.tmp, self.final)
             _fsync_dir(self.store_root)
@@ -381,6 +487,7 @@ class VersionWriter:
         return StoredVersion(str(self.final), wrapped, self.store_id, size_bytes, len(files))
 
     def abort(self) -> None:
+        self._packs.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -459,7 +566,7 @@ class StoredDataset:
         if not meta_path.is_file():
             raise StoreError(f"no stored dataset version at {self.location}")
         self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format") != FORMAT:
+        if self.meta.get("format") not in READABLE_FORMATS:
             raise StoreError(f"{meta_path} has unknown format {self.meta.get('format')!r}")
         self.store_id: str = self.meta["store_id"]
         try:
@@ -488,8 +595,14 @@ class StoredDataset:
         except KeyError:
             raise StoreError(f"{path} is not in stored version {self.store_id}") from None
         digest = hashlib.sha256()
-        obj = self.location / "objects" / f"{entry.object:06d}.enc"
-        with open(obj, "rb") as src:
+        if entry.pack is None:  # enclave-store/1: one file per object
+            obj = self.location / "objects" / f"{entry.object:06d}.enc"
+            window = None
+        else:
+            obj = self.location / "packs" / f"{entry.pack:06d}.pack"
+            window = (entry.offset, entry.length)
+        with open(obj, "rb", buffering=0) as raw:
+            src: Any = raw if window is None else _Window(raw, *window)
             for chunk in _decrypt_segments(
                 self._aead, self.store_id, entry.object, path, src, f"{path} ({obj.name})"
             ):
@@ -504,6 +617,27 @@ class StoredDataset:
 
     def read_bytes(self, path: str) -> bytes:
         return b"".join(self.iter_bytes(path))
+
+
+class _Window:
+    """``read`` over ``length`` bytes of a pack from ``offset``: one object of it."""
+
+    def __init__(self, raw: Any, offset: int, length: int) -> None:
+        self._fd = raw.fileno()
+        self._offset = offset
+        self.left = length
+
+    def read(self, size: int) -> bytes:
+        size = min(size, self.left)
+        data = os.pread(self._fd, size, self._offset)
+        while len(data) < size:
+            more = os.pread(self._fd, size - len(data), self._offset + len(data))
+            if not more:
+                break
+            data += more
+        self._offset += len(data)
+        self.left -= len(data)
+        return data
 
 
 class _SegmentReader(io.RawIOBase):

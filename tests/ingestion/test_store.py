@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -75,39 +76,91 @@ def test_wrong_master_key_is_refused(tmp_path, dataset, master_key):
         store.materialize(version, tmp_path / "out", MasterKey(os.urandom(32)))
 
 
+def _object_bytes(version, opened, path: str) -> tuple[Path, int, int]:
+    """(pack file, offset, length) of one stored file's encrypted object."""
+    entry = opened.files[path]
+    return Path(version.store_location) / "packs" / f"{entry.pack:06d}.pack", entry.offset, entry.length
+
+
+def test_objects_are_packed_not_one_file_each(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    opened = store.open_version(version, master_key)
+    assert opened.meta["format"] == "enclave-store/2"
+    assert [p.name for p in (Path(version.store_location) / "packs").iterdir()] == ["000001.pack"]
+    spans = sorted((f.offset, f.offset + f.length) for f in opened.files.values())
+    assert all(end == start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
 def test_flipped_byte_fails_authentication(tmp_path, dataset, master_key):
     version = _stored(tmp_path, dataset, master_key)
-    obj = sorted((Path(version.store_location) / "objects").iterdir())[1]
-    data = bytearray(obj.read_bytes())
-    data[len(data) // 2] ^= 1
-    obj.write_bytes(bytes(data))
+    opened = store.open_version(version, master_key)
+    pack, offset, length = _object_bytes(version, opened, "dicom/series-1/b.dcm")
+    data = bytearray(pack.read_bytes())
+    data[offset + length // 2] ^= 1
+    pack.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="failed authentication"):
         store.materialize(version, tmp_path / "out", master_key)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "partial" in p.name]
 
 
-def test_swapped_objects_do_not_decrypt(tmp_path, dataset, master_key):
-    version = _stored(tmp_path, dataset, master_key)
-    a, b = sorted((Path(version.store_location) / "objects").iterdir())[:2]
-    tmp = a.with_suffix(".x")
-    a.rename(tmp)
-    b.rename(a)
-    tmp.rename(b)
-    with pytest.raises(StoreError):
-        store.materialize(version, tmp_path / "out", master_key)
-
-
-def test_truncated_object_is_detected(tmp_path, dataset, master_key):
+def test_an_object_moved_into_anothers_place_does_not_decrypt(tmp_path, dataset, master_key):
     version = _stored(tmp_path, dataset, master_key)
     opened = store.open_version(version, master_key)
-    entry = opened.files["dicom/series-1/a.dcm"]
-    obj = Path(version.store_location) / "objects" / f"{entry.object:06d}.enc"
-    # Drop the whole last segment: every remaining segment still authenticates.
-    data = obj.read_bytes()
-    seg = 5 + 1024 * 1024 + 16
-    obj.write_bytes(data[: 8 + 3 * seg])
+    pack, a_offset, _ = _object_bytes(version, opened, "dicom/series-1/a.dcm")
+    _, b_offset, b_length = _object_bytes(version, opened, "dicom/series-1/b.dcm")
+    data = bytearray(pack.read_bytes())
+    data[b_offset : b_offset + b_length] = data[a_offset : a_offset + b_length]
+    pack.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="b.dcm .* failed authentication"):
+        opened.read_bytes("dicom/series-1/b.dcm")
+
+
+def test_truncated_pack_is_detected(tmp_path, dataset, master_key):
+    version = _stored(tmp_path, dataset, master_key)
+    opened = store.open_version(version, master_key)
+    pack, offset, length = _object_bytes(version, opened, "tables/clinical.csv")
+    assert offset + length == pack.stat().st_size  # the last object of the pack
+    with open(pack, "r+b") as fh:
+        fh.truncate(offset + length - 3)
     with pytest.raises(StoreError, match="truncated"):
+        opened.read_bytes("tables/clinical.csv")
+
+
+def test_a_segment_cut_out_of_the_pack_is_detected(tmp_path, dataset, master_key):
+    """Drop a.dcm's last segment: its remaining segments still authenticate, and what now
+    follows them is b.dcm's object."""
+    version = _stored(tmp_path, dataset, master_key)
+    opened = store.open_version(version, master_key)
+    pack, offset, length = _object_bytes(version, opened, "dicom/series-1/a.dcm")
+    seg = 5 + 1024 * 1024 + 16
+    data = pack.read_bytes()
+    pack.write_bytes(data[: offset + 8 + 3 * seg] + data[offset + length :])
+    with pytest.raises(StoreError, match="a.dcm"):
         opened.read_bytes("dicom/series-1/a.dcm")
+
+
+def test_a_version_in_the_one_file_per_object_format_still_reads(tmp_path, dataset, master_key):
+    """enclave-store/1 (objects/000001.enc, no pack fields in the index) stays readable."""
+    writer = store.VersionWriter(tmp_path / "store", master_key, name_hint="legacy",
+                                 segment_size=1024 * 1024)
+    root = writer.tmp
+    (root / "objects").mkdir()
+    entries = []
+    for number, (rel, data) in enumerate(sorted(_files(dataset).items()), start=1):
+        with open(root / "objects" / f"{number:06d}.enc", "wb") as dst:
+            size, sha = store._encrypt_stream(writer._aead, writer.store_id, number, rel,
+                                              io.BytesIO(data), dst, 1024 * 1024)
+        entries.append({"path": rel, "object": number, "size": size, "sha256": sha})
+    with open(root / "index.enc", "wb") as dst:
+        store._encrypt_stream(writer._aead, writer.store_id, 0, "",
+                              io.BytesIO(json.dumps(entries).encode()), dst, 1024 * 1024)
+    (root / "store.json").write_text(json.dumps({"format": "enclave-store/1",
+                                                 "store_id": writer.store_id}))
+    shutil.rmtree(root / "packs")
+    root.rename(writer.final)
+    version = StoredVersion(str(writer.final), master_key.wrap(
+        writer._data_key, store.key_context(writer.store_id)), writer.store_id, 0, 0)
+    assert _files(store.materialize(version, tmp_path / "out", master_key)) == _files(dataset)
 
 
 def test_version_copied_under_another_id_does_not_open(tmp_path, dataset, master_key):
@@ -172,8 +225,22 @@ def test_files_given_as_views_in_memory_store_the_same_bytes(tmp_path, dataset, 
         writer.add_data("dataset.yaml", [b"again"])
     version = writer.commit()
     assert _files(store.materialize(version, tmp_path / "out", master_key)) == files
-    # Same object layout as a file read from disk: segment records of at most 1 MiB.
-    objects = sorted((Path(version.store_location) / "objects").iterdir())
+    # Same objects as files read from disk: segment records of at most 1 MiB.
     reference = _stored(tmp_path / "ref", dataset, master_key)
-    ref_objects = sorted((Path(reference.store_location) / "objects").iterdir())
-    assert [p.stat().st_size for p in objects] == [p.stat().st_size for p in ref_objects]
+    lengths = {f.path: f.length for f in store.open_version(version, master_key).files.values()}
+    ref = {f.path: f.length for f in store.open_version(reference, master_key).files.values()}
+    assert lengths == ref
+
+
+def test_writers_in_several_threads_share_packs_that_roll_over(tmp_path, master_key, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(store, "PACK_BYTES", 64 * 1024)
+    files = {f"dicom/{i:03d}.dcm": os.urandom(1000 + 997 * i) for i in range(60)}
+    writer = store.VersionWriter(tmp_path / "store", master_key, name_hint="threads")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda item: writer.add_data(item[0], [item[1]]), files.items()))
+    version = writer.commit()
+    packs = list((Path(version.store_location) / "packs").iterdir())
+    assert len(packs) > 5 and all(p.stat().st_size <= 64 * 1024 + 60_000 for p in packs)
+    assert _files(store.materialize(version, tmp_path / "out", master_key)) == files
