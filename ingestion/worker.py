@@ -216,6 +216,12 @@ class ReconstructionWorker:
 
     def run(self, stop: threading.Event) -> None:
         """Poll and process until ``stop`` is set; never dies on one bad transfer."""
+        try:
+            from ingestion.validators.dicom import warm_pool
+
+            warm_pool()
+        except Exception:  # the first transfer starts it instead
+            log.warning("could not start the validation pool early", exc_info=True)
         while not stop.is_set():
             try:
                 self.run_once()

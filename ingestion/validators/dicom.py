@@ -969,6 +969,17 @@ def _can_fork() -> bool:
     return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
+def warm_pool() -> None:
+    """Start the forkserver (this module preloaded) now rather than at a transfer's first
+    file: the ingestion worker calls this when it starts, so the second or so of importing
+    pydicom, numpy and the attribute tables is not spent while a provider waits."""
+    ctx = _pool_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def _pool_context() -> Any:
     import multiprocessing
 
