@@ -38,6 +38,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from ingestion.report import Finding
@@ -98,6 +99,7 @@ def basic_profile() -> dict[int, tuple[str, str]]:
     return {int(tag, 16): (kw, action) for tag, (kw, action) in data["attributes"].items()}
 
 
+@lru_cache(8192)
 def tag_label(tag: int) -> str:
     """``(0010,0010) PatientName``: how findings name an attribute (never its value)."""
     group, elem = tag >> 16, tag & 0xFFFF
@@ -124,6 +126,10 @@ def has_value(elem: DataElement | RawDataElement, vr: str) -> bool:
     value = elem.value
     if vr == "SQ":
         return bool(value)
+    if type(value) is bytes:  # a raw element: most of a file's values
+        if vr in _TEXT_VRS:
+            return bool(value.strip(_PN_PADDING if vr == "PN" else _TEXT_PADDING))
+        return len(value) > 0
     if isinstance(value, MultiValue | list | tuple):
         return any(_scalar_has_value(v, vr) for v in value)
     return _scalar_has_value(value, vr)
@@ -141,8 +147,39 @@ def _scalar_has_value(value: Any, vr: str) -> bool:
     return True
 
 
+_REPEATING_BASES = (0x5000, 0x6000)
+
+#: Outcomes of walking top-level sequences, by their bytes and everything else the walk
+#: depends on (see ``_Walk._replay_sequence``); bounded, per process.
+_SEQUENCE_OUTCOMES: dict[tuple, tuple[int, tuple, tuple]] = {}
+_SEQUENCE_CACHE_MAX = 1024
+_SEQUENCE_CACHE_BYTES = 16384
+
+
+#: Read from the dataset without conversion after the walk (``_declaration_findings``): a
+#: sequence under one of these tags (a malformed file) is always converted, as it was.
+#: DeidentificationMethodCodeSequence is replayed; the walk passes on its item count.
+_READ_UNCONVERTED = frozenset({
+    PATIENT_IDENTITY_REMOVED, DEIDENTIFICATION_METHOD, BURNED_IN_ANNOTATION, 0x00080016,
+})
+_PIXEL_REPRESENTATION = BaseTag(0x00280103)
+
+
+def _pass_pixel_representation(ds: Dataset) -> None:
+    """What converting a top-level sequence does to its dataset besides the sequence: pydicom
+    (``Dataset._set_pixel_representation``) converts PixelRepresentation, which can fail,
+    and remembers it for the items."""
+    pr = None
+    if _PIXEL_REPRESENTATION in ds._dict:
+        pr = ds[_PIXEL_REPRESENTATION].value
+    elif hasattr(ds, "_pixel_rep"):
+        pr = ds._pixel_rep
+    if pr is not None:
+        ds._pixel_rep = int(b"\x01" in pr) if isinstance(pr, bytes) else pr
+
+
 def _is_repeating_group(group: int) -> bool:
-    return (group & 0xFF00) in (0x5000, 0x6000) and not group & 1
+    return (group & 0xFF00) in _REPEATING_BASES and not group & 1
 
 
 def _allowed_private(
@@ -181,6 +218,9 @@ class _Walk:
         self.visitor = visitor
         self.profile = basic_profile()
         self.findings: list[Finding] = []
+        # Top-level sequences whose outcome came from _SEQUENCE_OUTCOMES, left unconverted:
+        # tag -> number of items the conversion gives.
+        self.unconverted: dict[int, int] = {}
 
     def add(self, check: str, tag: str, message: str, severity: str = "error") -> None:
         self.findings.append(Finding(check, severity, message, path=self.path, tag=tag))  # type: ignore[arg-type]
@@ -189,8 +229,10 @@ class _Walk:
         """``equipment_item``: ``ds`` is an item of ContributingEquipmentSequence."""
         private: list[int] = []
         repeating: dict[int, list[int]] = {}
-        profile = self.profile
+        profile_get = self.profile.get
         visitor = self.visitor
+        # A visitor may name the VRs it wants (``visitor.vrs``): the others skip the call.
+        visited = getattr(visitor, "vrs", None) if visitor is not None else None
         for elem in list(ds.values()):  # parse order; no sorting, no Tag conversions
             # A plain int: BaseTag.__eq__ is Python code, called on every dict hit below.
             tag = int(elem.tag)
@@ -198,11 +240,13 @@ class _Walk:
             if group & 1:
                 private.append(tag)
                 continue
-            if _is_repeating_group(group):
+            if (group & 0xFF00) in _REPEATING_BASES:  # even group here: curve or overlay
                 repeating.setdefault(group, []).append(tag)
                 continue
-            vr = element_vr(elem)
-            entry = profile.get(tag)
+            vr = elem.VR
+            if not vr or type(vr) is not str:
+                vr = element_vr(elem)
+            entry = profile_get(tag)
             if equipment_item and tag in EQUIPMENT_SITE_TAGS:
                 if has_value(elem, vr):
                     self.add(
@@ -214,18 +258,11 @@ class _Walk:
                     )
                 continue
             if vr == "SQ":
-                items = ds[tag].value or []
-                if entry and entry[1] in REMOVE_ACTIONS and len(items):
-                    self._remove_finding(prefix, tag, entry[1])
+                if not prefix and self._replay_sequence(ds, elem, tag, entry):
                     continue
-                if entry and entry[1] in DUMMY_ACTIONS and len(items):
-                    self._dummy_finding(prefix, tag, entry[1])
-                for i, item in enumerate(items):
-                    self.walk(
-                        item, f"{prefix}{tag_label(tag)}[{i}] > ", tag == CONTRIBUTING_EQUIPMENT
-                    )
+                self._walk_sequence(ds[tag].value or [], tag, entry, prefix)
                 continue
-            if visitor is not None:
+            if visitor is not None and (visited is None or vr in visited):
                 visitor(elem, vr, prefix)
             if entry is None and vr != "PN" and tag not in MUST_BE_EMPTY:
                 continue
@@ -269,6 +306,71 @@ class _Walk:
                 "overlays (60xx) can carry identifying text or graphics and must be removed",
             )
 
+    def _replay_sequence(
+        self, ds: Dataset, elem: DataElement | RawDataElement, tag: int, entry: Any
+    ) -> bool:
+        """Walk a top-level sequence, or replay the outcome of an identical one.
+
+        Slices of a series repeat most sequences byte for byte (code sequences, the
+        de-identification method). What the walk finds in one depends only on its bytes,
+        how they are encoded, the dataset's character set, the allow-list and the visitor
+        (which must say so with a ``cache_key`` and keep its ``findings`` in a list), so the
+        findings are recorded once and replayed, without converting the sequence again.
+        Returns False when the caller must walk it the ordinary way.
+        """
+        visitor = self.visitor
+        visitor_key = getattr(visitor, "cache_key", None) if visitor is not None else ()
+        value = elem.value
+        if (visitor_key is None or not isinstance(elem, RawDataElement)
+                or type(value) is not bytes or len(value) > _SEQUENCE_CACHE_BYTES
+                or tag in _READ_UNCONVERTED):
+            return False
+        charset = ds.original_character_set or ds._character_set  # as Dataset.__getitem__
+        if not isinstance(charset, str):
+            charset = tuple(charset)
+        key = (tag, elem.VR, value, elem.is_implicit_VR, elem.is_little_endian, charset,
+               self.allowlist, visitor_key)
+        outcome = _SEQUENCE_OUTCOMES.get(key)
+        if outcome is None:
+            seen = len(self.findings)
+            visited = len(visitor.findings) if visitor is not None else 0
+            items = ds[tag].value or []
+            self._walk_sequence(items, tag, entry)
+            if any(f.path != self.path for f in self.findings[seen:]) or (
+                    visitor is not None
+                    and any(f.path != visitor.path for f in visitor.findings[visited:])):
+                return True  # walked; nothing to remember
+            outcome = (
+                len(items),
+                tuple((f.check, f.severity, f.message, f.tag) for f in self.findings[seen:]),
+                tuple((f.check, f.severity, f.message, f.tag)
+                      for f in (visitor.findings[visited:] if visitor is not None else ())),
+            )
+            if len(_SEQUENCE_OUTCOMES) >= _SEQUENCE_CACHE_MAX:
+                _SEQUENCE_OUTCOMES.clear()
+            _SEQUENCE_OUTCOMES[key] = outcome
+            return True
+        count, walked, visited_findings = outcome
+        _pass_pixel_representation(ds)
+        self.unconverted[tag] = count
+        # The walk appends its own findings and the visitor's to separate lists; each keeps
+        # its order, so replaying them one list after the other gives the same two lists.
+        self.findings += [Finding(c, sev, m, path=self.path, tag=t) for c, sev, m, t in walked]
+        if visited_findings:
+            visitor.findings += [
+                Finding(c, sev, m, path=visitor.path, tag=t) for c, sev, m, t in visited_findings
+            ]
+        return True
+
+    def _walk_sequence(self, items: Any, tag: int, entry: Any, prefix: str = "") -> None:
+        if entry and entry[1] in REMOVE_ACTIONS and len(items):
+            self._remove_finding(prefix, tag, entry[1])
+            return
+        if entry and entry[1] in DUMMY_ACTIONS and len(items):
+            self._dummy_finding(prefix, tag, entry[1])
+        for i, item in enumerate(items):
+            self.walk(item, f"{prefix}{tag_label(tag)}[{i}] > ", tag == CONTRIBUTING_EQUIPMENT)
+
     def _remove_finding(self, prefix: str, tag: int, action: str) -> None:
         self.add(
             "deid.basic-profile",
@@ -297,7 +399,10 @@ def _code_string(ds: Dataset, tag: int) -> str:
     return str(value).strip(" \x00").upper()
 
 
-def _declaration_findings(ds: Dataset, path: str) -> list[Finding]:
+def _declaration_findings(
+    ds: Dataset, path: str, unconverted: dict[int, int] | None = None
+) -> list[Finding]:
+    """``unconverted``: item counts of sequences the walk replayed without converting."""
     findings = []
     if _code_string(ds, PATIENT_IDENTITY_REMOVED) != "YES":
         findings.append(Finding(
@@ -308,7 +413,10 @@ def _declaration_findings(ds: Dataset, path: str) -> list[Finding]:
     method = ds.get_item(DEIDENTIFICATION_METHOD)
     codes = ds.get_item(DEIDENTIFICATION_METHOD_CODES)
     has_method = method is not None and has_value(method, "LO")
-    has_codes = codes is not None and has_value(codes, "SQ")
+    if codes is not None and unconverted and DEIDENTIFICATION_METHOD_CODES in unconverted:
+        has_codes = unconverted[DEIDENTIFICATION_METHOD_CODES] > 0  # as if converted
+    else:
+        has_codes = codes is not None and has_value(codes, "SQ")
     if not (has_method or has_codes):
         findings.append(Finding(
             "deid.method", "error",
@@ -343,11 +451,12 @@ def check_deidentification(
     a curator has reviewed and accepted as free of identifiers.
     ``element_visitor(elem, vr, prefix)`` is called for every public, non-sequence element the
     walk passes (``prefix`` names the enclosing sequence items), so conformance checks can
-    share this one pass over the file.
+    share this one pass over the file; a visitor with a ``vrs`` attribute (a set of VRs) is
+    called only for elements of those VRs.
     """
     walk = _Walk(path, frozenset(private_tag_allowlist), element_visitor)
     walk.walk(ds)
-    return walk.findings + _declaration_findings(ds, path)
+    return walk.findings + _declaration_findings(ds, path, walk.unconverted)
 
 
 def _uid(ds: Dataset, tag: int) -> str:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import mmap
 import os
+import struct
 import threading
 import warnings
 from collections import Counter, defaultdict
@@ -33,13 +35,23 @@ from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes, default_encoding
 from pydicom.config import RAISE
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
+from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import ENCODED_VR, _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
-from pydicom.valuerep import validate_value
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, validate_value
+from pydicom.values import convert_string
 
 from ingestion.report import Finding
 from ingestion.validators.deid import (
@@ -220,17 +232,29 @@ def _validate_text(vr: str, value: bytes, encodings: list[str] | None) -> bool:
 class _ValueChecker:
     """Checks values for their VR on raw bytes, as a visitor of the de-identification walk."""
 
+    #: The walk calls the visitor only for these VRs: the others are not checked here.
+    vrs = _CHECKED_TEXT_VRS | frozenset(_BINARY_SIZES)
+
     def __init__(self, path: str, encodings: list[str] | None) -> None:
         self.path = path
         self.encodings = encodings
+        self._cache_key = tuple(encodings) if encodings else None
+        #: What the verdicts depend on besides the element: lets the walk replay them.
+        self.cache_key = ("values", self._cache_key)
         self.findings: list[Finding] = []
 
     def __call__(self, elem: DataElement | RawDataElement, vr: str, prefix: str) -> None:
         value = elem.value
-        if value is None or not isinstance(value, bytes | bytearray):
-            return  # converted by pydicom already, which validated it on the way
+        if type(value) is not bytes:
+            if value is None or not isinstance(value, bytes | bytearray):
+                return  # converted by pydicom already, which validated it on the way
+            value = bytes(value)
         if vr in _CHECKED_TEXT_VRS:
-            ok = _value_valid(vr, bytes(value), self.encodings)
+            # Slices of one series repeat most values (UIDs, spacing, dates): remember verdicts.
+            key = (vr, value, self._cache_key)
+            ok = _VALID_CACHE.get(key)
+            if ok is None:
+                ok = _value_valid(vr, value, self.encodings)
         elif vr in _BINARY_SIZES:
             ok = len(value) % _BINARY_SIZES[vr] == 0
         else:
@@ -423,6 +447,97 @@ def _map_file(path: str) -> tuple[mmap.mmap | None, memoryview]:
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 
 
+_EXPLICIT_HEAD = struct.Struct("<HH2sH").unpack_from
+_IMPLICIT_HEAD = struct.Struct("<HHL").unpack_from
+_LENGTH_32 = struct.Struct("<L").unpack_from
+_ITEM_DELIMITER = 0xFFFEE00D
+_KNOWN_VRS = {raw: raw.decode(default_encoding) for raw in ENCODED_VR}
+_LONG_LENGTH_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+_new_tuple = tuple.__new__
+
+
+def _read_plain_header(header: bytes) -> Dataset | None:
+    """``dcmread(io.BytesIO(header))`` for the common case, without its per-element overhead.
+
+    Does what pydicom's ``read_partial`` does for a little-endian native file whose elements
+    (all of defined length, all explicit VRs known to pydicom) tile the header exactly: the
+    same preamble and file meta readers, the same raw elements in the same order, the same
+    Dataset and FileDataset construction and encodings. Returns None for anything else
+    (undefined lengths, an implicit/explicit VR switch, a command set, trailing bytes...),
+    and the caller parses with ``dcmread``.
+    """
+    fp = io.BytesIO(header)
+    preamble = read_preamble(fp, False)
+    file_meta = _read_file_meta_info(fp)
+    syntax = file_meta.get("TransferSyntaxUID")
+    if syntax == ExplicitVRLittleEndian:
+        implicit = False
+    elif syntax == ImplicitVRLittleEndian:
+        implicit = True
+    else:
+        return None
+    pos = fp.tell()
+    end = len(header)
+    if end - pos < 8:
+        return None
+    # read_partial's command set (group 0000) and read_dataset's VR-switch guess: take
+    # neither path.
+    first_vr = header[pos + 4:pos + 6]
+    looks_explicit = 0x40 < first_vr[0] < 0x5B and 0x40 < first_vr[1] < 0x5B
+    if header[pos:pos + 2] == b"\x00\x00" or looks_explicit == implicit:
+        return None
+    elements: dict[BaseTag, RawDataElement] = {}
+    while pos < end:
+        if end - pos < 8:
+            return None
+        if implicit:
+            group, elem, length = _IMPLICIT_HEAD(header, pos)
+            vr = None
+            pos += 8
+        else:
+            group, elem, raw_vr, length = _EXPLICIT_HEAD(header, pos)
+            vr = _KNOWN_VRS.get(raw_vr)  # pydicom's ENCODED_VR, decoded
+            if vr is None:
+                return None
+            pos += 8
+            if vr in _LONG_LENGTH_VRS:
+                if end - pos < 4:
+                    return None
+                length = _LENGTH_32(header, pos)[0]
+                pos += 4
+        tag = group << 16 | elem
+        if tag == _ITEM_DELIMITER or length == _UNDEFINED or pos + length > end:
+            return None
+        value = header[pos:pos + length] if length > 0 else empty_value_for_VR(vr, raw=True)
+        if tag == 0x00080005:  # as pydicom's element generator does (it may warn or raise)
+            convert_encodings(convert_string(value or b"", True))
+        key = BaseTag(tag)
+        # RawDataElement(key, vr, length, value, pos, implicit, True), without the Python-level
+        # __new__ of a NamedTuple (is_raw=True and is_buffered=False are its defaults)
+        elements[key] = _new_tuple(
+            RawDataElement, (key, vr, length, value, pos, implicit, True, True, False)
+        )
+        pos += length
+    dataset = Dataset(elements, parent_encoding=default_encoding)
+    if 0x00080005 in elements:
+        charset = convert_raw_data_element(elements[BaseTag(0x00080005)]).value
+        encoding = convert_encodings(charset)
+    else:
+        encoding = default_encoding
+    dataset.set_original_encoding(implicit, True, encoding)
+    ds = FileDataset(fp, dataset, preamble, file_meta, implicit, True)
+    ds.set_original_encoding(implicit, True, dataset._character_set)
+    return ds
+
+
+def _transfer_syntax(meta: Dataset) -> str:
+    """``str(meta.get("TransferSyntaxUID", "") or "")``; the file meta reader has already
+    converted the element, so its value is taken without the keyword lookup."""
+    elem = meta.get_item(0x00020010)
+    value = elem.value if isinstance(elem, DataElement) else meta.get("TransferSyntaxUID", "")
+    return str(value or "")
+
+
 def _parse_fast(view: memoryview) -> Dataset | None:
     """Parse the header only, then attach native pixel data as a zero-copy view.
 
@@ -437,11 +552,14 @@ def _parse_fast(view: memoryview) -> Dataset | None:
     pos = buf.find(_PIXEL_TAG_LE, 132, len(view))
     if pos < 0:
         return None
+    header = bytes(view[:pos])
     try:
-        ds = dcmread(io.BytesIO(bytes(view[:pos])))
+        ds = _read_plain_header(header)
+        if ds is None:
+            ds = dcmread(io.BytesIO(header))
     except Exception:  # noqa: BLE001 - the whole-file parse gives the verdict
         return None
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    syntax = _transfer_syntax(ds.file_meta)
     if syntax not in NATIVE_SYNTAXES or syntax in (DEFLATED, BIG_ENDIAN) or not len(ds):
         return None
     last = ds.get_item(next(reversed(ds.keys())))
@@ -583,12 +701,26 @@ def _check_dataset(
     return _FileOutcome(record, findings, ids, _geometry_of(elems, rel, record), seg)
 
 
+def _meta_uid(meta: Dataset, tag: int, keyword: str) -> str:
+    """A file meta UID as its converted value's text, stripped.
+
+    A plain single-valued raw UI value converts to its Latin-1 text without trailing
+    padding (pydicom's ``convert_UI``), so it is read straight from the bytes; anything else
+    takes pydicom's conversion.
+    """
+    elem = meta.get_item(tag)
+    if (isinstance(elem, RawDataElement) and elem.VR == "UI" and type(elem.value) is bytes
+            and b"\\" not in elem.value):
+        return elem.value.decode("latin-1").strip(" \x00")
+    return str(meta.get(keyword, "") or "").strip(" \x00")
+
+
 def _check_required(ds: Dataset, elems: Elements, path: str) -> list[Finding]:
     findings = []
     sop_class = _raw_text(elems, SOP_CLASS_UID)
     meta = ds.file_meta
-    meta_class = str(meta.get("MediaStorageSOPClassUID", "") or "").strip(" \x00")
-    meta_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip(" \x00")
+    meta_class = _meta_uid(meta, 0x00020002, "MediaStorageSOPClassUID")
+    meta_instance = _meta_uid(meta, 0x00020003, "MediaStorageSOPInstanceUID")
     sop_instance = _raw_text(elems, SOP_INSTANCE_UID)
     if sop_class and meta_class and meta_class != sop_class:
         findings.append(Finding(
@@ -692,7 +824,7 @@ def _check_pixels(ds: Dataset, elems: Elements, path: str) -> list[Finding]:
     present = [t for t in PIXEL_TAGS if t in elems]
     if not present:
         return []
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    syntax = _transfer_syntax(ds.file_meta)
     photometric = _raw_text(elems, PHOTOMETRIC) or ""
     native = (present == [PIXEL_DATA] and syntax in NATIVE_SYNTAXES
               and photometric != "YBR_FULL_422" and _raw_int(elems, BITS_ALLOCATED) != 1)
@@ -736,7 +868,7 @@ def _geometry_of(elems: Elements, path: str, record: dict[str, Any]) -> dict[str
 def _vector(elems: Elements, tag: int, length: int) -> tuple[float, ...] | None:
     """A fixed-length numeric vector, or None when absent, malformed or not finite."""
     values = _raw_floats(elems, tag)
-    if values is None or len(values) != length or not all(np.isfinite(values)):
+    if values is None or len(values) != length or not all(map(math.isfinite, values)):
         return None
     return values
 
