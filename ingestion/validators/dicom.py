@@ -525,6 +525,7 @@ def _read_plain_header(header: bytes) -> Dataset | None:
     else:
         encoding = default_encoding
     dataset.set_original_encoding(implicit, True, encoding)
+    fp.seek(0, os.SEEK_END)  # where dcmread leaves it
     ds = FileDataset(fp, dataset, preamble, file_meta, implicit, True)
     ds.set_original_encoding(implicit, True, dataset._character_set)
     return ds

@@ -46,6 +46,7 @@ def snapshot(ds: Dataset) -> tuple:
         type(ds), [(int(t), e) for t, e in ds._dict.items()],
         type(ds.file_meta), [(int(t), e) for t, e in ds.file_meta._dict.items()],
         ds.is_implicit_VR, ds.is_little_endian, ds.original_character_set, attrs,
+        ds.buffer.tell(),
     )
 
 
