@@ -107,6 +107,17 @@ def _more_shares_expected(found: list[tuple[ReceiverLink, dict[str, Any]]]) -> b
     return len(_share_set(found)) < n
 
 
+def _warm_up() -> None:
+    """Import what reconstruction and validation use and start the validation pool's server
+    while no transfer waits; otherwise the first transfer after a start pays a second or two."""
+    import ingestion.pipeline  # noqa: F401
+    import ingestion.validate  # noqa: F401
+    import secret_sharing.combine  # noqa: F401
+    from ingestion.validators.dicom import warm_pool
+
+    warm_pool()
+
+
 def fits_in_memory(tmpfs: Path, size: int, fraction: float) -> bool:
     """Whether ``size`` bytes are at most ``fraction`` of both the memory available and the
     free space of the tmpfs at ``tmpfs``."""
@@ -217,11 +228,9 @@ class ReconstructionWorker:
     def run(self, stop: threading.Event) -> None:
         """Poll and process until ``stop`` is set; never dies on one bad transfer."""
         try:
-            from ingestion.validators.dicom import warm_pool
-
-            warm_pool()
-        except Exception:  # the first transfer starts it instead
-            log.warning("could not start the validation pool early", exc_info=True)
+            _warm_up()
+        except Exception:  # the first transfer imports and starts them instead
+            log.warning("could not prepare reconstruction and validation early", exc_info=True)
         while not stop.is_set():
             try:
                 self.run_once()
