@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.errors import EnclaveError
 from ingestion.diskio import fdatasync, start_writeback
+from secret_sharing.fileio import writev_at
 
 FORMAT = "enclave-store/2"
 #: Formats this module reads; the crypto of both carries the first's label.
@@ -205,19 +206,6 @@ def _decrypt_segments(
                 raise StoreError(f"{what} has data after its final segment")
             return
         index += 1
-
-
-def _pwrite_all(fd: int, buffers: list[Any], offset: int) -> None:
-    """``pwritev`` at ``offset`` until every buffer is written (a short write is legal)."""
-    views = [memoryview(b) for b in buffers if len(b)]
-    while views:
-        written = os.pwritev(fd, views[:512], offset)  # IOV_MAX is 1024 on Linux
-        offset += written
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
 
 
 def _flush_to_disk(folder: Path) -> None:
@@ -414,10 +402,10 @@ class VersionWriter:
                 batch.append(record)
                 batch_bytes += len(record)
                 if batch_bytes >= self.segment_size:
-                    _pwrite_all(fd, batch, offset + written)
+                    writev_at(fd, batch, offset + written)
                     written += batch_bytes
                     batch, batch_bytes = [], 0
-            _pwrite_all(fd, batch, offset + written)
+            writev_at(fd, batch, offset + written)
             written += batch_bytes
             if written != length:
                 raise StoreError(f"{rel} changed size while it was being stored")

@@ -36,6 +36,7 @@ from secret_sharing.errors import (
     ShareParameterError,
     ShareSignatureError,
 )
+from secret_sharing.fileio import read_into
 from secret_sharing.keys import key_fingerprint
 from secret_sharing.shamir import combine_secret
 from secret_sharing.split import worker_count
@@ -314,7 +315,7 @@ class _SegmentDecoder:
         for position, share in enumerate(shares):
             block = view[position * length : (position + 1) * length]
             try:
-                _pread_into(share.fd, block, offset)
+                read_into(share.fd, block, offset)
             except EOFError:
                 problems[share] = f"truncated in segment {segment}"
                 continue
@@ -355,16 +356,6 @@ class _SegmentDecoder:
                 "hashes: the transfer is corrupt at its source"
             ) from None
         return view[:plaintext_length]
-
-
-def _pread_into(fd: int, target: memoryview, offset: int) -> None:
-    """Fill ``target`` from ``fd`` at ``offset`` (a short read is legal; EOF is not)."""
-    while target:
-        got = os.preadv(fd, [target], offset)
-        if not got:
-            raise EOFError
-        target = target[got:]
-        offset += got
 
 
 def _open_candidates(

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secret_sharing import format as fmt
 from secret_sharing.errors import DatasetError, OutputExistsError, ShareParameterError
+from secret_sharing.fileio import write_at
 from secret_sharing.keys import key_fingerprint
 from secret_sharing.packing import measure_dataset, pack_segments
 from secret_sharing.shamir import split_secret
@@ -109,15 +110,6 @@ class _SegmentEncoder:
             hashes.append(fmt.block_hash(self._tid, j + 1, index, blocks[j]))
             write_at(self.fds[j], blocks[j], offset)
         return hashes
-
-
-def write_at(fd: int, data: object, offset: int) -> None:
-    """os.pwrite until everything is written (a short write is legal)."""
-    view = memoryview(data)  # type: ignore[arg-type]
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 def _check_signing_key(signing_key: object) -> Ed25519PrivateKey:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from secret_sharing.errors import ShareIntegrityError
+from secret_sharing.fileio import writev_at
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -123,16 +124,6 @@ def _member_mode(mode: int) -> int:
     if not mode & 0o100:
         mode &= ~0o111
     return mode | 0o600
-
-
-def _write_all(fd: int, views: list[memoryview]) -> None:
-    while views:
-        written = os.writev(fd, views[:512])  # IOV_MAX is 1024 on Linux
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
 
 
 class _Unpacker:
@@ -240,10 +231,11 @@ class _Unpacker:
         try:
             if keep:
                 kept = list(self.cursor.views(size))
-                _write_all(fd, list(kept))
+                writev_at(fd, kept, 0)
             else:
+                written = 0
                 for view in self.cursor.views(size):
-                    _write_all(fd, [view])
+                    written += writev_at(fd, [view], written)
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)

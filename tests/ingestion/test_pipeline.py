@@ -22,6 +22,20 @@ needs_tmpfs = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def staging_choices(monkeypatch) -> list[Path]:
+    """The staging folder the worker picks for each transfer, in order."""
+    chosen: list[Path] = []
+    original = ReconstructionWorker._staging_for
+
+    def spy(self, tid, found):
+        chosen.append(original(self, tid, found))
+        return chosen[-1]
+
+    monkeypatch.setattr(ReconstructionWorker, "_staging_for", spy)
+    return chosen
+
+
 @needs_tmpfs
 def test_only_a_tmpfs_with_room_to_spare_is_used_for_staging(tmp_path):
     assert fits_in_memory(SHM, 1024 * 1024, 0.25)
@@ -48,26 +62,19 @@ def test_the_encryption_backlog_blocks_the_unpacker_until_bytes_are_released():
 
 
 def test_a_transfer_staged_on_disk_with_files_read_back_from_staging_catalogs_identically(
-    enclave, provider, make_service, sample_dataset, split, tmp_path, monkeypatch
+    enclave, provider, make_service, sample_dataset, split, tmp_path, monkeypatch,
+    staging_choices,
 ):
     """The path for datasets too large for memory: staging under STATE/staging, and files
     over the in-memory limit encrypted from their staged copy instead of from memory."""
     monkeypatch.setattr(unpacking, "IN_MEMORY_LIMIT", 1024)  # DICOM slices are larger
-    chosen: list[Path] = []
-    original = ReconstructionWorker._staging_for
-
-    def spy(self, tid, found):
-        chosen.append(original(self, tid, found))
-        return chosen[-1]
-
-    monkeypatch.setattr(ReconstructionWorker, "_staging_for", spy)
     service = make_service(worker_settings=WorkerSettings(memory_staging_fraction=0))
     shares = split(sample_dataset, provider)
     send_shares(shares.share_paths, [service.coordinator_url], provider.token)
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "cataloged", transfer.reason
     paths = IngestPaths(enclave.state_dir)
-    assert chosen and all(path.parent == paths.staging for path in chosen)
+    assert staging_choices and all(p.parent == paths.staging for p in staging_choices)
     out = store.materialize(transfer.version, tmp_path / "out", enclave.master_key)
     stored = {p: data for p, data in source_files(out).items() if not p.startswith("derived/")}
     assert stored == source_files(sample_dataset)
@@ -76,20 +83,14 @@ def test_a_transfer_staged_on_disk_with_files_read_back_from_staging_catalogs_id
 
 @needs_tmpfs
 def test_a_small_transfer_is_staged_on_tmpfs_and_leaves_nothing_there(
-    enclave, provider, service, sample_dataset, split, monkeypatch
+    enclave, provider, service, sample_dataset, split, staging_choices
 ):
-    chosen: list[Path] = []
-    original = ReconstructionWorker._staging_for
-
-    def spy(self, tid, found):
-        chosen.append(original(self, tid, found))
-        return chosen[-1]
-
-    monkeypatch.setattr(ReconstructionWorker, "_staging_for", spy)
     shares = split(sample_dataset, provider)
     send_shares(shares.share_paths, [service.coordinator_url], provider.token)
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "cataloged", transfer.reason
     paths = IngestPaths(enclave.state_dir)
-    assert chosen and all(path.parent == paths.memory_staging for path in chosen)
+    assert staging_choices and all(
+        p.parent == paths.memory_staging for p in staging_choices
+    )
     assert not paths.memory_staging.exists()  # not even an empty folder stays on the tmpfs
