@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zfec
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -41,6 +42,9 @@ from secret_sharing.keys import key_fingerprint
 from secret_sharing.shamir import combine_secret
 from secret_sharing.split import worker_count
 from secret_sharing.unpacking import FileCallback, SegmentCursor, unpack_segments
+
+if TYPE_CHECKING:
+    from secret_sharing.verify import BlockDigester
 
 Progress = Callable[[int], None]
 MAX_MANIFEST_LENGTH = 4 * 1024 * 1024
@@ -214,9 +218,15 @@ def _read_key_share(info: ShareInfo, fd: int) -> bytes:
     return key_share
 
 
-def verify_share(path: Path, verify_key: Ed25519PublicKey) -> ShareInfo:
+def verify_share(
+    path: Path, verify_key: Ed25519PublicKey, digester: BlockDigester | None = None
+) -> ShareInfo:
     """Check one share completely on its own: signature, layout, index, key share and
-    every data block. Raises a ShareError naming the file, or returns its info."""
+    every data block. Raises a ShareError naming the file, or returns its info.
+
+    ``digester`` (a receiver's ``BlockDigester``, fed the blocks as they were stored) stands
+    in for reading the data blocks back when it covers exactly this share.
+    """
     info = read_share_info(path)
     _check_signature(info, verify_key)
     fd = os.open(info.path, os.O_RDONLY)
@@ -225,10 +235,14 @@ def verify_share(path: Path, verify_key: Ed25519PublicKey) -> ShareInfo:
         _read_key_share(info, fd)
         layout = info.layout
         tid = info.header.transfer_id
+        digests = digester.digests_for(info) if digester is not None else None
         for segment in range(layout.segment_count):
-            block = _pread_exact(fd, layout.block_length(segment), layout.block_offset(segment))
-            expected = index[segment * fmt.HASH_LEN : (segment + 1) * fmt.HASH_LEN]
-            if fmt.block_hash(tid, info.index, segment, block) != expected:
+            if digests is not None:
+                digest = digests[segment]
+            else:
+                block = _pread_exact(fd, layout.block_length(segment), layout.block_offset(segment))
+                digest = fmt.block_hash(tid, info.index, segment, block)
+            if digest != index[segment * fmt.HASH_LEN : (segment + 1) * fmt.HASH_LEN]:
                 raise ShareIntegrityError(
                     f"{info.path}: data block of segment {segment} does not match its signed hash (corrupt)"
                 )
