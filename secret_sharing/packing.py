@@ -122,7 +122,8 @@ def _walk(path: Path, arcname: str, st: os.stat_result) -> Iterator[_Member]:
         yield from _walk(child, f"{arcname}/{_arcname_part(child, entry.name)}", child_st)
 
 
-def _padded(size: int) -> int:
+def padded(size: int) -> int:
+    """A member's data length rounded up to whole tar blocks."""
     return -(-size // BLOCK) * BLOCK
 
 
@@ -147,7 +148,7 @@ def measure_dataset(source: Path) -> DatasetSummary:
         else:
             files += 1
             content += member.size
-        member_bytes += len(member.header) + _padded(member.size)
+        member_bytes += len(member.header) + padded(member.size)
     return DatasetSummary(source.name, kind, files, dirs, content, _stream_length(member_bytes))
 
 
@@ -201,9 +202,9 @@ def pack_segments(source: Path, segment_size: int) -> Iterator[bytearray]:
                     yield full
             if os.fstat(handle.fileno()).st_size != member.size:
                 raise DatasetError(f"{member.path} changed size while it was being split")
-        padding = _padded(member.size) - member.size
+        padding = padded(member.size) - member.size
         yield from put(bytes(padding))
-        member_bytes += _padded(member.size)
+        member_bytes += padded(member.size)
     yield from put(bytes(_stream_length(member_bytes) - member_bytes))
     if filled:
         view.release()

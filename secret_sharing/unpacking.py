@@ -23,8 +23,8 @@ from pathlib import Path
 
 from secret_sharing.errors import ShareIntegrityError
 from secret_sharing.fileio import writev_at
+from secret_sharing.packing import BLOCK, padded
 
-BLOCK = tarfile.BLOCKSIZE  # 512
 ZERO_BLOCK = bytes(BLOCK)
 #: Files up to this size are handed to ``on_file`` as views of the segments holding them;
 #: larger ones only by path (the caller reads them back), so memory stays bounded.
@@ -92,10 +92,6 @@ def dataset_relative(member_name: str) -> str:
     """``NAME/a/b.dcm`` -> ``a/b.dcm``; a single-file dataset is its own name."""
     _, _, rest = member_name.partition("/")
     return rest or member_name
-
-
-def _padded(size: int) -> int:
-    return -(-size // BLOCK) * BLOCK
 
 
 def _pax_records(data: bytes, where: str) -> dict[str, str]:
@@ -176,7 +172,7 @@ class _Unpacker:
         if size > 1024 * 1024:
             raise self._fail("the reconstructed archive is invalid: a pax header is too long")
         records = _pax_records(self.cursor.read(size), self.where)
-        self.cursor.skip(_padded(size) - size)
+        self.cursor.skip(padded(size) - size)
         for key in records:
             if key not in ("path", "size") and key not in _IGNORED_PAX_KEYS:
                 raise self._fail(f"the reconstructed archive uses the unsupported pax key {key!r}")
@@ -239,7 +235,7 @@ class _Unpacker:
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
-        self.cursor.skip(_padded(size) - size)
+        self.cursor.skip(padded(size) - size)
         if self.on_file is not None:
             self.on_file(target, dataset_relative(name), kept if keep else None)
 
