@@ -238,9 +238,8 @@ class _ValueChecker:
     def __init__(self, path: str, encodings: list[str] | None) -> None:
         self.path = path
         self.encodings = encodings
-        self._cache_key = tuple(encodings) if encodings else None
         #: What the verdicts depend on besides the element: lets the walk replay them.
-        self.cache_key = ("values", self._cache_key)
+        self.cache_key = ("values", tuple(encodings) if encodings else None)
         self.findings: list[Finding] = []
 
     def __call__(self, elem: DataElement | RawDataElement, vr: str, prefix: str) -> None:
@@ -250,11 +249,7 @@ class _ValueChecker:
                 return  # converted by pydicom already, which validated it on the way
             value = bytes(value)
         if vr in _CHECKED_TEXT_VRS:
-            # Slices of one series repeat most values (UIDs, spacing, dates): remember verdicts.
-            key = (vr, value, self._cache_key)
-            ok = _VALID_CACHE.get(key)
-            if ok is None:
-                ok = _value_valid(vr, value, self.encodings)
+            ok = _value_valid(vr, value, self.encodings)  # verdicts cached across slices
         elif vr in _BINARY_SIZES:
             ok = len(value) % _BINARY_SIZES[vr] == 0
         else:
