@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(CURDIR)/.enclave
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 # Debian packages the suite and the embedded enclave need.
-APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver
+APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2
 
 .PHONY: test up down lint system-deps venv bench clean
 

@@ -1,0 +1,102 @@
+"""The parity blocks computed with ISA-L are zfec's, byte for byte, for any k-of-n.
+
+The share format is defined by zfec's code (docs/share-format.md section 5); ISA-L only
+computes it faster. If these bytes ever differed, shares split here could not be rebuilt
+by a receiver that decodes with zfec, so the comparison is against zfec itself.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import zfec
+
+from secret_sharing import erasure
+from secret_sharing.erasure import ParityEncoder, isal_available, zfec_coefficients
+
+needs_isal = pytest.mark.skipif(
+    not isal_available(), reason="ISA-L (Debian libisal2, installed by `make system-deps`) is missing"
+)
+
+SHAPES = [(1, 2), (2, 3), (3, 5), (4, 6), (5, 12), (10, 20), (17, 255), (200, 255), (254, 255)]
+
+
+def primary_blocks(k: int, length: int, seed: int) -> list[bytearray]:
+    rng = random.Random(seed)
+    return [bytearray(rng.randbytes(length)) for _ in range(k)]
+
+
+def zfec_parity(k: int, n: int, primaries: list) -> list[bytes]:
+    return [bytes(b) for b in zfec.Encoder(k, n).encode([bytes(p) for p in primaries], list(range(k, n)))]
+
+
+@needs_isal
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_isal_parity_is_zfec_parity(k, n):
+    encoder = ParityEncoder(k, n)
+    assert encoder.engine == "isa-l"
+    for length in (1, 31, 64, 1000, 4099):  # below, at and across ISA-L's 32/64-byte lanes
+        primaries = primary_blocks(k, length, seed=k * 1000 + n + length)
+        parity = encoder.encode(primaries)
+        assert [bytes(p) for p in parity] == zfec_parity(k, n, primaries), (k, n, length)
+
+
+@needs_isal
+def test_isal_parity_of_a_full_segment_matches_and_decodes_with_zfec():
+    k, n = 3, 5
+    block = -(-(4 * 1024 * 1024 + 16) // k)  # a default 4 MiB segment plus its GCM tag
+    buffer = bytearray(random.Random(7).randbytes(block * k))
+    view = memoryview(buffer)
+    primaries = [view[i * block : (i + 1) * block] for i in range(k)]
+    parity = ParityEncoder(k, n).encode(primaries)
+    assert [bytes(p) for p in parity] == zfec_parity(k, n, primaries)
+    # Any k of the n blocks rebuild the primaries with zfec's decoder (what combine uses).
+    blocks = list(primaries) + parity
+    rebuilt = zfec.Decoder(k, n).decode([bytes(blocks[m]) for m in (1, 3, 4)], [1, 3, 4])
+    assert b"".join(bytes(b) for b in rebuilt) == bytes(buffer)
+
+
+@needs_isal
+def test_read_only_primaries_are_accepted():
+    primaries = [bytes(b) for b in primary_blocks(3, 100, seed=1)]
+    assert [bytes(p) for p in ParityEncoder(3, 5).encode(primaries)] == zfec_parity(3, 5, primaries)
+
+
+def test_coefficients_are_zfecs_matrix():
+    """Row i, column j is the parity byte k+i of a unit block j; check one product."""
+    k, n = 4, 7
+    matrix = zfec_coefficients(k, n)
+    assert len(matrix) == (n - k) * k
+    assert all(matrix)  # a Cauchy-like systematic code has no zero coefficient here
+    primaries = primary_blocks(k, 1, seed=3)
+    expected = zfec_parity(k, n, primaries)
+    assert ParityEncoder(k, n).encode(primaries)[0][0] == expected[0][0]
+
+
+def test_without_isal_the_encoder_is_zfec(monkeypatch):
+    monkeypatch.setenv(erasure.USE_ISAL_ENV, "0")
+    erasure._isal.cache_clear()
+    try:
+        encoder = ParityEncoder(3, 5)
+        assert encoder.engine == "zfec"
+        primaries = primary_blocks(3, 777, seed=5)
+        assert [bytes(p) for p in encoder.encode(primaries)] == zfec_parity(3, 5, primaries)
+    finally:
+        monkeypatch.delenv(erasure.USE_ISAL_ENV)
+        erasure._isal.cache_clear()
+
+
+@pytest.mark.parametrize("k,n", [(3, 3), (1, 1)])
+def test_no_parity_when_n_equals_k(k, n):
+    assert ParityEncoder(k, n).encode(primary_blocks(k, 10, seed=0)) == []
+
+
+def test_blocks_of_unequal_length_are_refused():
+    encoder = ParityEncoder(2, 3)
+    if encoder.engine != "isa-l":
+        pytest.skip("zfec reports this itself")
+    with pytest.raises(ValueError, match="differ in length"):
+        encoder.encode([bytearray(10), bytearray(11)])
+    with pytest.raises(ValueError, match="3 primary blocks given, 2 expected"):
+        encoder.encode([bytearray(10)] * 3)
