@@ -9,9 +9,11 @@ JSON) is timed from the start of the provider's split to the transfer's catalog 
 on this one machine (the provider's split competes with the enclave for its two cores and
 one disk); "send_to_catalog" is the part after the split, what a data manager waits for
 once the shares exist. The whole path runs ``--repeat`` times over the same dataset (fresh
-service, keys and state each time) and the median run is reported next to all of them. CPU
-seconds of the path (this process and the receivers) are printed with the load average, as
-wall time on a shared machine depends on the neighbours. Then the raw ``pydicom.dcmread``
+service, keys and state each time; the clock starts once the service is up and warm, as a
+long-running one is when a provider sends) and the median run is reported next to all of
+them. CPU seconds of the path (this process, the receivers and the validation processes,
+each counted from the clock's start) are printed with the load average, as wall time on a
+shared machine depends on the neighbours. Then the raw ``pydicom.dcmread``
 rate over the same files next to ``validate_dataset``'s rate; then catalog search latency on PostgreSQL with 10,000 datasets
 and 1,000,000 files (``benchmarks.catalog_search``). MB is 10^6 bytes. The last line printed
 is one JSON object for scripts.
@@ -85,8 +87,12 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int) -> dict:
         actor="bench", quota_bytes=10**12,
     )
     service = IngestService(state, master_key, port=0, receivers=n, catalog=catalog)
-    cpu0 = _cpu_seconds()
     with service.running():
+        # A service runs for months: its start (receivers importing their stack, the worker
+        # starting the validation pool's server) is not part of any transfer's path.
+        if not service.wait_until_warm():
+            raise SystemExit("the ingestion worker did not warm up")
+        cpu0 = PathCpu(service)
         t0 = time.perf_counter()
         result = split_dataset(
             dataset, work / "shares", k=k, n=n, signing_key=load_signing_key(signing)
@@ -100,7 +106,7 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int) -> dict:
                 break
             time.sleep(0.05)
         t_done = time.perf_counter()
-    cpu_s = _cpu_seconds() - cpu0  # the receivers have exited: their CPU time is counted
+    cpu = cpu0.since()  # the receivers have exited and been reaped: all of theirs counted
     if transfer.state != "cataloged":
         raise SystemExit(f"transfer ended {transfer.state}: {transfer.reason}")
     report = catalog.get_version("bench-ct", 1).report or {}
@@ -112,21 +118,66 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int) -> dict:
         "after_send_s": round(t_done - t_sent, 2),
         "total_s": round(t_done - t0, 2),
         "send_to_catalog_s": round(t_done - t_split, 2),
-        "cpu_s": round(cpu_s, 1),
+        "cpu_s": round(cpu["total"], 1),
+        "cpu_split_s": {name: round(seconds, 1) for name, seconds in cpu.items()},
         "worker": timings,
         "share_bytes": sum(p.stat().st_size for p in result.share_paths),
     }
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its exited children (the receivers), user + system.
-    Contention-independent, unlike wall time on a shared machine; validation pool workers
-    (children of a forkserver that outlives the run) are not included."""
-    import resource
+def _process_cpu(pid: int, *, children: bool = False) -> float:
+    """User + system seconds of a live process (or of its reaped children) from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    first = 13 if children else 11  # utime, stime; cutime, cstime
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+def _validation_pool_server() -> int | None:
+    from multiprocessing import forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+class PathCpu:
+    """CPU seconds spent on the path from now on, by part: this process (split, send,
+    worker), the n receiver processes, and the validation pool's processes (children of the
+    multiprocessing forkserver, reaped by it, so read from its /proc entry). Contention-
+    independent, unlike wall time on a shared machine."""
+
+    def __init__(self, service) -> None:  # noqa: ANN001 - an IngestService
+        import resource
+
+        self._resource = resource
+        self._receivers = [proc.pid for proc in service._procs]
+        self._receivers_before = sum(_process_cpu(pid) for pid in self._receivers)
+        self._pool = _validation_pool_server()
+        self._pool_before = _process_cpu(self._pool, children=True) if self._pool else 0.0
+        self._own_before = self._own()
+        self._reaped_before = self._reaped()
+
+    def _own(self) -> float:
+        usage = self._resource.getrusage(self._resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def _reaped(self) -> float:
+        usage = self._resource.getrusage(self._resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def since(self) -> dict[str, float]:
+        """Call after the service stopped (receivers exited and reaped)."""
+        parts = {
+            "this_process": self._own() - self._own_before,
+            # Reaped children are the receivers (counted whole, so minus their start-up).
+            "receivers": self._reaped() - self._reaped_before - self._receivers_before,
+            "validation_pool": (
+                _process_cpu(self._pool, children=True) - self._pool_before if self._pool else 0.0
+            ),
+        }
+        parts["total"] = sum(parts.values())
+        return parts
 
 
 def raw_and_validation_rate(dataset: Path) -> dict:
@@ -200,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{path['split_s']} s, send {path['send_s']} s, then reconstruct/validate/"
                   f"store/catalog {path['after_send_s']} s; worker {path['worker']}); send "
                   f"start -> cataloged {size / 1e6 / path['send_to_catalog_s']:.1f} MB/s; "
-                  f"CPU {path['cpu_s']} s; load average {load[0]:.2f} {load[1]:.2f} "
+                  f"CPU {path['cpu_s']} s ({', '.join(f'{k} {v}' for k, v in path['cpu_split_s'].items() if k != 'total')}); load average {load[0]:.2f} {load[1]:.2f} "
                   f"{load[2]:.2f} on {os.cpu_count()} CPUs")
             shutil.rmtree(work / "shares", ignore_errors=True)
             shutil.rmtree(work / "state", ignore_errors=True)

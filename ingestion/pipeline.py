@@ -23,6 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from enclave.allocator import tune_allocator
 from ingestion.manifest import MANIFEST_NAME, DatasetManifest
 from ingestion.store import VersionWriter
 from ingestion.validate import DERIVED_DIR, PrecheckedDicom, is_dicom_candidate
@@ -125,7 +126,9 @@ class StreamingIngest:
         from ingestion.validators.dicom import pool_context, precheck_files
 
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=pool_context())
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=pool_context(), initializer=tune_allocator
+            )
         rels, self._pending = self._pending, []
         future = self._pool.submit(precheck_files, self._pending_root, rels, self.subject_attribute)
         self._checks.append((self.subject_attribute, future))

@@ -172,9 +172,16 @@ def _fsync(fh: Any) -> None:
 WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
-def _start_writeback(fh: Any, offset: int, nbytes: int) -> None:
+def _start_writeback(fh: Any, offset: int, nbytes: int, drop_before: int) -> int:
+    """Queue the new bytes for the disk and drop what lies before ``drop_before`` (written
+    out a window earlier) from the page cache; returns the new drop mark."""
     fh.flush()
     diskio.start_writeback(fh.fileno(), offset, nbytes)
+    dropped = drop_before
+    if offset > dropped:
+        diskio.drop_behind(fh.fileno(), dropped, offset - dropped)
+        dropped = offset
+    return dropped
 
 
 #: Bytes read at a time when a digester catches up with a part file already on disk.
@@ -402,13 +409,15 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
             if digester.position != received:  # the part file changed meanwhile; try again
                 raise HTTPException(409, f"share {index} of {transfer_id} changed while resuming")
             digesters[transfer_id] = digester
-        written = flushed = received
+        written = flushed = dropped = received
         disconnected = too_long = mismatch = False
         with open(part, "ab") as fh:
             try:
                 async for chunk in request.stream():
                     if written - flushed >= WRITEBACK_BYTES:
-                        await run_in_threadpool(_start_writeback, fh, flushed, written - flushed)
+                        dropped = await run_in_threadpool(
+                            _start_writeback, fh, flushed, written - flushed, dropped
+                        )
                         flushed = written
                     if written < HEADER_LEN and chunk:
                         # The first bytes must be the header announced in the prologue.

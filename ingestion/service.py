@@ -244,7 +244,9 @@ class IngestService:
 
     def __post_init__(self) -> None:
         from catalog import open_catalog, resolve_database_url
+        from enclave.allocator import tune_allocator
 
+        tune_allocator()  # this process will run the worker: gigabytes through buffers
         self.state_dir = Path(self.state_dir)
         self.paths = IngestPaths(self.state_dir)
         self.database_url = resolve_database_url(self.state_dir, self.database_url)
@@ -316,6 +318,12 @@ class IngestService:
         return create_coordinator_app(
             catalog=self.catalog, paths=self.paths, receivers=links, worker=self.worker
         )
+
+    def wait_until_warm(self, timeout: float = 120) -> bool:
+        """Wait until the worker has warmed up (modules imported, validation pool's server
+        started); a long-running service is warm before its first provider sends anything,
+        so the benchmark times transfers from here. False on timeout or without a worker."""
+        return self.worker is not None and self.worker.warm.wait(timeout)
 
     def write_service_file(self) -> None:
         self.paths.ingest.mkdir(parents=True, exist_ok=True)

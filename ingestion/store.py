@@ -50,7 +50,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.errors import EnclaveError
-from ingestion.diskio import fdatasync, start_writeback
+from ingestion.diskio import drop_behind, fdatasync, start_writeback
 from secret_sharing.fileio import writev_at
 
 FORMAT = "enclave-store/2"
@@ -273,13 +273,16 @@ class _Packs:
         with self._lock:
             self._writers[number] -= 1
             if not self._writers[number] and number in self._retired:
-                os.close(self._retired.pop(number))
+                fd = self._retired.pop(number)
+                drop_behind(fd, 0, PACK_BYTES)  # a full pack is written once, read later
+                os.close(fd)
 
     def _next_pack(self) -> None:
         if self._fd is not None:
             if self._writers.get(self._number):
                 self._retired[self._number] = self._fd
             else:
+                drop_behind(self._fd, 0, PACK_BYTES)
                 os.close(self._fd)
         self._number += 1
         path = self.folder / f"{self._number:06d}.pack"

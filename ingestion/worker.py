@@ -205,6 +205,9 @@ class ReconstructionWorker:
         # due: retried once the set of complete shares changes.
         self._waiting: dict[str, frozenset[int]] = {}
         self.last_error: str | None = None
+        #: Set once the worker has imported its modules and started the validation pool
+        #: (or failed to): ``IngestService.wait_until_warm`` waits for it.
+        self.warm = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -231,6 +234,8 @@ class ReconstructionWorker:
             _warm_up()
         except Exception:  # the first transfer imports and starts them instead
             log.warning("could not prepare reconstruction and validation early", exc_info=True)
+        finally:
+            self.warm.set()
         while not stop.is_set():
             try:
                 self.run_once()

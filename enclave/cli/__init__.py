@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from enclave.allocator import tune_allocator
 from enclave.errors import EnclaveError
 
 # group name -> (module, attribute, short help)
@@ -55,6 +56,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning expected failures into one line on stderr."""
+    tune_allocator()  # share, ingest: gigabytes through short-lived buffers
     try:
         cli.main(args=argv, prog_name="enclave", standalone_mode=False)
     except EnclaveError as exc:

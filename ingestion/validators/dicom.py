@@ -53,6 +53,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, validate_value
 from pydicom.values import convert_string
 
+from enclave.allocator import tune_allocator
 from ingestion.report import Finding
 from ingestion.validators.deid import (
     DeidConsistency,
@@ -1103,9 +1104,11 @@ def warm_pool() -> None:
     pydicom, numpy and the attribute tables is not spent while a provider waits."""
     ctx = _pool_context()
     if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+        # One process forked by the server returns only once the server has loaded this
+        # module: the import is then over, not merely started.
+        child = ctx.Process(target=tune_allocator, name="validation-pool-warm-up")
+        child.start()
+        child.join(timeout=120)
 
 
 def _pool_context() -> Any:
@@ -1165,7 +1168,9 @@ def validate_dicom_files(
             done([_check_file(str(root), rel, allowlist, subject_attribute)])
     else:
         chunks = [rels[i:i + _CHUNK] for i in range(0, total, _CHUNK)]
-        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=_pool_context(), initializer=tune_allocator
+        ) as pool:
             for batch in pool.map(
                 _check_chunk, [str(root)] * len(chunks), chunks,
                 [allowlist] * len(chunks), [subject_attribute] * len(chunks),
