@@ -3,7 +3,8 @@
     python -m benchmarks.ingestion [--size-gb 2] [--k 3 --n 5] [--repeat 3] [--search-files 1000000]
 
 Generates a CT dataset (20 series x 200 slices of 512x512 at 2 GB, fewer series when
-smaller), then in one run: split (provider side), send to n receivers (separate processes),
+smaller), then in one run: split (provider side), send to n receivers (separate processes;
+``--spares``: the first k and the spares on demand, as ``enclave share send`` does, or all n),
 reconstruct + validate + encrypt + catalog (worker). The whole path ("end_to_end" in the
 JSON) is timed from the start of the provider's split to the transfer's catalog entry, all
 on this one machine (the provider's split competes with the enclave for its two cores and
@@ -64,7 +65,7 @@ def folder_stats(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def run_whole_path(work: Path, dataset: Path, *, k: int, n: int) -> dict:
+def run_whole_path(work: Path, dataset: Path, *, k: int, n: int, spares: str = "on-demand") -> dict:
     from catalog import open_catalog, resolve_database_url
     from enclave.custody import init_custody, unseal
     from ingestion.client import send_shares
@@ -98,7 +99,7 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int) -> dict:
             dataset, work / "shares", k=k, n=n, signing_key=load_signing_key(signing)
         )
         t_split = time.perf_counter()
-        send_shares(result.share_paths, [service.coordinator_url], token)
+        sent = send_shares(result.share_paths, [service.coordinator_url], token, spares=spares)
         t_sent = time.perf_counter()
         while True:
             transfer = catalog.get_transfer(result.transfer_id)
@@ -122,6 +123,7 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int) -> dict:
         "cpu_split_s": {name: round(seconds, 1) for name, seconds in cpu.items()},
         "worker": timings,
         "share_bytes": sum(p.stat().st_size for p in result.share_paths),
+        "bytes_sent": sum(u.sent_bytes for u in sent.uploads),
     }
 
 
@@ -227,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="whole-path runs over the same dataset; the median is reported")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--spares", choices=("on-demand", "all"), default="on-demand",
+                        help="the client's spare policy: on-demand (the default of `enclave "
+                             "share send`) or all (`--all-shares`: every share uploaded)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.workdir))
@@ -241,12 +246,13 @@ def main(argv: list[str] | None = None) -> None:
               f"({os.cpu_count()} CPUs)")
         runs = []
         for attempt in range(1, args.repeat + 1):
-            path = run_whole_path(work, dataset, k=args.k, n=args.n)
+            path = run_whole_path(work, dataset, k=args.k, n=args.n, spares=args.spares)
             load = os.getloadavg()
             path["load_average"] = [round(x, 2) for x in load]
             runs.append(path)
             mbps = size / 1e6 / path["total_s"]
-            print(f"run {attempt}/{args.repeat}: whole path {args.k}-of-{args.n}, provider's "
+            print(f"run {attempt}/{args.repeat}: whole path {args.k}-of-{args.n}, spares "
+                  f"{args.spares} ({path['bytes_sent'] / 1e6:.0f} MB uploaded), provider's "
                   f"split start -> cataloged {path['total_s']} s = {mbps:.1f} MB/s (split "
                   f"{path['split_s']} s, send {path['send_s']} s, then reconstruct/validate/"
                   f"store/catalog {path['after_send_s']} s; worker {path['worker']}); send "
@@ -282,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             "files": files,
             "k": args.k,
             "n": args.n,
+            "spares": args.spares,
             # end_to_end_*: the provider's split start -> the catalog entry (the whole path)
             "end_to_end_mb_per_s": round(mbps, 1),
             "send_to_catalog_mb_per_s": round(send_mbps, 1),

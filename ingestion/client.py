@@ -47,13 +47,28 @@ class ShareUpload:
     length: int
     resumed_from: int = 0
     sent_bytes: int = 0
-    outcome: str = "pending"  # sent | already-complete | already-<transfer state>
+    outcome: str = "pending"  # sent | already-complete | already-<transfer state> | not-needed
 
 
 @dataclass
 class SendResult:
     transfer_id: str
     uploads: list[ShareUpload] = field(default_factory=list)
+    #: The transfer's state when the client stopped (only known when it waited for it).
+    state: str | None = None
+
+
+#: ``on-demand``: the spares go only when the enclave needs them (see ``send_shares``);
+#: ``all``: every share is sent at once.
+SPARE_POLICIES = ("on-demand", "all")
+#: States in which the first k shares have been verified segment by segment (every GCM tag
+#: checked): no spare can matter any more.
+VERIFIED_STATES = ("validating", "cataloged", "quarantined")
+#: How long an on-demand client waits for the enclave to start on its transfer before it
+#: sends the spares anyway (a busy enclave works through transfers one at a time).
+PICKUP_TIMEOUT_S = 60.0
+#: Called while waiting for the enclave: (transfer state,).
+Waiting = Callable[[str], None]
 
 
 @functools.cache
@@ -234,12 +249,24 @@ def send_shares(
     retries: int = 5,
     timeout: float = 120,
     parallel: bool = True,
+    spares: str = "on-demand",
+    pickup_timeout: float = PICKUP_TIMEOUT_S,
+    poll_interval: float = 0.5,
+    waiting: Waiting | None = None,
 ) -> SendResult:
     """Send each share to the receiver that takes its index; resume anything partial.
 
     ``urls`` are receiver URLs (in any order) or the service's URL, which lists them.
-    Shares 1..k are sent before the spares (see below).
+    Shares 1..k go first. With ``spares="on-demand"`` (the default) the spares then follow
+    only if they are needed: a primary failed to upload, the enclave found a primary
+    corrupt (the transfer went back to ``receiving`` with a reason), or the enclave has not
+    started on the transfer within ``pickup_timeout`` seconds. The client waits until the
+    enclave has checked every segment of the first k (``VERIFIED_STATES``); a provider's
+    link then carries the dataset's size once instead of n/k times. ``spares="all"`` sends
+    every share at once and returns when they are uploaded.
     """
+    if spares not in SPARE_POLICIES:
+        raise UploadError(f"unknown spare policy {spares!r} (one of: {', '.join(SPARE_POLICIES)})")
     from secret_sharing import read_share_info
 
     if not share_paths:
@@ -277,9 +304,11 @@ def send_shares(
     # transfer is cataloged are not sent at all. A primary that fails does not stop the
     # spares, which are then the ones that count.
     k = infos[0].k
-    waves = [[u for u in uploads if u.index <= k], [u for u in uploads if u.index > k]]
+    primaries = [u for u in uploads if u.index <= k]
+    spare_uploads = [u for u in uploads if u.index > k]
     errors: list[Exception] = []
-    for wave in waves:
+
+    def send_wave(wave: list[ShareUpload]) -> None:
         if parallel and len(wave) > 1:
             with ThreadPoolExecutor(max_workers=len(wave)) as pool:
                 futures = [pool.submit(one, u) for u in wave]
@@ -294,11 +323,58 @@ def send_shares(
                     one(u)
                 except Exception as exc:
                     errors.append(exc)
+
+    send_wave(primaries)
+    if spare_uploads:
+        if spares == "all" or errors or len(primaries) < k:
+            send_wave(spare_uploads)  # a primary is missing: the spares stand in for it now
+        else:
+            needed, result.state = _await_verification(
+                result.transfer_id, urls, token, pickup_timeout, poll_interval, waiting
+            )
+            if needed:
+                send_wave(spare_uploads)
+            else:
+                for u in spare_uploads:
+                    u.outcome = "not-needed"
     if errors:
         if len(errors) == 1 or not all(isinstance(e, UploadError) for e in errors):
             raise errors[0]
         raise UploadError("; ".join(str(e) for e in errors))
     return result
+
+
+def _await_verification(
+    transfer_id: str,
+    urls: list[str],
+    token: str,
+    pickup_timeout: float,
+    poll_interval: float,
+    waiting: Waiting | None,
+) -> tuple[bool, str | None]:
+    """Watch the transfer after its first k shares are in: (spares needed, last state).
+
+    Needed when the enclave sends the transfer back to ``receiving`` with a reason (a
+    corrupt share) or has not started on it within ``pickup_timeout``; not needed once it
+    reaches a verified state or ``failed`` (an internal error that spares cannot fix; the
+    status names it).
+    """
+    deadline = time.monotonic() + pickup_timeout
+    started = False
+    while True:
+        info = transfer_status(transfer_id, urls, token)
+        state = str(info.get("state"))
+        if waiting is not None:
+            waiting(state)
+        if state in VERIFIED_STATES or state == "failed":
+            return False, state
+        if state == "receiving" and (info.get("reason") or started):
+            return True, state  # the enclave asked for more shares
+        if state == "reconstructing":
+            started = True
+        elif time.monotonic() > deadline:
+            return True, state  # the enclave is busy elsewhere: send them rather than wait
+        time.sleep(poll_interval)
 
 
 def transfer_status(transfer_id: str, urls: list[str], token: str, *, timeout: float = 10) -> dict:

@@ -28,8 +28,16 @@ token_option = click.option(
 @click.option("--to", "urls", multiple=True, required=True, metavar="URL",
               help="The ingestion service URL, or receiver URLs (share j goes to receiver j).")
 @token_option
-def send(share_paths: tuple[Path, ...], urls: tuple[str, ...], token: str) -> None:
-    """Send shares to the enclave's receivers; rerun the same command to resume."""
+@click.option("--all-shares", is_flag=True,
+              help="Send the spare shares at once too, instead of only if the enclave needs "
+                   "them (a corrupt or missing share among the first k).")
+def send(share_paths: tuple[Path, ...], urls: tuple[str, ...], token: str, all_shares: bool) -> None:
+    """Send shares to the enclave's receivers; rerun the same command to resume.
+
+    Shares 1..k go first; then the command waits until the enclave has checked them and
+    sends the spares only if one was corrupt or missing. Any k rebuild the dataset, so
+    this uploads the dataset's size once instead of n/k times.
+    """
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -42,6 +50,7 @@ def send(share_paths: tuple[Path, ...], urls: tuple[str, ...], token: str) -> No
     from ingestion.client import send_shares
 
     tasks: dict[int, int] = {}
+    states: list[str] = []
     with Progress(
         TextColumn("share {task.fields[index]}"),
         BarColumn(),
@@ -56,15 +65,31 @@ def send(share_paths: tuple[Path, ...], urls: tuple[str, ...], token: str) -> No
                 tasks[index] = progress.add_task("", total=total, index=index)
             progress.update(tasks[index], completed=done)
 
-        result = send_shares(list(share_paths), list(urls), token, progress=update)
+        def waiting(state: str) -> None:
+            if not states:
+                states.append(state)
+                progress.console.print("first k shares sent; waiting for the enclave to check them")
+            if state != states[-1]:
+                states.append(state)
+                progress.console.print(f"transfer {state}")
+
+        result = send_shares(
+            list(share_paths),
+            list(urls),
+            token,
+            progress=update,
+            spares="all" if all_shares else "on-demand",
+            waiting=waiting,
+        )
     for u in sorted(result.uploads, key=lambda u: u.index):
         how = {
             "sent": f"sent ({u.sent_bytes} bytes"
             + (f", resumed at {u.resumed_from})" if u.resumed_from else ")"),
             "already-complete": "already on the receiver",
+            "not-needed": "not needed (the enclave verified the first k shares)",
         }.get(u.outcome, f"not needed: transfer {u.outcome.removeprefix('already-')}")
         click.echo(f"share {u.index} -> {u.url}: {how}")
-    click.echo(f"transfer {result.transfer_id}")
+    click.echo(f"transfer {result.transfer_id}" + (f": {result.state}" if result.state else ""))
 
 
 @share.command("status")

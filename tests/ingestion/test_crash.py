@@ -106,7 +106,9 @@ def test_killed_during_reconstruction_completes_after_restart_with_one_version(
                                   with_segmentation=False, with_table=False)
     first = serve(ENCLAVE_INGEST_STAGE_DELAY="3")
     shares = split(dataset, provider, k=2, n=3)
-    send_shares(shares.share_paths, [first.url], provider.token)
+    # Every share at once: an on-demand client would wait through the reconstruction that
+    # this test interrupts.
+    send_shares(shares.share_paths, [first.url], provider.token, spares="all")
     enclave.wait_for_state(shares.transfer_id, ("reconstructing",), timeout=60)
     paths = IngestPaths(enclave.state_dir)
     deadline = time.monotonic() + 3

@@ -42,9 +42,10 @@ def test_sample_dataset_is_cataloged_and_materializes_identically(
 ):
     shares = split(sample_dataset, provider)
     result = send_shares(shares.share_paths, [service.coordinator_url], provider.token)
-    assert {u.outcome for u in result.uploads} <= {"sent", "already-reconstructing",
-                                                   "already-validating", "already-cataloged",
-                                                   "already-processing"}
+    # On demand: the first k are sent, the spares only if the enclave found one corrupt.
+    assert {u.index: u.outcome for u in result.uploads} == {
+        1: "sent", 2: "sent", 3: "sent", 4: "not-needed", 5: "not-needed"}
+    assert result.state in ("validating", "cataloged")
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "cataloged", transfer.reason
 
@@ -77,7 +78,9 @@ def test_duplicate_send_is_harmless(enclave, provider, service, sample_dataset, 
     send_shares(shares.share_paths, [service.coordinator_url], provider.token)
     enclave.wait_for_state(shares.transfer_id, ("cataloged",))
     again = send_shares(shares.share_paths, [service.coordinator_url], provider.token)
-    assert {u.outcome for u in again.uploads} == {"already-cataloged"}
+    assert {u.outcome for u in again.uploads if u.index <= 3} == {"already-cataloged"}
+    assert {u.outcome for u in again.uploads if u.index > 3} == {"not-needed"}
+    assert again.state == "cataloged"
     assert sum(u.sent_bytes for u in again.uploads) == 0
     assert len(_versions(enclave, "demo-ct")) == 1
 
@@ -138,7 +141,7 @@ def test_share_corrupted_at_rest_is_skipped_for_a_spare(
 ):
     service = make_service(run_worker=False)
     shares = split(sample_dataset, provider)
-    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token, spares="all")
     stored = IngestPaths(enclave.state_dir).receiver_store(1) / shares.transfer_id / "share-1"
     flip_byte(stored, 64 + 10)
     worker = _worker(enclave, service)
@@ -162,24 +165,84 @@ def test_the_first_k_shares_go_before_the_spares_and_late_spares_are_not_needed(
         with lock:
             events.append((index, done, length))
 
-    send_shares(shares.share_paths, [service.coordinator_url], provider.token, progress=record)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token, progress=record,
+                spares="all")
     k = 3
     last_primary = max(i for i, (index, done, length) in enumerate(events)
                        if index <= k and done == length)
     first_spare = min(i for i, (index, _, _) in enumerate(events) if index > k)
     assert last_primary < first_spare, events
 
-    # A transfer cataloged from its primaries needs no spares: sending them is a no-op.
+    # A transfer cataloged from its primaries needs no spares: receivers refuse them.
     again = split(sample_dataset, provider)
     send_shares(again.share_paths[:k], [service.coordinator_url], provider.token)
     worker = _worker(enclave, service)
     worker.recover()
     worker.run_once()
     assert enclave.catalog.get_transfer(again.transfer_id).state == "cataloged"
-    late = send_shares(again.share_paths, [service.coordinator_url], provider.token)
+    late = send_shares(again.share_paths, [service.coordinator_url], provider.token,
+                       spares="all")
     assert {u.index: u.outcome for u in late.uploads if u.index > k} == {
         4: "already-cataloged", 5: "already-cataloged"}
     assert all(u.sent_bytes == 0 for u in late.uploads)
+
+
+def test_spares_go_on_demand_when_the_enclave_finds_a_primary_corrupt(
+    enclave, provider, make_service, sample_dataset, split
+):
+    """The default client waits after the first k; a primary corrupted at rest sends the
+    transfer back to `receiving` with a reason, and the waiting client then sends spares."""
+    service = make_service(run_worker=False)
+    shares = split(sample_dataset, provider)
+    paths = IngestPaths(enclave.state_dir)
+    outcome: dict = {}
+
+    def send() -> None:
+        try:
+            outcome["result"] = send_shares(shares.share_paths, [service.coordinator_url],
+                                            provider.token, poll_interval=0.05,
+                                            pickup_timeout=60)
+        except Exception as exc:  # surfaced below
+            outcome["error"] = exc
+
+    client = threading.Thread(target=send)
+    client.start()
+    stored = [paths.receiver_store(j) / shares.transfer_id / f"share-{j}" for j in (1, 2, 3)]
+    _eventually(lambda: all(p.exists() for p in stored))
+    assert not (paths.receiver_store(4) / shares.transfer_id).exists()  # spares held back
+    flip_byte(stored[0], 64 + 10)
+    worker = _worker(enclave, service)
+    worker.recover()
+    worker.run_once()  # share-1 fails its segment check: back to receiving, asking for more
+    assert enclave.catalog.get_transfer(shares.transfer_id).state == "receiving"
+    client.join(timeout=60)
+    assert not client.is_alive() and "error" not in outcome, outcome
+    result = outcome["result"]
+    assert {u.index: u.outcome for u in result.uploads if u.index > 3} == {4: "sent", 5: "sent"}
+    assert worker.run_once() == [shares.transfer_id]
+    transfer = enclave.catalog.get_transfer(shares.transfer_id)
+    assert transfer.state == "cataloged", transfer.reason
+    report = enclave.catalog.get_version("demo-ct", 1).report
+    assert "share-1" in report["summary"]["shares"]["rejected"]
+
+
+def test_spares_go_anyway_when_the_enclave_does_not_start_on_the_transfer(
+    enclave, provider, make_service, sample_dataset, split
+):
+    service = make_service(run_worker=False)  # an enclave busy elsewhere, in effect
+    shares = split(sample_dataset, provider)
+    started = time.monotonic()
+    result = send_shares(shares.share_paths, [service.coordinator_url], provider.token,
+                         pickup_timeout=0.5, poll_interval=0.05)
+    assert time.monotonic() - started >= 0.5
+    assert {u.outcome for u in result.uploads} == {"sent"}
+    assert result.state == "receiving"
+
+
+def test_an_unknown_spare_policy_is_refused(provider, service, sample_dataset, split):
+    shares = split(sample_dataset, provider)
+    with pytest.raises(UploadError, match="unknown spare policy 'some'"):
+        send_shares(shares.share_paths, [service.coordinator_url], provider.token, spares="some")
 
 
 def test_too_few_good_shares_waits_for_the_spares_then_catalogs(
@@ -212,7 +275,7 @@ def test_too_few_good_shares_of_all_n_fails_the_transfer_with_a_reason(
 ):
     service = make_service(run_worker=False)
     shares = split(sample_dataset, provider)
-    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token, spares="all")
     for index in (1, 2, 4):
         stored = IngestPaths(enclave.state_dir).receiver_store(index) / shares.transfer_id
         flip_byte(stored / f"share-{index}", 64 + 10)
@@ -328,7 +391,7 @@ def test_a_version_stored_but_never_cataloged_is_removed_when_the_worker_restart
     whose key died with the process; the next start clears it and the retry catalogs."""
     service = make_service(run_worker=False)
     shares = split(sample_dataset, provider)
-    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token, spares="all")
     store_root = IngestPaths(enclave.state_dir).store
 
     def crash(*args, **kwargs):
