@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from enclave.errors import EnclaveError
+from secret_sharing.fileio import drop_cached
 
 # Each PUT is fsynced by the receiver before it answers: 64 MiB bodies keep that to one
 # flush per 64 MiB (the disk, not the network, limits a receiver) and still cost little to
@@ -186,6 +187,8 @@ class _Uploader:
                 done += len(piece)
                 self.u.sent_bytes += len(piece)
                 self._report(done)
+            # Sent: the receiver has it now (a resend after a failure reads it again).
+            drop_cached(fh.fileno(), offset, size)
 
     def offset(self) -> int:
         resp = self.client.get(self.where)
