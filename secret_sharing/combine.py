@@ -68,6 +68,11 @@ class ShareInfo:
         return self.manifest.transfer_id
 
     @property
+    def version(self) -> int:
+        """The share format version (header, footer and manifest agree on it)."""
+        return self.header.version
+
+    @property
     def index(self) -> int:
         return self.header.share_index
 
@@ -162,6 +167,11 @@ def _read_share_info(path: Path, fd: int) -> ShareInfo:
     manifest = fmt.Manifest.decode(manifest_bytes)
     if manifest.transfer_id_bytes != header.transfer_id:
         raise fmt.FormatProblem("header transfer id differs from the manifest's (corrupt)")
+    if not header.version == footer.version == manifest.version:
+        raise fmt.FormatProblem(
+            f"header, footer and manifest name different format versions ({header.version}, "
+            f"{footer.version}, {manifest.version}): corrupt"
+        )
     if (manifest.k, manifest.n, manifest.segment_size) != (
         header.k,
         header.n,
@@ -169,7 +179,7 @@ def _read_share_info(path: Path, fd: int) -> ShareInfo:
     ):
         raise fmt.FormatProblem("header k, n or segment size differs from the manifest's (corrupt)")
     layout = manifest.layout(len(manifest_bytes))
-    if fmt.Footer.for_layout(layout, header.transfer_id, header.share_index) != footer:
+    if fmt.Footer.for_layout(layout, header.transfer_id, header.share_index, footer.version) != footer:
         raise fmt.FormatProblem("footer offsets differ from the layout the manifest implies (corrupt)")
     if manifest.share_length != length or layout.share_length != length:
         raise fmt.FormatProblem(
@@ -200,8 +210,8 @@ def _check_signature(info: ShareInfo, verify_key: Ed25519PublicKey) -> None:
 def _read_index(info: ShareInfo, fd: int) -> bytes:
     layout = info.layout
     index = _pread_exact(fd, layout.index_length, layout.index_offset)
-    digest = fmt.index_hash(info.header.transfer_id, info.index, index).hex()
-    if digest != info.manifest.entry(info.index).index_sha256:
+    digest = fmt.index_hash(info.header.transfer_id, info.index, index, info.version).hex()
+    if digest != info.manifest.entry(info.index).index_hash:
         raise ShareIntegrityError(
             f"{info.path}: block-hash index does not match the signed manifest (corrupt)"
         )
@@ -210,8 +220,8 @@ def _read_index(info: ShareInfo, fd: int) -> bytes:
 
 def _read_key_share(info: ShareInfo, fd: int) -> bytes:
     key_share = _pread_exact(fd, fmt.KEY_SHARE_LEN, info.layout.key_share_offset)
-    digest = fmt.key_share_hash(info.header.transfer_id, info.index, key_share).hex()
-    if digest != info.manifest.entry(info.index).key_share_sha256 or key_share[0] != info.index:
+    digest = fmt.key_share_hash(info.header.transfer_id, info.index, key_share, info.version).hex()
+    if digest != info.manifest.entry(info.index).key_share_hash or key_share[0] != info.index:
         raise ShareIntegrityError(
             f"{info.path}: key share does not match the signed manifest (corrupt)"
         )
@@ -241,7 +251,7 @@ def verify_share(
                 digest = digests[segment]
             else:
                 block = _pread_exact(fd, layout.block_length(segment), layout.block_offset(segment))
-                digest = fmt.block_hash(tid, info.index, segment, block)
+                digest = fmt.block_hash(tid, info.index, segment, block, info.version)
             if digest != index[segment * fmt.HASH_LEN : (segment + 1) * fmt.HASH_LEN]:
                 raise ShareIntegrityError(
                     f"{info.path}: data block of segment {segment} does not match its signed hash (corrupt)"
@@ -288,7 +298,7 @@ class _SegmentDecoder:
 
     The GCM tag is checked first: under the key the signed manifest commits to, it
     authenticates the whole segment, so a segment that decrypts needs no block hashes (they
-    were checked by the receivers, and cost a SHA-256 pass over every byte). Only when the
+    were checked by the receivers, and cost a hash pass over every byte). Only when the
     tag or the padding fails are the blocks read again and hashed, to name the share at
     fault so a spare can replace it; if every block matches its signed hash the transfer is
     corrupt at its source.
@@ -299,6 +309,7 @@ class _SegmentDecoder:
         self._layout = layout
         self._key = key
         self._tid = manifest.transfer_id_bytes
+        self._version = manifest.version
         self._prefix = manifest.nonce_prefix_bytes
         self._local = threading.local()
 
@@ -337,7 +348,7 @@ class _SegmentDecoder:
                 problems[share] = f"cannot read segment {segment}: {exc.strerror}"
                 continue
             if check_hashes and fmt.block_hash(
-                self._tid, share.number, segment, block
+                self._tid, share.number, segment, block, self._version
             ) != share.expected_hash(segment):
                 problems[share] = f"data block of segment {segment} does not match its signed hash (corrupt)"
         if problems:
@@ -358,7 +369,7 @@ class _SegmentDecoder:
             aes.decrypt_into(  # in place: OpenSSL decrypts over the ciphertext it reads
                 fmt.nonce(self._prefix, segment),
                 view[:ciphertext_length],
-                fmt.associated_data(self._tid, segment, last, k, n),
+                fmt.associated_data(self._tid, segment, last, k, n, self._version),
                 view[:plaintext_length],
             )
         except InvalidTag:

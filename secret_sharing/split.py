@@ -67,7 +67,14 @@ class _SegmentEncoder:
     """Encrypts, pads, erasure-codes and hashes one segment; safe to call from threads."""
 
     def __init__(
-        self, key: bytes, nonce_prefix: bytes, transfer_id: bytes, k: int, n: int, segment_size: int
+        self,
+        key: bytes,
+        nonce_prefix: bytes,
+        transfer_id: bytes,
+        k: int,
+        n: int,
+        segment_size: int,
+        version: int = fmt.FORMAT_VERSION,
     ):
         self._key = key
         self._prefix = nonce_prefix
@@ -75,6 +82,7 @@ class _SegmentEncoder:
         self._k = self.k = k
         self._n = self.n = n
         self.segment_size = segment_size
+        self.version = version
         self.fds: list[int] = []
         self._local = threading.local()
 
@@ -104,7 +112,7 @@ class _SegmentEncoder:
         aes.encrypt_into(
             fmt.nonce(self._prefix, index),
             plaintext,
-            fmt.associated_data(self._tid, index, last, k, n),
+            fmt.associated_data(self._tid, index, last, k, n, self.version),
             view[:ciphertext_length],
         )
         view[ciphertext_length : block * k] = bytes(block * k - ciphertext_length)  # padding
@@ -113,7 +121,7 @@ class _SegmentEncoder:
         offset = fmt.HEADER_LEN + index * fmt.block_length(self.segment_size, k)
         hashes = []
         for j in range(n):
-            hashes.append(fmt.block_hash(self._tid, j + 1, index, blocks[j]))
+            hashes.append(fmt.block_hash(self._tid, j + 1, index, blocks[j], self.version))
             write_at(self.fds[j], blocks[j], offset)
         return hashes
 
@@ -133,12 +141,19 @@ def split_dataset(
     signing_key: Ed25519PrivateKey,
     segment_size: int = fmt.DEFAULT_SEGMENT_SIZE,
     progress: Progress | None = None,
+    format_version: int = fmt.FORMAT_VERSION,
 ) -> SplitResult:
     """Write ``out_dir/share-1`` .. ``share-n`` for the file or folder ``source``.
 
     Share files appear only when complete (written under temporary names, then
-    renamed); on any failure the partial files are removed.
+    renamed); on any failure the partial files are removed. ``format_version`` 1 writes
+    shares for readers that predate BLAKE3 (docs/share-format.md).
     """
+    if format_version not in fmt.SUPPORTED_VERSIONS:
+        raise ShareParameterError(
+            f"share format version {format_version} is not one of "
+            f"{', '.join(map(str, fmt.SUPPORTED_VERSIONS))}"
+        )
     try:
         fmt.check_parameters(k, n, segment_size)
     except fmt.FormatProblem as exc:
@@ -162,7 +177,7 @@ def split_dataset(
     key = os.urandom(fmt.KEY_LEN)
     nonce_prefix = os.urandom(fmt.NONCE_PREFIX_LEN)
     key_shares = [bytes((x,)) + y for x, y in split_secret(key, k, n)]
-    encode = _SegmentEncoder(key, nonce_prefix, transfer_id, k, n, segment_size)
+    encode = _SegmentEncoder(key, nonce_prefix, transfer_id, k, n, segment_size, format_version)
 
     partial_paths = [out_dir / f".{path.name}.{transfer_id.hex()}.partial" for path in final_paths]
     fds = encode.fds
@@ -170,7 +185,8 @@ def split_dataset(
     try:
         for j, path in enumerate(partial_paths, start=1):
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            write_at(fds[-1], fmt.Header(transfer_id, j, k, n, segment_size).encode(), 0)
+            header = fmt.Header(transfer_id, j, k, n, segment_size, format_version)
+            write_at(fds[-1], header.encode(), 0)
 
         index_hashes: list[list[bytes]] = [[] for _ in range(n)]
         plaintext_length = _pump(pack_segments(source, segment_size), encode, index_hashes, progress)
@@ -179,8 +195,8 @@ def split_dataset(
         entries = tuple(
             fmt.ShareEntry(
                 j,
-                fmt.index_hash(transfer_id, j, indexes[j - 1]).hex(),
-                fmt.key_share_hash(transfer_id, j, key_shares[j - 1]).hex(),
+                fmt.index_hash(transfer_id, j, indexes[j - 1], format_version).hex(),
+                fmt.key_share_hash(transfer_id, j, key_shares[j - 1], format_version).hex(),
             )
             for j in range(1, n + 1)
         )
@@ -202,6 +218,7 @@ def split_dataset(
                 signer=key_fingerprint(signing_key.public_key()),
                 key_commitment=fmt.key_commitment(key, transfer_id).hex(),
                 shares=entries,
+                version=format_version,
             )
 
         manifest, manifest_bytes = fmt.solve_share_length(build)
@@ -209,7 +226,7 @@ def split_dataset(
         layout = manifest.layout(len(manifest_bytes))
         for j, fd in enumerate(fds, start=1):
             trailer = indexes[j - 1] + key_shares[j - 1] + manifest_bytes + signature
-            footer = fmt.Footer.for_layout(layout, transfer_id, j).encode()
+            footer = fmt.Footer.for_layout(layout, transfer_id, j, format_version).encode()
             write_at(fd, trailer + footer, layout.index_offset)
             if os.fstat(fd).st_size != layout.share_length:
                 raise RuntimeError(f"share {j} is not {layout.share_length} bytes long")

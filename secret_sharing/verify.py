@@ -22,17 +22,25 @@ from secret_sharing.combine import ShareInfo, verify_share
 
 
 class BlockDigester:
-    """Incremental SHA-256 of every data block of one share, fed in file order.
+    """Incremental hash (the share's format version's) of every data block of one share,
+    fed in file order.
 
     ``feed`` takes consecutive pieces of the share file from byte 0, cut anywhere; bytes
     before the first block (the header) and after the last (index, key share, manifest,
     signature, footer) are skipped, since ``verify_share`` reads and checks those itself.
     """
 
-    def __init__(self, layout: fmt.Layout, transfer_id: bytes, share_index: int) -> None:
+    def __init__(
+        self,
+        layout: fmt.Layout,
+        transfer_id: bytes,
+        share_index: int,
+        version: int = fmt.FORMAT_VERSION,
+    ) -> None:
         self.layout = layout
         self.transfer_id = bytes(transfer_id)
         self.share_index = share_index
+        self.version = version
         self._position = 0
         self._digests: list[bytes] = []
         self._hasher: Any = None  # the block being hashed, if one is open
@@ -41,7 +49,7 @@ class BlockDigester:
     @classmethod
     def for_share(cls, info: ShareInfo) -> BlockDigester:
         """A digester for the share that ``info`` (from the prologue or the file) describes."""
-        return cls(info.layout, info.header.transfer_id, info.index)
+        return cls(info.layout, info.header.transfer_id, info.index, info.version)
 
     @property
     def position(self) -> int:
@@ -71,7 +79,9 @@ class BlockDigester:
         while cursor < stop:  # blocks are contiguous from HEADER_LEN to the index
             if self._hasher is None:
                 segment = len(self._digests)
-                self._hasher = fmt.block_hasher(self.transfer_id, self.share_index, segment)
+                self._hasher = fmt.block_hasher(
+                    self.transfer_id, self.share_index, segment, self.version
+                )
                 self._block_end = self.layout.block_offset(segment) + self.layout.block_length(
                     segment
                 )
@@ -93,6 +103,7 @@ class BlockDigester:
             self.layout == info.layout
             and self.transfer_id == info.header.transfer_id
             and self.share_index == info.index
+            and self.version == info.version
         )
         return self.digests if same_share and self.complete else None
 

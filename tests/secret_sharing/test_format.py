@@ -29,7 +29,7 @@ def make_manifest(**overrides) -> fmt.Manifest:
 def test_header_round_trip_and_size():
     header = fmt.Header(b"\x01" * 16, 4, 3, 5, fmt.MIB)
     raw = header.encode()
-    assert len(raw) == fmt.HEADER_LEN and raw.startswith(b"ENCSHARE\x00\x01\x00\x40")
+    assert len(raw) == fmt.HEADER_LEN and raw.startswith(b"ENCSHARE\x00\x02\x00\x40")
     assert fmt.Header.decode(raw) == header
 
 
@@ -37,7 +37,7 @@ def test_header_round_trip_and_size():
     "offset,value,message",
     [
         (0, 0x41, "magic"),
-        (9, 2, "version 2"),
+        (9, 3, "version 3"),
         (28, 9, "share index 9"),
         (29, 1, "k"),
         (40, 1, "reserved"),
@@ -70,7 +70,8 @@ def test_non_canonical_manifest_is_refused():
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda d: d.update(version=2), "version 2"),
+        (lambda d: d.update(version=3), "version 3"),
+        (lambda d: d.update(version=1), "malformed|algorithms"),  # v2 fields under a v1 label
         (lambda d: d.update(k=1), "k <= n"),
         (lambda d: d.update(segment_count=7), "segment count"),
         (lambda d: d["algorithms"].update(cipher="ChaCha20"), "algorithms"),
@@ -109,5 +110,5 @@ def test_parameters():
 def test_aad_and_nonce_layout():
     tid = bytes(range(16))
     aad = fmt.associated_data(tid, 5, True, 3, 5)
-    assert aad == b"ENCSHARE\x00\x01" + tid + (5).to_bytes(8, "big") + b"\x01\x03\x05"
+    assert aad == b"ENCSHARE\x00\x02" + tid + (5).to_bytes(8, "big") + b"\x01\x03\x05"
     assert fmt.nonce(b"\xaa\xbb\xcc\xdd", 258) == b"\xaa\xbb\xcc\xdd" + (258).to_bytes(8, "big")
