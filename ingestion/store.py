@@ -245,6 +245,14 @@ def object_length(size: int, seg_size: int) -> int:
     return len(MAGIC) + size + records * (_SEG_HEADER.size + _TAG_LEN)
 
 
+def _finish_pack(fd: int | None) -> None:
+    """A full pack is written once and read later, by researchers: wait for it to reach the
+    disk and drop it from the page cache (outside the lock, so other writers go on)."""
+    if fd is not None:
+        drop_behind(fd, 0, PACK_BYTES)
+        os.close(fd)
+
+
 class _Packs:
     """Pack files of one version being written: places are reserved under a lock and filled
     with ``pwritev``, so several threads write objects at once."""
@@ -261,33 +269,39 @@ class _Packs:
 
     def reserve(self, length: int) -> tuple[int, int, int]:
         """(pack number, its fd, offset) for an object of ``length`` bytes; ``release`` after."""
+        finished = None
         with self._lock:
             if self._fd is None or (self._end and self._end + length > PACK_BYTES):
-                self._next_pack()
+                finished = self._next_pack()
             offset = self._end
             self._end += length
             self._writers[self._number] = self._writers.get(self._number, 0) + 1
-            return self._number, self._fd, offset  # type: ignore[return-value]
+            reserved = self._number, self._fd, offset
+        _finish_pack(finished)
+        return reserved  # type: ignore[return-value]
 
     def release(self, number: int) -> None:
+        finished = None
         with self._lock:
             self._writers[number] -= 1
             if not self._writers[number] and number in self._retired:
-                fd = self._retired.pop(number)
-                drop_behind(fd, 0, PACK_BYTES)  # a full pack is written once, read later
-                os.close(fd)
+                finished = self._retired.pop(number)
+        _finish_pack(finished)
 
-    def _next_pack(self) -> None:
+    def _next_pack(self) -> int | None:
+        """Open the next pack; returns the previous one's fd if no object is still being
+        written into it (the caller finishes it outside the lock)."""
+        finished = None
         if self._fd is not None:
             if self._writers.get(self._number):
                 self._retired[self._number] = self._fd
             else:
-                drop_behind(self._fd, 0, PACK_BYTES)
-                os.close(self._fd)
+                finished = self._fd
         self._number += 1
         path = self.folder / f"{self._number:06d}.pack"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._end = 0
+        return finished
 
     def close(self) -> None:
         with self._lock:

@@ -37,7 +37,7 @@ from secret_sharing.errors import (
     ShareParameterError,
     ShareSignatureError,
 )
-from secret_sharing.fileio import read_into
+from secret_sharing.fileio import drop_cached, read_into
 from secret_sharing.keys import key_fingerprint
 from secret_sharing.shamir import combine_secret
 from secret_sharing.split import worker_count
@@ -341,6 +341,9 @@ class _SegmentDecoder:
             block = view[position * length : (position + 1) * length]
             try:
                 read_into(share.fd, block, offset)
+                # Read once: its page-cache pages serve the next segments' reads instead of
+                # fresh memory (a retry with hash checks reads it again, from the disk).
+                drop_cached(share.fd, offset, length)
             except EOFError:
                 problems[share] = f"truncated in segment {segment}"
                 continue
