@@ -140,6 +140,7 @@ class _Unpacker:
         self.on_file = on_file
         self.seen = 0
         self.folders: list[tuple[Path, float]] = []
+        self._made: set[Path] = set()  # folders known to exist: one stat per folder, not file
 
     def _fail(self, problem: str) -> ShareIntegrityError:
         return ShareIntegrityError(f"{self.where}: {problem}")
@@ -219,8 +220,9 @@ class _Unpacker:
 
     def _file(self, target: Path, name: str, size: int, mode: int, mtime: float) -> None:
         parent = target.parent
-        if not parent.is_dir():
+        if parent not in self._made:
             os.makedirs(parent, mode=0o700, exist_ok=True)
+            self._made.add(parent)
         fd = os.open(target, _OPEN_FLAGS, mode)
         keep = size <= IN_MEMORY_LIMIT
         kept: list[memoryview] = []
