@@ -68,6 +68,8 @@ VERIFIED_STATES = ("validating", "cataloged", "quarantined")
 #: How long an on-demand client waits for the enclave to start on its transfer before it
 #: sends the spares anyway (a busy enclave works through transfers one at a time).
 PICKUP_TIMEOUT_S = 60.0
+#: The longest pause between two looks at a transfer being reconstructed.
+MAX_POLL_S = 5.0
 #: Called while waiting for the enclave: (transfer state,).
 Waiting = Callable[[str], None]
 
@@ -364,8 +366,9 @@ def _await_verification(
     """
     deadline = time.monotonic() + pickup_timeout
     started = False
+    interval, last = poll_interval, None
     while True:
-        info = transfer_status(transfer_id, urls, token)
+        info = transfer_status(transfer_id, urls, token, shares=False)
         state = str(info.get("state"))
         if waiting is not None:
             waiting(state)
@@ -377,17 +380,25 @@ def _await_verification(
             started = True
         elif time.monotonic() > deadline:
             return True, state  # the enclave is busy elsewhere: send them rather than wait
-        time.sleep(poll_interval)
+        # A long reconstruction is watched less often (up to every MAX_POLL_S): the service
+        # that answers shares the machine with the worker doing it.
+        interval = poll_interval if state != last else min(interval * 1.5, MAX_POLL_S)
+        last = state
+        time.sleep(interval if state == "reconstructing" else poll_interval)
 
 
-def transfer_status(transfer_id: str, urls: list[str], token: str, *, timeout: float = 10) -> dict:
-    """Where a transfer stands, merged from every URL given (service or receivers)."""
+def transfer_status(
+    transfer_id: str, urls: list[str], token: str, *, timeout: float = 10, shares: bool = True
+) -> dict:
+    """Where a transfer stands, merged from every URL given (service or receivers);
+    ``shares=False`` skips each share's progress (the service then asks no receiver)."""
     merged: dict[str, Any] = {}
     shares: dict[int, dict] = {}
     for url in [u.rstrip("/") for u in urls]:
         try:
             resp = httpx.get(
                 f"{url}/v1/transfers/{transfer_id}",
+                params=None if shares else {"shares": "false"},
                 headers=_auth(token),
                 timeout=timeout,
                 verify=_tls(),

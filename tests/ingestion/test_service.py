@@ -239,6 +239,20 @@ def test_spares_go_anyway_when_the_enclave_does_not_start_on_the_transfer(
     assert result.state == "receiving"
 
 
+def test_status_without_share_progress_asks_no_receiver(
+    enclave, provider, service, sample_dataset, split
+):
+    """What a waiting client polls: the state alone, without a request to every receiver."""
+    shares = split(sample_dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    enclave.wait_for_state(shares.transfer_id, ("cataloged",))
+    where = f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}"
+    brief = httpx.get(where, params={"shares": "false"}, headers=_auth(provider.token)).json()
+    assert brief["state"] == "cataloged" and "shares" not in brief
+    full = httpx.get(where, headers=_auth(provider.token)).json()
+    assert full["state"] == "cataloged" and isinstance(full["shares"], list)
+
+
 def test_an_unknown_spare_policy_is_refused(provider, service, sample_dataset, split):
     shares = split(sample_dataset, provider)
     with pytest.raises(UploadError, match="unknown spare policy 'some'"):
