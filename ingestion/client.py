@@ -69,7 +69,7 @@ VERIFIED_STATES = ("validating", "cataloged", "quarantined")
 #: sends the spares anyway (a busy enclave works through transfers one at a time).
 PICKUP_TIMEOUT_S = 60.0
 #: The longest pause between two looks at a transfer being reconstructed.
-MAX_POLL_S = 5.0
+MAX_POLL_S = 2.0
 #: Called while waiting for the enclave: (transfer state,).
 Waiting = Callable[[str], None]
 
