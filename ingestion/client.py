@@ -360,7 +360,8 @@ def _await_verification(
     """Watch the transfer after its first k shares are in: (spares needed, last state).
 
     Needed when the enclave sends the transfer back to ``receiving`` with a reason (a
-    corrupt share) or has not started on it within ``pickup_timeout``; not needed once it
+    corrupt share), has not started on it within ``pickup_timeout``, or cannot be asked
+    (the service is down while its receivers are not); not needed once it
     reaches a verified state or ``failed`` (an internal error that spares cannot fix; the
     status names it).
     """
@@ -368,7 +369,10 @@ def _await_verification(
     started = False
     interval, last = poll_interval, None
     while True:
-        info = transfer_status(transfer_id, urls, token, shares=False)
+        try:
+            info = transfer_status(transfer_id, urls, token, shares=False)
+        except UploadError:
+            return True, None  # the state cannot be seen: the spares are the safe choice
         state = str(info.get("state"))
         if waiting is not None:
             waiting(state)
