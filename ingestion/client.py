@@ -304,10 +304,10 @@ def send_shares(
             timeout=timeout,
         ).run()
 
-    # The first k shares (by index) go first: any k rebuild the dataset, so the enclave can
-    # reconstruct and validate while the spares follow, and spares that arrive after the
-    # transfer is cataloged are not sent at all. A primary that fails does not stop the
-    # spares, which are then the ones that count.
+    # The first k shares (by index) go first: any k rebuild the dataset. The spares follow at
+    # once ("all"), or only if the enclave turns out to need them ("on-demand"); a primary
+    # that fails to upload sends them at once either way, and they are then the ones that
+    # count.
     k = infos[0].k
     primaries = [u for u in uploads if u.index <= k]
     spare_uploads = [u for u in uploads if u.index > k]

@@ -67,6 +67,9 @@ def test_share_send_then_status_through_the_cli(
     )
     assert code == 0, err
     assert f"transfer {shares.transfer_id}" in out and "share 1 ->" in out
+    # On demand: the first k went, the enclave verified them, the spares stayed home.
+    assert "share 4 ->" in out and "not needed (the enclave verified the first k shares)" in out
+    assert any(line.startswith(f"transfer {shares.transfer_id}: ") for line in out.splitlines())
 
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "cataloged", transfer.reason
