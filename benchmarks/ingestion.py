@@ -173,7 +173,7 @@ class PathCpu:
         import resource
 
         self._resource = resource
-        self._receivers = [proc.pid for proc in service._procs]
+        self._receivers = service.receiver_pids
         self._receivers_before = sum(_process_cpu(pid) for pid in self._receivers)
         self._pool = _validation_pool_server()
         self._pool_before = _process_cpu(self._pool, children=True) if self._pool else 0.0

@@ -325,6 +325,12 @@ class IngestService:
             catalog=self.catalog, paths=self.paths, receivers=links, worker=self.worker
         )
 
+    @property
+    def receiver_pids(self) -> list[int]:
+        """Process ids of the receivers this service started (none in thread mode or with
+        external receivers)."""
+        return [proc.pid for proc in self._procs]
+
     def wait_until_warm(self, timeout: float = 120) -> bool:
         """Wait until the worker has warmed up (modules imported, validation pool's server
         started); a long-running service is warm before its first provider sends anything,
