@@ -125,11 +125,26 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int, spares: str = "
         "total_s": round(t_done - t0, 2),
         "send_to_catalog_s": round(t_done - t_split, 2),
         "cpu_s": round(cpu["total"], 1),
-        "cpu_split_s": {name: round(seconds, 1) for name, seconds in cpu.items()},
+        "cpu_split_s": {
+            name: round(seconds, 1) for name, seconds in cpu.items() if not name.startswith("machine")
+        },
+        "machine_busy_s": round(cpu["machine_busy"], 1),
+        "machine_steal_s": round(cpu["machine_steal"], 1),
         "worker": timings,
         "share_bytes": sum(p.stat().st_size for p in result.share_paths),
         "bytes_sent": sum(u.sent_bytes for u in sent.uploads),
     }
+
+
+def _machine_times() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def _watch_transfer(catalog: Any, transfer_id: str, finished: dict[str, Any]) -> None:
@@ -179,6 +194,7 @@ class PathCpu:
         self._pool_before = _process_cpu(self._pool, children=True) if self._pool else 0.0
         self._own_before = self._own()
         self._reaped_before = self._reaped()
+        self._machine_before = _machine_times()
 
     def _own(self) -> float:
         usage = self._resource.getrusage(self._resource.RUSAGE_SELF)
@@ -199,6 +215,12 @@ class PathCpu:
             ),
         }
         parts["total"] = sum(parts.values())
+        # Not part of the path: how much the machine was busy (anything, kernel threads
+        # included) or lost to the hypervisor ("steal") meanwhile, to tell a slow run from a
+        # slow neighbour.
+        busy, steal = (after - before for after, before in zip(_machine_times(), self._machine_before, strict=True))
+        parts["machine_busy"] = busy
+        parts["machine_steal"] = steal
         return parts
 
 
@@ -278,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{path['send_to_catalog_s']} s; the sending client returned after "
                   f"{path['send_s']} s; worker {path['worker']}); send "
                   f"start -> cataloged {size / 1e6 / path['send_to_catalog_s']:.1f} MB/s; "
-                  f"CPU {path['cpu_s']} s ({', '.join(f'{k} {v}' for k, v in path['cpu_split_s'].items() if k != 'total')}); load average {load[0]:.2f} {load[1]:.2f} "
+                  f"CPU {path['cpu_s']} s ({', '.join(f'{k} {v}' for k, v in path['cpu_split_s'].items() if k != 'total')}); machine busy {path['machine_busy_s']} s, "
+                  f"steal {path['machine_steal_s']} s; load average {load[0]:.2f} {load[1]:.2f} "
                   f"{load[2]:.2f} on {os.cpu_count()} CPUs")
             shutil.rmtree(work / "shares", ignore_errors=True)
             shutil.rmtree(work / "state", ignore_errors=True)
