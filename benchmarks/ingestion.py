@@ -13,8 +13,8 @@ once the shares exist. The whole path runs ``--repeat`` times over the same data
 service, keys and state each time; the clock starts once the service is up and warm, as a
 long-running one is when a provider sends) and the median run is reported next to all of
 them. CPU seconds of the path (this process, the receivers and the validation processes,
-each counted from the clock's start) are printed with the load average, as wall time on a
-shared machine depends on the neighbours. Then the raw ``pydicom.dcmread``
+each counted from the clock's start) are printed with the machine's busy and stolen CPU
+time and the load average, as wall time on a shared machine depends on the neighbours. Then the raw ``pydicom.dcmread``
 rate over the same files next to ``validate_dataset``'s rate; then catalog search latency on PostgreSQL with 10,000 datasets
 and 1,000,000 files (``benchmarks.catalog_search``). MB is 10^6 bytes. The last line printed
 is one JSON object for scripts.
