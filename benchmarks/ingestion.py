@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import tempfile
 import threading
@@ -185,9 +186,6 @@ class PathCpu:
     independent, unlike wall time on a shared machine."""
 
     def __init__(self, service) -> None:  # noqa: ANN001 - an IngestService
-        import resource
-
-        self._resource = resource
         self._receivers = service.receiver_pids
         self._receivers_before = sum(_process_cpu(pid) for pid in self._receivers)
         self._pool = _validation_pool_server()
@@ -197,11 +195,11 @@ class PathCpu:
         self._machine_before = _machine_times()
 
     def _own(self) -> float:
-        usage = self._resource.getrusage(self._resource.RUSAGE_SELF)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
     def _reaped(self) -> float:
-        usage = self._resource.getrusage(self._resource.RUSAGE_CHILDREN)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return usage.ru_utime + usage.ru_stime
 
     def since(self) -> dict[str, float]:

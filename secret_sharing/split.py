@@ -93,8 +93,8 @@ class _SegmentEncoder:
         return tools
 
     def _segment_buffer(self) -> bytearray:
-        """This thread's buffer for the n blocks of a full segment, reused: a fresh
-        7 MB buffer per segment costs page faults worth a tenth of the split's CPU."""
+        """This thread's buffer for the n blocks of a full segment, reused rather than a
+        fresh 7 MB buffer (and its page faults) per segment."""
         buffer = getattr(self._local, "buffer", None)
         if buffer is None:
             full = fmt.block_length(self.segment_size, self._k)
