@@ -313,10 +313,16 @@ class _SegmentDecoder:
         self._prefix = manifest.nonce_prefix_bytes
         self._local = threading.local()
 
-    def _tools(self) -> tuple[AESGCM, zfec.Decoder]:
+    def _tools(self) -> tuple[AESGCM, zfec.Decoder, memoryview]:
+        """This thread's cipher, decoder and read buffer (k full blocks, reused every segment)."""
         tools = getattr(self._local, "tools", None)
         if tools is None:
-            tools = (AESGCM(self._key), zfec.Decoder(self._manifest.k, self._manifest.n))
+            k = self._manifest.k
+            tools = (
+                AESGCM(self._key),
+                zfec.Decoder(k, self._manifest.n),
+                memoryview(bytearray(self._layout.full_block_length * k)),
+            )
             self._local.tools = tools
         return tools
 
@@ -325,17 +331,20 @@ class _SegmentDecoder:
     ) -> memoryview | _SegmentFailure:
         """The segment's verified plaintext, or which shares' blocks are bad.
 
-        The k blocks are read side by side into one buffer and decrypted in place: with the
-        primary shares (the usual case, zfec is systematic) that buffer already is the
-        ciphertext, so a segment costs one read and one decryption per byte and no copies.
-        The plaintext is a view of that fresh buffer; the caller owns it.
+        The k blocks are read side by side into this thread's read buffer: with the primary
+        shares (the usual case, zfec is systematic) that buffer already is the ciphertext,
+        which is decrypted straight into a fresh plaintext buffer. A segment costs one read,
+        one decryption and no copies. (OpenSSL could decrypt over the ciphertext itself, but
+        ``cryptography`` 51 refuses overlapping buffers; reusing the read buffer keeps the
+        allocations at one per segment, as in-place decryption had.) The plaintext is a view
+        of that fresh buffer; the caller owns it.
         """
         layout, manifest = self._layout, self._manifest
         k, n = manifest.k, manifest.n
         length = layout.block_length(segment)
         offset = layout.block_offset(segment)
-        buffer = bytearray(length * k)
-        view = memoryview(buffer)
+        aes, decoder, read_buffer = self._tools()
+        view = read_buffer[: length * k]
         problems: dict[_OpenShare, str] = {}
         for position, share in enumerate(shares):
             block = view[position * length : (position + 1) * length]
@@ -356,24 +365,23 @@ class _SegmentDecoder:
                 problems[share] = f"data block of segment {segment} does not match its signed hash (corrupt)"
         if problems:
             return _SegmentFailure(segment, problems)
-        aes, decoder = self._tools()
+        ciphertext: memoryview | bytes = view
         numbers = [share.number - 1 for share in shares]
         if numbers != list(range(k)):
             blocks = [view[i * length : (i + 1) * length] for i in range(k)]
-            primaries = decoder.decode(blocks, numbers)  # decode reorders its arguments
-            buffer = bytearray(b"".join(primaries))
-            view = memoryview(buffer)
+            ciphertext = b"".join(decoder.decode(blocks, numbers))  # decode reorders its arguments
         plaintext_length = layout.segment_length(segment)
         ciphertext_length = plaintext_length + fmt.TAG_LEN
         last = segment == layout.segment_count - 1
+        plaintext = memoryview(bytearray(plaintext_length))
         try:
-            if any(view[ciphertext_length:]):  # fewer than k bytes of padding
+            if any(ciphertext[ciphertext_length:]):  # fewer than k bytes of padding
                 raise InvalidTag
-            aes.decrypt_into(  # in place: OpenSSL decrypts over the ciphertext it reads
+            aes.decrypt_into(
                 fmt.nonce(self._prefix, segment),
-                view[:ciphertext_length],
+                ciphertext[:ciphertext_length],
                 fmt.associated_data(self._tid, segment, last, k, n, self._version),
-                view[:plaintext_length],
+                plaintext,
             )
         except InvalidTag:
             if not check_hashes:
@@ -383,7 +391,7 @@ class _SegmentDecoder:
                 "decryption (or has non-zero padding) although its blocks match the signed "
                 "hashes: the transfer is corrupt at its source"
             ) from None
-        return view[:plaintext_length]
+        return plaintext
 
 
 def _open_candidates(
