@@ -23,15 +23,55 @@ from typing import Any
 
 from catalog import Catalog, Principal, open_catalog
 
-BODY_PARTS = ["brain", "lung", "liver", "heart", "kidney", "prostate", "breast", "knee", "spine", "colon"]
+BODY_PARTS = [
+    "brain",
+    "lung",
+    "liver",
+    "heart",
+    "kidney",
+    "prostate",
+    "breast",
+    "knee",
+    "spine",
+    "colon",
+]
 CONDITIONS = [
-    "glioma", "nodule", "cirrhosis", "infarct", "carcinoma", "fracture", "stenosis",
-    "metastasis", "fibrosis", "aneurysm", "lymphoma", "adenoma", "embolism", "stroke",
+    "glioma",
+    "nodule",
+    "cirrhosis",
+    "infarct",
+    "carcinoma",
+    "fracture",
+    "stenosis",
+    "metastasis",
+    "fibrosis",
+    "aneurysm",
+    "lymphoma",
+    "adenoma",
+    "embolism",
+    "stroke",
 ]
 WORDS = [
-    "screening", "follow-up", "paediatric", "contrast", "low-dose", "multicentre", "segmentation",
-    "radiomics", "longitudinal", "retrospective", "prospective", "annotated", "volumetric",
-    "diffusion", "perfusion", "trial", "cohort", "registry", "outcome", "survival",
+    "screening",
+    "follow-up",
+    "paediatric",
+    "contrast",
+    "low-dose",
+    "multicentre",
+    "segmentation",
+    "radiomics",
+    "longitudinal",
+    "retrospective",
+    "prospective",
+    "annotated",
+    "volumetric",
+    "diffusion",
+    "perfusion",
+    "trial",
+    "cohort",
+    "registry",
+    "outcome",
+    "survival",
 ]
 MODALITIES = ["CT", "MR", "PT", "DX", "US", "MG", "NM", "SEG"]
 GROUPS = ["radiology", "oncology", "cardiology", "neurology", "course-101", "course-202"]
@@ -85,19 +125,45 @@ def load_synthetic(catalog: Catalog, *, datasets: int, files: int, seed: int = 7
                 title = f"{part.title()} {cond} {words[0]} study {i}"
                 description = f"{' '.join(words)} {' '.join(mods)} imaging of the {part} ({cond})"
                 tags = json.dumps([part, cond, words[1]])
-                search = " ".join([name, title, description, part, cond, words[1], " ".join(mods)]).lower()
+                search = " ".join(
+                    [name, title, description, part, cond, words[1], " ".join(mods)]
+                ).lower()
                 meta.append((i, name, mods))
                 yield (
-                    i, name, 1, title, description, "CC-BY-4.0", " ".join(mods), part.upper(),
-                    tags, "[]", "[]", search, NOW, NOW,
+                    i,
+                    name,
+                    1,
+                    title,
+                    description,
+                    "CC-BY-4.0",
+                    " ".join(mods),
+                    part.upper(),
+                    tags,
+                    "[]",
+                    "[]",
+                    search,
+                    NOW,
+                    NOW,
                 )
 
         _copy(
             conn,
             "datasets",
             [
-                "id", "name", "provider_id", "title", "description", "license", "modality", "body_part",
-                "tags", "labels", "edited_fields", "search_text", "created_at", "updated_at",
+                "id",
+                "name",
+                "provider_id",
+                "title",
+                "description",
+                "license",
+                "modality",
+                "body_part",
+                "tags",
+                "labels",
+                "edited_fields",
+                "search_text",
+                "created_at",
+                "updated_at",
             ],
             dataset_rows(),
         )
@@ -113,15 +179,37 @@ def load_synthetic(catalog: Catalog, *, datasets: int, files: int, seed: int = 7
             conn,
             "dataset_versions",
             [
-                "id", "dataset_id", "version", "status", "content_hash", "size_bytes", "store_location",
-                "wrapped_key", "manifest", "file_count", "series_count", "study_count", "created_at",
+                "id",
+                "dataset_id",
+                "version",
+                "status",
+                "content_hash",
+                "size_bytes",
+                "store_location",
+                "wrapped_key",
+                "manifest",
+                "file_count",
+                "series_count",
+                "study_count",
+                "created_at",
                 "created_by",
             ],
             (
                 (
-                    v, d, number, status,
-                    hashlib.sha256(str(v).encode()).hexdigest(), per_version * 500_000,
-                    f"store/v{v}", "\\\\x6b6579", "{}", per_version, 4, 1, NOW, "bench",
+                    v,
+                    d,
+                    number,
+                    status,
+                    hashlib.sha256(str(v).encode()).hexdigest(),
+                    per_version * 500_000,
+                    f"store/v{v}",
+                    "\\\\x6b6579",
+                    "{}",
+                    per_version,
+                    4,
+                    1,
+                    NOW,
+                    "bench",
                 )
                 for v, d, number, status, _m in numbered
             ),
@@ -135,10 +223,25 @@ def load_synthetic(catalog: Catalog, *, datasets: int, files: int, seed: int = 7
         _copy(
             conn,
             "validation_reports",
-            ["version_id", "passed", "error_count", "warning_count", "info_count", "report_json", "created_at"],
-            ((v, "true", 0, v % 3, 0, '{"passed": true, "findings": []}', NOW) for v, *_ in versions),
+            [
+                "version_id",
+                "passed",
+                "error_count",
+                "warning_count",
+                "info_count",
+                "report_json",
+                "created_at",
+            ],
+            (
+                (v, "true", 0, v % 3, 0, '{"passed": true, "findings": []}', NOW)
+                for v, *_ in versions
+            ),
         )
-        granted = [(v, rng.choice(GROUPS)) for v, _d, s, _m in versions if s == "published" and rng.random() < 0.3]
+        granted = [
+            (v, rng.choice(GROUPS))
+            for v, _d, s, _m in versions
+            if s == "published" and rng.random() < 0.3
+        ]
         _copy(
             conn,
             "grants",
@@ -162,7 +265,16 @@ def load_synthetic(catalog: Catalog, *, datasets: int, files: int, seed: int = 7
             for index, (v, *_) in enumerate(versions):
                 for j in range(base + (1 if index < extra else 0)):
                     fid += 1
-                    yield (fid, v, v * 4 + j % 4, f"s{j % 4}/{j:06d}.dcm", 524288, digest, "dicom", "CT")
+                    yield (
+                        fid,
+                        v,
+                        v * 4 + j % 4,
+                        f"s{j % 4}/{j:06d}.dcm",
+                        524288,
+                        digest,
+                        "dicom",
+                        "CT",
+                    )
 
         loaded_files = _copy(
             conn,
@@ -253,7 +365,11 @@ def measure_search_latency(
         "max_ms": round(max(all_ms), 2),
         "queries": len(all_ms),
         "per_query": {
-            name: {"p50_ms": round(statistics.median(v), 2), "p95_ms": round(_pct(v, 0.95), 2), "hits": timing["hits"][name]}
+            name: {
+                "p50_ms": round(statistics.median(v), 2),
+                "p95_ms": round(_pct(v, 0.95), 2),
+                "hits": timing["hits"][name],
+            }
             for name, v in timing["per_kind"].items()
         },
         **loaded,

@@ -87,8 +87,11 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int, spares: str = "
     catalog = open_catalog(resolve_database_url(state))
     signing, verify = write_keypair(work / "keys")
     _, token = catalog.add_provider(
-        "bench-hospital", verify.read_bytes(), key_fingerprint(load_verify_key(verify)),
-        actor="bench", quota_bytes=10**12,
+        "bench-hospital",
+        verify.read_bytes(),
+        key_fingerprint(load_verify_key(verify)),
+        actor="bench",
+        quota_bytes=10**12,
     )
     service = IngestService(state, master_key, port=0, receivers=n, catalog=catalog)
     with service.running():
@@ -127,7 +130,9 @@ def run_whole_path(work: Path, dataset: Path, *, k: int, n: int, spares: str = "
         "send_to_catalog_s": round(t_done - t_split, 2),
         "cpu_s": round(cpu["total"], 1),
         "cpu_split_s": {
-            name: round(seconds, 1) for name, seconds in cpu.items() if not name.startswith("machine")
+            name: round(seconds, 1)
+            for name, seconds in cpu.items()
+            if not name.startswith("machine")
         },
         "machine_busy_s": round(cpu["machine_busy"], 1),
         "machine_steal_s": round(cpu["machine_steal"], 1),
@@ -185,7 +190,7 @@ class PathCpu:
     multiprocessing forkserver, reaped by it, so read from its /proc entry). Contention-
     independent, unlike wall time on a shared machine."""
 
-    def __init__(self, service) -> None:  # noqa: ANN001 - an IngestService
+    def __init__(self, service) -> None:  # an IngestService
         self._receivers = service.receiver_pids
         self._receivers_before = sum(_process_cpu(pid) for pid in self._receivers)
         self._pool = _validation_pool_server()
@@ -216,7 +221,10 @@ class PathCpu:
         # Not part of the path: how much the machine was busy (anything, kernel threads
         # included) or lost to the hypervisor ("steal") meanwhile, to tell a slow run from a
         # slow neighbour.
-        busy, steal = (after - before for after, before in zip(_machine_times(), self._machine_before, strict=True))
+        busy, steal = (
+            after - before
+            for after, before in zip(_machine_times(), self._machine_before, strict=True)
+        )
         parts["machine_busy"] = busy
         parts["machine_steal"] = steal
         return parts
@@ -266,12 +274,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--search-datasets", type=int, default=10_000)
     parser.add_argument("--search-files", type=int, default=1_000_000)
     parser.add_argument("--skip-search", action="store_true")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="whole-path runs over the same dataset; the median is reported")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="whole-path runs over the same dataset; the median is reported",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
-    parser.add_argument("--spares", choices=("on-demand", "all"), default="on-demand",
-                        help="the client's spare policy: on-demand (the default of `enclave "
-                             "share send`) or all (`--all-shares`: every share uploaded)")
+    parser.add_argument(
+        "--spares",
+        choices=("on-demand", "all"),
+        default="on-demand",
+        help="the client's spare policy: on-demand (the default of `enclave "
+        "share send`) or all (`--all-shares`: every share uploaded)",
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.workdir))
@@ -282,8 +298,10 @@ def main(argv: list[str] | None = None) -> None:
         # A provider's dataset is at rest before it is split: without this, the kernel writes
         # the 2 GB just generated back to disk during the timed path, on the same two cores.
         os.sync()
-        print(f"generated {files} files, {size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s "
-              f"({os.cpu_count()} CPUs)")
+        print(
+            f"generated {files} files, {size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s "
+            f"({os.cpu_count()} CPUs)"
+        )
         runs = []
         for attempt in range(1, args.repeat + 1):
             path = run_whole_path(work, dataset, k=args.k, n=args.n, spares=args.spares)
@@ -291,16 +309,18 @@ def main(argv: list[str] | None = None) -> None:
             path["load_average"] = [round(x, 2) for x in load]
             runs.append(path)
             mbps = size / 1e6 / path["total_s"]
-            print(f"run {attempt}/{args.repeat}: whole path {args.k}-of-{args.n}, spares "
-                  f"{args.spares} ({path['bytes_sent'] / 1e6:.0f} MB uploaded), provider's "
-                  f"split start -> cataloged {path['total_s']} s = {mbps:.1f} MB/s (split "
-                  f"{path['split_s']} s, then send, reconstruct, validate, store and catalog "
-                  f"{path['send_to_catalog_s']} s; the sending client returned after "
-                  f"{path['send_s']} s; worker {path['worker']}); send "
-                  f"start -> cataloged {size / 1e6 / path['send_to_catalog_s']:.1f} MB/s; "
-                  f"CPU {path['cpu_s']} s ({', '.join(f'{k} {v}' for k, v in path['cpu_split_s'].items() if k != 'total')}); machine busy {path['machine_busy_s']} s, "
-                  f"steal {path['machine_steal_s']} s; load average {load[0]:.2f} {load[1]:.2f} "
-                  f"{load[2]:.2f} on {os.cpu_count()} CPUs")
+            print(
+                f"run {attempt}/{args.repeat}: whole path {args.k}-of-{args.n}, spares "
+                f"{args.spares} ({path['bytes_sent'] / 1e6:.0f} MB uploaded), provider's "
+                f"split start -> cataloged {path['total_s']} s = {mbps:.1f} MB/s (split "
+                f"{path['split_s']} s, then send, reconstruct, validate, store and catalog "
+                f"{path['send_to_catalog_s']} s; the sending client returned after "
+                f"{path['send_s']} s; worker {path['worker']}); send "
+                f"start -> cataloged {size / 1e6 / path['send_to_catalog_s']:.1f} MB/s; "
+                f"CPU {path['cpu_s']} s ({', '.join(f'{k} {v}' for k, v in path['cpu_split_s'].items() if k != 'total')}); machine busy {path['machine_busy_s']} s, "
+                f"steal {path['machine_steal_s']} s; load average {load[0]:.2f} {load[1]:.2f} "
+                f"{load[2]:.2f} on {os.cpu_count()} CPUs"
+            )
             shutil.rmtree(work / "shares", ignore_errors=True)
             shutil.rmtree(work / "state", ignore_errors=True)
             shutil.rmtree(work / "keys", ignore_errors=True)
@@ -310,36 +330,47 @@ def main(argv: list[str] | None = None) -> None:
         run_rates = [size / 1e6 / run["total_s"] for run in runs]
         mbps = size / 1e6 / path["total_s"]
         send_mbps = size / 1e6 / path["send_to_catalog_s"]
-        print(f"whole path (median of {len(runs)}), provider's split start -> cataloged: "
-              f"{path['total_s']} s = {mbps:.1f} MB/s, {files / path['total_s']:.1f} files/s "
-              f"[{'meets' if mbps >= 100 else 'MISSES'} 100 MB/s]; send start -> cataloged "
-              f"{send_mbps:.1f} MB/s; all runs "
-              f"{', '.join(f'{rate:.1f}' for rate in run_rates)} MB/s")
+        print(
+            f"whole path (median of {len(runs)}), provider's split start -> cataloged: "
+            f"{path['total_s']} s = {mbps:.1f} MB/s, {files / path['total_s']:.1f} files/s "
+            f"[{'meets' if mbps >= 100 else 'MISSES'} 100 MB/s]; send start -> cataloged "
+            f"{send_mbps:.1f} MB/s; all runs "
+            f"{', '.join(f'{rate:.1f}' for rate in run_rates)} MB/s"
+        )
         rates = raw_and_validation_rate(dataset)
-        print(f"raw pydicom.dcmread {rates['raw_dcmread_files_per_s']} files/s, validation "
-              f"{rates['validation_files_per_s']} files/s = {rates['validation_vs_raw']} x raw "
-              f"[{'meets' if rates['validation_vs_raw'] >= 0.5 else 'MISSES'} 0.5 x]")
+        print(
+            f"raw pydicom.dcmread {rates['raw_dcmread_files_per_s']} files/s, validation "
+            f"{rates['validation_files_per_s']} files/s = {rates['validation_vs_raw']} x raw "
+            f"[{'meets' if rates['validation_vs_raw'] >= 0.5 else 'MISSES'} 0.5 x]"
+        )
         search = None
         if not args.skip_search:
             search = search_latency(args.search_datasets, args.search_files)
-            print(f"catalog search ({search['datasets']} datasets, {search['files']} files, "
-                  f"PostgreSQL): p50 {search['p50_ms']} ms, p95 {search['p95_ms']} ms "
-                  f"[{'meets' if search['p95_ms'] < 50 else 'MISSES'} 50 ms]")
-        print(json.dumps({
-            "size_mb": round(size / 1e6, 1),
-            "files": files,
-            "k": args.k,
-            "n": args.n,
-            "spares": args.spares,
-            # end_to_end_*: the provider's split start -> the catalog entry (the whole path)
-            "end_to_end_mb_per_s": round(mbps, 1),
-            "send_to_catalog_mb_per_s": round(send_mbps, 1),
-            "end_to_end_files_per_s": round(files / path["total_s"], 1),
-            "end_to_end_mb_per_s_runs": [round(rate, 1) for rate in run_rates],
-            **{f"path_{k}": v for k, v in path.items()},
-            **rates,
-            "search": search,
-        }, sort_keys=True))
+            print(
+                f"catalog search ({search['datasets']} datasets, {search['files']} files, "
+                f"PostgreSQL): p50 {search['p50_ms']} ms, p95 {search['p95_ms']} ms "
+                f"[{'meets' if search['p95_ms'] < 50 else 'MISSES'} 50 ms]"
+            )
+        print(
+            json.dumps(
+                {
+                    "size_mb": round(size / 1e6, 1),
+                    "files": files,
+                    "k": args.k,
+                    "n": args.n,
+                    "spares": args.spares,
+                    # end_to_end_*: the provider's split start -> the catalog entry (the whole path)
+                    "end_to_end_mb_per_s": round(mbps, 1),
+                    "send_to_catalog_mb_per_s": round(send_mbps, 1),
+                    "end_to_end_files_per_s": round(files / path["total_s"], 1),
+                    "end_to_end_mb_per_s_runs": [round(rate, 1) for rate in run_rates],
+                    **{f"path_{k}": v for k, v in path.items()},
+                    **rates,
+                    "search": search,
+                },
+                sort_keys=True,
+            )
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

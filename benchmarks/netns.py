@@ -26,8 +26,12 @@ from enclave.isolation import ResourceLimits, limit_backend, popen_in_namespace
 from enclave.netns import NamespaceManager, NetnsConfig
 
 SERVER = "import socket,sys; s=socket.socket(); s.bind((sys.argv[1], 8888)); s.listen(); s.accept()"
-CONFIG = NetnsConfig(address_range="10.217.0.0/16", table="enclave_bench",
-                     namespace_prefix="enclavebench-", veth_prefix="encb-")
+CONFIG = NetnsConfig(
+    address_range="10.217.0.0/16",
+    table="enclave_bench",
+    namespace_prefix="enclavebench-",
+    veth_prefix="encb-",
+)
 
 
 def wait_connect(address: str, port: int, deadline: float = 10.0) -> None:
@@ -44,9 +48,17 @@ def wait_connect(address: str, port: int, deadline: float = 10.0) -> None:
 
 def server_argv(kind: str, address: str) -> list[str]:
     if kind == "jupyter":
-        return [sys.executable, "-m", "jupyter_server", f"--ServerApp.ip={address}",
-                "--ServerApp.port=8888", "--ServerApp.port_retries=0", "--no-browser",
-                "--ServerApp.token=bench", "--ServerApp.root_dir=/tmp"]
+        return [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            f"--ServerApp.ip={address}",
+            "--ServerApp.port=8888",
+            "--ServerApp.port_retries=0",
+            "--no-browser",
+            "--ServerApp.token=bench",
+            "--ServerApp.root_dir=/tmp",
+        ]
     return ["/usr/bin/python3", "-c", SERVER, address]
 
 
@@ -59,9 +71,18 @@ def server_env() -> dict[str, str]:
 def plain_spawn(kind: str) -> float:
     env = server_env()
     started = time.perf_counter()
-    proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             *server_argv(kind, "127.0.0.1")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *server_argv(kind, "127.0.0.1"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_connect("127.0.0.1", 8888, 60)
     elapsed = time.perf_counter() - started
     proc.terminate()
@@ -74,11 +95,17 @@ def isolated_spawn(manager: NamespaceManager, kind: str) -> tuple[float, float]:
     env = server_env()
     started = time.perf_counter()
     net = manager.create("bench-spawn")
-    proc = popen_in_namespace(net, server_argv(kind, net.guest_address),
-                              uid=65534, gid=65534, cwd="/", env=env,
-                              limits=ResourceLimits(memory_max=1 << 30, cpu_max=1.0,
-                                                    pids_max=256),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = popen_in_namespace(
+        net,
+        server_argv(kind, net.guest_address),
+        uid=65534,
+        gid=65534,
+        cwd="/",
+        env=env,
+        limits=ResourceLimits(memory_max=1 << 30, cpu_max=1.0, pids_max=256),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_connect(net.guest_address, net.server_port, 60)
     elapsed = time.perf_counter() - started
     proc.terminate()
@@ -94,8 +121,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--parallel", type=int, default=30)
-    parser.add_argument("--server", choices=["tiny", "jupyter"], default="tiny",
-                        help="what to spawn: a 1-line TCP server, or jupyter_server")
+    parser.add_argument(
+        "--server",
+        choices=["tiny", "jupyter"],
+        default="tiny",
+        help="what to spawn: a 1-line TCP server, or jupyter_server",
+    )
     parser.add_argument("--spawn-runs", type=int, default=0)
     args = parser.parse_args()
     manager = NamespaceManager(CONFIG)
@@ -112,9 +143,11 @@ def main() -> None:
             t = time.perf_counter()
             manager.teardown(net)
             teardowns.append(time.perf_counter() - t)
-        print(f"one namespace, median of {args.runs}: create {statistics.median(creates) * 1e3:.1f} ms,"
-              f" teardown {statistics.median(teardowns) * 1e3:.1f} ms, "
-              f"sum {statistics.median([a + b for a, b in zip(creates, teardowns, strict=True)]) * 1e3:.1f} ms")
+        print(
+            f"one namespace, median of {args.runs}: create {statistics.median(creates) * 1e3:.1f} ms,"
+            f" teardown {statistics.median(teardowns) * 1e3:.1f} ms, "
+            f"sum {statistics.median([a + b for a, b in zip(creates, teardowns, strict=True)]) * 1e3:.1f} ms"
+        )
 
         users = [f"bench-par-{i}" for i in range(args.parallel)]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
@@ -132,10 +165,12 @@ def main() -> None:
             plain.append(plain_spawn(args.server))
             isolated.append(isolated_spawn(manager, args.server))
         p, iso = statistics.median(plain), statistics.median(x for x, _ in isolated)
-        print(f"{args.server} server spawn until it accepts, median of {runs}"
-              f" (limits: {limit_backend()}):"
-              f" plain {p * 1e3:.1f} ms, isolated {iso * 1e3:.1f} ms ({iso / p:.2f}x);"
-              f" isolated stop+cleanup {statistics.median(y for _, y in isolated) * 1e3:.1f} ms")
+        print(
+            f"{args.server} server spawn until it accepts, median of {runs}"
+            f" (limits: {limit_backend()}):"
+            f" plain {p * 1e3:.1f} ms, isolated {iso * 1e3:.1f} ms ({iso / p:.2f}x);"
+            f" isolated stop+cleanup {statistics.median(y for _, y in isolated) * 1e3:.1f} ms"
+        )
     finally:
         manager.teardown(anchor)
         manager.cleanup_all()

@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument(
-        "--naive-mib", type=int, default=64, help="how much of the data the naive Shamir split runs on"
+        "--naive-mib",
+        type=int,
+        default=64,
+        help="how much of the data the naive Shamir split runs on",
     )
     parser.add_argument("--seed", type=int, default=20260101)
     parser.add_argument(
@@ -253,39 +256,57 @@ def main(argv: list[str] | None = None) -> dict:
         source = work / "dataset"
         size, write_rate = generate_dataset(source, args.size_mib * MIB, args.files, args.seed)
         signing_key, verify_key = write_keypair(work / "keys")
-        print(f"dataset: {size / 1e6:.0f} MB in {args.files} files under {args.tmp_dir} "
-              f"(which took writes at {write_rate:.0f} MB/s), k={args.k} n={args.n}, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"dataset: {size / 1e6:.0f} MB in {args.files} files under {args.tmp_dir} "
+            f"(which took writes at {write_rate:.0f} MB/s), k={args.k} n={args.n}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
 
         aes = aes_gcm_rate(source)
         print(f"raw AES-256-GCM encrypt (pycryptodome, 1 thread): {aes:8.0f} MB/s", flush=True)
         naive, naive_bytes = naive_shamir_rate(source, args.k, args.n, args.naive_mib * MIB)
-        print(f"naive byte-wise Shamir split (numpy GF(256)):      {naive:8.0f} MB/s "
-              f"(on the first {naive_bytes / 1e6:.0f} MB)", flush=True)
+        print(
+            f"naive byte-wise Shamir split (numpy GF(256)):      {naive:8.0f} MB/s "
+            f"(on the first {naive_bytes / 1e6:.0f} MB)",
+            flush=True,
+        )
 
         parts = component_rates(source, args.k, args.n, args.naive_mib * MIB)
-        print("one thread, per MB of data: " + ", ".join(
-            f"{name} {rate:.0f} MB/s" for name, rate in parts.items()), flush=True)
+        print(
+            "one thread, per MB of data: "
+            + ", ".join(f"{name} {rate:.0f} MB/s" for name, rate in parts.items()),
+            flush=True,
+        )
 
-        split = run_child("split", str(source), str(work / "shares"), str(signing_key),
-                          str(args.k), str(args.n))
+        split = run_child(
+            "split", str(source), str(work / "shares"), str(signing_key), str(args.k), str(args.n)
+        )
         split_rate = size / split["seconds"] / 1e6
-        print(f"split_dataset:                                   {split_rate:8.0f} MB/s "
-              f"({split['seconds']:.2f} s, {split['cpu_seconds']:.2f} CPU-s, "
-              f"peak RSS {split['maxrss_kib'] / 1024:.0f} MiB)", flush=True)
+        print(
+            f"split_dataset:                                   {split_rate:8.0f} MB/s "
+            f"({split['seconds']:.2f} s, {split['cpu_seconds']:.2f} CPU-s, "
+            f"peak RSS {split['maxrss_kib'] / 1024:.0f} MiB)",
+            flush=True,
+        )
 
         # From the first k shares (zfec is systematic: no decoding, the read buffer is the
         # ciphertext) and from the last k (every segment erasure-decoded).
         combines = {}
-        for label, subset in (("primary", split["shares"][: args.k]),
-                              ("decoded", split["shares"][-args.k :])):
+        for label, subset in (
+            ("primary", split["shares"][: args.k]),
+            ("decoded", split["shares"][-args.k :]),
+        ):
             rebuilt = work / f"rebuilt-{label}"
             combine = run_child("combine", str(rebuilt), str(verify_key), *subset)
             rate = size / combine["seconds"] / 1e6
             names = ", ".join(Path(p).name for p in subset)
-            print(f"combine_shares ({names}, {label}):  {rate:8.0f} MB/s "
-                  f"({combine['seconds']:.2f} s, {combine['cpu_seconds']:.2f} CPU-s, "
-                  f"peak RSS {combine['maxrss_kib'] / 1024:.0f} MiB)", flush=True)
+            print(
+                f"combine_shares ({names}, {label}):  {rate:8.0f} MB/s "
+                f"({combine['seconds']:.2f} s, {combine['cpu_seconds']:.2f} CPU-s, "
+                f"peak RSS {combine['maxrss_kib'] / 1024:.0f} MiB)",
+                flush=True,
+            )
             if tree_digest(Path(combine["output"])) != tree_digest(source):
                 raise SystemExit(f"benchmark: the dataset rebuilt from {names} differs")
             shutil.rmtree(rebuilt)  # keep the disk footprint down for large runs
@@ -293,12 +314,15 @@ def main(argv: list[str] | None = None) -> dict:
         combine_rate, combine = combines["decoded"]
         primary_rate = combines["primary"][0]
         peak = max(split["maxrss_kib"], *(c["maxrss_kib"] for _, c in combines.values())) / 1024
-        print(f"rebuilt datasets verified; vs raw AES: split {split_rate / aes:.2f}x, "
-              f"combine {primary_rate / aes:.2f}x (primary shares) / "
-              f"{combine_rate / aes:.2f}x (decoded); vs naive Shamir: "
-              f"{split_rate / naive:.1f}x / {combine_rate / naive:.1f}x; "
-              f"peak RSS (VmHWM) {peak:.0f} MiB; "
-              f"load average now {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"rebuilt datasets verified; vs raw AES: split {split_rate / aes:.2f}x, "
+            f"combine {primary_rate / aes:.2f}x (primary shares) / "
+            f"{combine_rate / aes:.2f}x (decoded); vs naive Shamir: "
+            f"{split_rate / naive:.1f}x / {combine_rate / naive:.1f}x; "
+            f"peak RSS (VmHWM) {peak:.0f} MiB; "
+            f"load average now {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         result = {
             "aes_gcm_mbps": round(aes, 1),
             "naive_shamir_mbps": round(naive, 1),

@@ -47,12 +47,23 @@ def make_settings(state_dir: Path, tag: str, spawner: str):
     from enclave.workspace.hub import HubSettings
 
     return HubSettings(
-        state_dir=str(state_dir), public_port=free_port(), proxy_api_port=free_port(),
-        hub_port=free_port(), catalog_port=free_port(), address_range="10.219.64.0/20",
-        netns_table="enclave_bench", namespace_prefix=f"encb{tag}-", veth_prefix="encb-",
-        unix_prefix=f"encb{tag}-", home_root=str(state_dir) + "-homes",
-        plaintext_root=str(state_dir / "plaintext"), lock_path=str(state_dir / "netns.lock"),
-        managed_services=[], log_level="WARN", spawner=spawner, start_timeout_seconds=180,
+        state_dir=str(state_dir),
+        public_port=free_port(),
+        proxy_api_port=free_port(),
+        hub_port=free_port(),
+        catalog_port=free_port(),
+        address_range="10.219.64.0/20",
+        netns_table="enclave_bench",
+        namespace_prefix=f"encb{tag}-",
+        veth_prefix="encb-",
+        unix_prefix=f"encb{tag}-",
+        home_root=str(state_dir) + "-homes",
+        plaintext_root=str(state_dir / "plaintext"),
+        lock_path=str(state_dir / "netns.lock"),
+        managed_services=[],
+        log_level="WARN",
+        spawner=spawner,
+        start_timeout_seconds=180,
     )
 
 
@@ -64,8 +75,11 @@ class Bench:
         self.settings = settings
         settings.save()
         start_hub(settings, mnemonics)
-        self.api = httpx.Client(base_url=f"{settings.public_url}hub/api", timeout=120,
-                                headers={"Authorization": f"token {admin_token(settings)}"})
+        self.api = httpx.Client(
+            base_url=f"{settings.public_url}hub/api",
+            timeout=120,
+            headers={"Authorization": f"token {admin_token(settings)}"},
+        )
 
     def add_user(self, name: str) -> None:
         self.api.post(f"/users/{name}")
@@ -92,11 +106,18 @@ class Bench:
         marks = (server.get("state") or {}).get("spawn_timings")
         if not marks:
             return None
-        points = [self.last_request_wall, marks["start"], marks["prepared"], marks["launched"],
-                  marks["answered"], self.last_ready_wall]
+        points = [
+            self.last_request_wall,
+            marks["start"],
+            marks["prepared"],
+            marks["launched"],
+            marks["answered"],
+            self.last_ready_wall,
+        ]
         names = ["hub_before_start", "prepare", "launch", "server_start", "hub_to_ready"]
-        found: dict[str, float | str] = {n: round(b - a, 3) for n, a, b in
-                                         zip(names, points, points[1:], strict=False)}
+        found: dict[str, float | str] = {
+            n: round(b - a, 3) for n, a, b in zip(names, points, points[1:], strict=False)
+        }
         found["path"] = marks.get("path", "?")
         return found
 
@@ -116,8 +137,9 @@ class Bench:
         from concurrent.futures import ThreadPoolExecutor
 
         def request(name: str) -> None:
-            with httpx.Client(base_url=str(self.api.base_url), headers=self.api.headers,
-                              timeout=120) as client:
+            with httpx.Client(
+                base_url=str(self.api.base_url), headers=self.api.headers, timeout=120
+            ) as client:
                 reply = client.post(f"/users/{name}/server")
             if reply.status_code not in (201, 202):
                 raise SystemExit(f"spawn of {name} refused: {reply.status_code} {reply.text[:200]}")
@@ -128,7 +150,9 @@ class Bench:
         waiting = set(names)
         while waiting:
             users = {u["name"]: u for u in self.api.get("/users").json()}
-            waiting = {n for n in waiting if not users[n].get("servers", {}).get("", {}).get("ready")}
+            waiting = {
+                n for n in waiting if not users[n].get("servers", {}).get("", {}).get("ready")
+            }
             if time.perf_counter() - started > 300:
                 raise SystemExit(f"{len(waiting)} servers not ready after 300 s")
             time.sleep(0.2)
@@ -147,8 +171,7 @@ def median_phases(phases: list[dict | None]) -> dict[str, float | str]:
     if not known:
         return {}
     found: dict[str, float | str] = {
-        k: round(statistics.median(p[k] for p in known), 3)
-        for k in known[0] if k != "path"
+        k: round(statistics.median(p[k] for p in known), 3) for k in known[0] if k != "path"
     }
     paths = sorted({str(p["path"]) for p in known})
     found["paths"] = "+".join(f"{path} x{sum(p['path'] == path for p in known)}" for path in paths)
@@ -179,8 +202,10 @@ def run(spawns: int, concurrent: int) -> dict:
                 times.append(bench.spawn_time(account.name))
                 bench.stop([account.name])
             result["plain_median_s"] = round(statistics.median(times), 3)
-            print(f"LocalProcessSpawner: median {result['plain_median_s']:.2f} s over {spawns} "
-                  f"spawns (min {min(times):.2f}, max {max(times):.2f})")
+            print(
+                f"LocalProcessSpawner: median {result['plain_median_s']:.2f} s over {spawns} "
+                f"spawns (min {min(times):.2f}, max {max(times):.2f})"
+            )
         finally:
             bench.close()
 
@@ -196,21 +221,31 @@ def run(spawns: int, concurrent: int) -> dict:
                 bench.stop(["solo"])
             result["isolated_median_s"] = round(statistics.median(times), 3)
             result["isolated_phases_median_s"] = median_phases(phases)
-            result["overhead_ratio"] = round(result["isolated_median_s"] / result["plain_median_s"], 3)
-            print(f"IsolatedSpawner:     median {result['isolated_median_s']:.2f} s over {spawns} "
-                  f"spawns (min {min(times):.2f}, max {max(times):.2f}); overhead "
-                  f"{result['overhead_ratio']:.2f}x (target < {TARGETS['overhead_ratio']}x)")
+            result["overhead_ratio"] = round(
+                result["isolated_median_s"] / result["plain_median_s"], 3
+            )
+            print(
+                f"IsolatedSpawner:     median {result['isolated_median_s']:.2f} s over {spawns} "
+                f"spawns (min {min(times):.2f}, max {max(times):.2f}); overhead "
+                f"{result['overhead_ratio']:.2f}x (target < {TARGETS['overhead_ratio']}x)"
+            )
             if result["isolated_phases_median_s"]:
-                print("  median per phase: " + ", ".join(
-                    f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in result["isolated_phases_median_s"].items()))
+                print(
+                    "  median per phase: "
+                    + ", ".join(
+                        f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in result["isolated_phases_median_s"].items()
+                    )
+                )
             names = [f"user{i:02d}" for i in range(concurrent)]
             for name in names:
                 bench.add_user(name)
                 accounts.ensure_account(name, Path(isolated.home_root), isolated.unix_prefix)
             result["concurrent_all_ready_s"] = round(bench.concurrent(names), 2)
-            print(f"{concurrent} users at once: all ready in {result['concurrent_all_ready_s']:.1f} s "
-                  f"(target < {TARGETS['concurrent_all_ready_s']:.0f} s)")
+            print(
+                f"{concurrent} users at once: all ready in {result['concurrent_all_ready_s']:.1f} s "
+                f"(target < {TARGETS['concurrent_all_ready_s']:.0f} s)"
+            )
             bench.stop(names)
         finally:
             bench.close()

@@ -36,26 +36,41 @@ def stage(workdir: Path, *, subjects: int, size: int, slices: int) -> tuple[Path
     from enclave.samples import make_sample_dataset
 
     t0 = time.perf_counter()
-    source = make_sample_dataset(workdir / "provider", name="bench-ct", subjects=subjects,
-                                 size=size, slices=slices, with_table=False)
+    source = make_sample_dataset(
+        workdir / "provider",
+        name="bench-ct",
+        subjects=subjects,
+        size=size,
+        slices=slices,
+        with_table=False,
+    )
     t1 = time.perf_counter()
-    staged = stage_dataset(source, workdir / "datasets", store_root=workdir / "store",
-                           validate=False)
+    staged = stage_dataset(
+        source, workdir / "datasets", store_root=workdir / "store", validate=False
+    )
     t2 = time.perf_counter()
     size_mb = sum(p.stat().st_size for p in staged.path.rglob("*") if p.is_file()) / 1e6
-    return workdir / "datasets", {"generate_s": round(t1 - t0, 2),
-                                  "store_and_materialize_s": round(t2 - t1, 2),
-                                  "dataset_mb": round(size_mb, 1)}
+    return workdir / "datasets", {
+        "generate_s": round(t1 - t0, 2),
+        "store_and_materialize_s": round(t2 - t1, 2),
+        "dataset_mb": round(size_mb, 1),
+    }
 
 
-def make_model(device, out_channels: int):  # noqa: ANN201
+def make_model(device, out_channels: int):
     import torch
     from monai.networks.nets import UNet
 
     torch.manual_seed(0)
-    return UNet(spatial_dims=3, in_channels=1, out_channels=out_channels,
-                channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2,
-                norm="batch").to(device)
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=out_channels,
+        channels=(16, 32, 64, 128, 256),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+        norm="batch",
+    ).to(device)
 
 
 class Trainer:
@@ -71,7 +86,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
-    def step(self, image, label) -> float:  # noqa: ANN001
+    def step(self, image, label) -> float:
         import torch
 
         self.opt.zero_grad(set_to_none=True)
@@ -101,13 +116,22 @@ class GpuSampler:
 
         try:
             return float(torch.cuda.utilization())
-        except Exception:  # noqa: BLE001 - pynvml missing: ask nvidia-smi
+        except Exception:
             pass
         if shutil.which("nvidia-smi") is None:
             return None
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-             "-i", "0"], capture_output=True, text=True, check=False)
+            [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu",
+                "--format=csv,noheader,nounits",
+                "-i",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         try:
             return float(out.stdout.split()[0])
         except (IndexError, ValueError):
@@ -137,8 +161,15 @@ class GpuSampler:
 
 
 def timed_pair(
-    a: Trainer, a_batches, b: Trainer, b_batches, *, warmup: int, iterations: int,  # noqa: ANN001
-    rounds: int, during_b=None,  # noqa: ANN001
+    a: Trainer,
+    a_batches,
+    b: Trainer,
+    b_batches,
+    *,
+    warmup: int,
+    iterations: int,
+    rounds: int,
+    during_b=None,
 ) -> dict[str, dict[str, float]]:
     """Iterations per second of two trainers, timed in alternating chunks.
 
@@ -167,7 +198,7 @@ def timed_pair(
     return {k: {"it_s": len(v) / sum(v), "best_it_s": 1 / min(v)} for k, v in chunks.items()}
 
 
-def loader_ms(loader, batches: int = 10) -> float:  # noqa: ANN001
+def loader_ms(loader, batches: int = 10) -> float:
     """Milliseconds per batch for the data pipeline alone (no training)."""
     source = enclave_batches(loader, "cpu")
     next(source)
@@ -177,8 +208,8 @@ def loader_ms(loader, batches: int = 10) -> float:  # noqa: ANN001
     return (time.perf_counter() - start) / batches * 1000
 
 
-def enclave_batches(loader, device):  # noqa: ANN001, ANN201
-    def plain(t):  # noqa: ANN001, ANN202 - MetaTensor -> Tensor, as a training loop would
+def enclave_batches(loader, device):
+    def plain(t):
         t = t.to(device, non_blocking=True)
         return t.as_tensor() if hasattr(t, "as_tensor") else t
 
@@ -187,7 +218,7 @@ def enclave_batches(loader, device):  # noqa: ANN001, ANN201
             yield plain(batch["image"]), plain(batch["label"])
 
 
-def memory_batches(loader, device, count: int = 8):  # noqa: ANN001, ANN201
+def memory_batches(loader, device, count: int = 8):
     """``count`` batches drawn from the same pipeline once, kept on the device and replayed.
 
     Same shapes and values as the enclave-fed run (conv speed on a CPU depends on values,
@@ -229,8 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     subjects = args.subjects or (8 if gpu else 3)
     size = args.size or (256 if gpu else 96)
     slices = args.slices or (128 if gpu else 48)
-    workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1)
-                                                             if gpu else 0)
+    workers = (
+        args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if gpu else 0)
+    )
     if gpu:
         torch.backends.cudnn.benchmark = True
 
@@ -241,20 +273,31 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = ed.open_dataset("bench-ct")
         classes = max(dataset.labels) + 1
         t0 = time.perf_counter()
-        train = ed.monai_dataset(dataset, split="all", train=True, patch_size=(patch,) * 3,
-                                 num_samples=args.batch)
+        train = ed.monai_dataset(
+            dataset, split="all", train=True, patch_size=(patch,) * 3, num_samples=args.batch
+        )
         cache_s = time.perf_counter() - t0
-        loader = DataLoader(train, batch_size=1, shuffle=True, num_workers=workers,
-                            pin_memory=gpu, persistent_workers=workers > 0,
-                            prefetch_factor=4 if workers else None)
+        loader = DataLoader(
+            train,
+            batch_size=1,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=gpu,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+        )
 
         ceiling = Trainer(device, gpu, classes)
         trainer = Trainer(device, gpu, classes)
         sampler = GpuSampler() if gpu else None
         timing = timed_pair(
-            ceiling, memory_batches(loader, device),
-            trainer, enclave_batches(loader, device),
-            warmup=warmup, iterations=iterations, rounds=args.rounds or (4 if gpu else 6),
+            ceiling,
+            memory_batches(loader, device),
+            trainer,
+            enclave_batches(loader, device),
+            warmup=warmup,
+            iterations=iterations,
+            rounds=args.rounds or (4 if gpu else 6),
             during_b=sampler.sampling() if sampler else None,
         )
         memory_rate, enclave_rate = timing["a"]["best_it_s"], timing["b"]["best_it_s"]
@@ -286,14 +329,19 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"staged {result['dataset_mb']} MB (encrypt + materialize "
-          f"{result['store_and_materialize_s']} s), cache filled in {result['cache_fill_s']} s")
-    print(f"U-Net 3D, {patch}^3 patches, batch {args.batch}, {result['device']}"
-          f"{' AMP' if gpu else ''}: enclave data {enclave_rate:.3f} it/s, "
-          f"in-memory tensors {memory_rate:.3f} it/s, ratio {result['ratio']:.3f} "
-          f"(target >= 0.9)" + (f", GPU utilisation {sampler.mean}%" if sampler else "")
-          + f"; overall (all chunks) ratio {result['ratio_overall']}"
-          + f"; data pipeline alone {result['loader_ms_per_batch']} ms/batch")
+    print(
+        f"staged {result['dataset_mb']} MB (encrypt + materialize "
+        f"{result['store_and_materialize_s']} s), cache filled in {result['cache_fill_s']} s"
+    )
+    print(
+        f"U-Net 3D, {patch}^3 patches, batch {args.batch}, {result['device']}"
+        f"{' AMP' if gpu else ''}: enclave data {enclave_rate:.3f} it/s, "
+        f"in-memory tensors {memory_rate:.3f} it/s, ratio {result['ratio']:.3f} "
+        f"(target >= 0.9)"
+        + (f", GPU utilisation {sampler.mean}%" if sampler else "")
+        + f"; overall (all chunks) ratio {result['ratio_overall']}"
+        + f"; data pipeline alone {result['loader_ms_per_batch']} ms/batch"
+    )
     print(json.dumps(result))
     return result
 

@@ -121,7 +121,8 @@ def create_app(
     ) -> Principal:
         if credentials is None or not credentials.credentials:
             raise HTTPException(
-                401, "authentication required: send Authorization: Bearer <token>",
+                401,
+                "authentication required: send Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         principal = resolver.resolve_principal(credentials.credentials)
@@ -167,7 +168,10 @@ def create_app(
         modality: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> list[dict[str, Any]]:
-        return [d.to_dict() for d in catalog.search(q, modality=modality, principal=principal, limit=limit)]
+        return [
+            d.to_dict()
+            for d in catalog.search(q, modality=modality, principal=principal, limit=limit)
+        ]
 
     @app.get("/api/datasets/{name}", tags=["datasets"])
     def get_dataset(name: str, principal: Reader) -> dict[str, Any]:
@@ -198,7 +202,9 @@ def create_app(
         name: str, version: str, principal: Admin, body: RetireRequest | None = None
     ) -> dict[str, Any]:
         reason = body.reason if body else None
-        return catalog.retire(name, version, actor=f"admin:{principal.name}", reason=reason).to_dict()
+        return catalog.retire(
+            name, version, actor=f"admin:{principal.name}", reason=reason
+        ).to_dict()
 
     @app.get("/api/datasets/{name}/versions/{version}/grants", tags=["curation"])
     def list_grants(name: str, version: str, principal: Admin) -> list[dict[str, Any]]:
@@ -241,12 +247,16 @@ def create_app(
     def transfer(transfer_id: str, principal: TransferReader) -> dict[str, Any]:
         record = catalog.get_transfer(transfer_id)
         if not principal.is_admin and record.provider.name != principal.name:
-            raise NotFound(f"unknown transfer {transfer_id!r}")  # another provider's: not yours to see
+            raise NotFound(
+                f"unknown transfer {transfer_id!r}"
+            )  # another provider's: not yours to see
         version = record.version.version if record.version else None
         return TransferView.from_row(record, version).to_dict()
 
     @app.get("/api/audit", tags=["curation"])
-    def audit(principal: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    def audit(
+        principal: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
         return [e.to_dict() for e in catalog.audit_events(limit)]
 
     # -- web page -----------------------------------------------------------------------------
@@ -268,7 +278,9 @@ def create_app(
         datasets: list[DatasetSummary] = []
         error = None
         if principal.role == "provider":
-            error = "Providers follow their transfers at /api/transfers; datasets are for researchers."
+            error = (
+                "Providers follow their transfers at /api/transfers; datasets are for researchers."
+            )
         else:
             try:
                 if q or modality:

@@ -49,9 +49,7 @@ def create_catalog_engine(url: str) -> Engine:
             parent = Path(database).expanduser().parent
             if not parent.is_dir():
                 raise InvalidInput(f"directory for catalog database {database} does not exist")
-        engine = create_engine(
-            parsed, connect_args={"check_same_thread": False, "timeout": 30}
-        )
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql":

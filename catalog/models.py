@@ -98,7 +98,9 @@ class Provider(Base):
     fingerprint: Mapped[str] = mapped_column(String(128))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     quota_bytes: Mapped[int] = mapped_column(
-        BigInteger, default=DEFAULT_PROVIDER_QUOTA_BYTES, server_default=str(DEFAULT_PROVIDER_QUOTA_BYTES)
+        BigInteger,
+        default=DEFAULT_PROVIDER_QUOTA_BYTES,
+        server_default=str(DEFAULT_PROVIDER_QUOTA_BYTES),
     )
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -316,9 +318,7 @@ class Grant(Base):
 
     __tablename__ = "grants"
     __table_args__ = (
-        CheckConstraint(
-            "(group_name IS NULL) <> (user_name IS NULL)", name="group_xor_user"
-        ),
+        CheckConstraint("(group_name IS NULL) <> (user_name IS NULL)", name="group_xor_user"),
         Index("ix_grants_group_name", "group_name"),
         Index("ix_grants_user_name", "user_name"),
         # At most one live grant per subject and version; revoked ones stay as history.

@@ -71,7 +71,9 @@ def _unprivileged_user() -> pwd.struct_passwd:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    raise PostgresUnavailable("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
+    raise PostgresUnavailable(
+        "running as root and no 'postgres' or 'nobody' user to run PostgreSQL as"
+    )
 
 
 class TemporaryPostgres:
@@ -124,8 +126,7 @@ class TemporaryPostgres:
 
     def url_for(self, database: str) -> str:
         return (
-            f"postgresql+psycopg://{self.user}@/{database}"
-            f"?host={self.socket_dir}&port={self.port}"
+            f"postgresql+psycopg://{self.user}@/{database}?host={self.socket_dir}&port={self.port}"
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -217,7 +218,15 @@ class TemporaryPostgres:
         try:
             if self._started and self.bindir is not None:
                 self._run(
-                    [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "immediate", "-w"],
+                    [
+                        str(self.bindir / "pg_ctl"),
+                        "stop",
+                        "-D",
+                        str(self.data_dir),
+                        "-m",
+                        "immediate",
+                        "-w",
+                    ],
                     what="pg_ctl stop",
                     check=False,
                 )
@@ -243,7 +252,11 @@ class TemporaryPostgres:
         import psycopg
 
         with psycopg.connect(
-            host=str(self.socket_dir), port=self.port, user=self.user, dbname=database, autocommit=True
+            host=str(self.socket_dir),
+            port=self.port,
+            user=self.user,
+            dbname=database,
+            autocommit=True,
         ) as conn:
             conn.execute(sql)
 

@@ -108,7 +108,9 @@ def parse_version(version: object) -> int:
     return number
 
 
-def parse_expiry(value: str | date | datetime | None, *, now: datetime | None = None) -> datetime | None:
+def parse_expiry(
+    value: str | date | datetime | None, *, now: datetime | None = None
+) -> datetime | None:
     """A grant's end: a date means through the end of that day (UTC); must be in the future."""
     if value is None or value == "":
         return None
@@ -169,7 +171,9 @@ def _report_counts(report_json: str | None) -> tuple[bool, int, int, int, str]:
     counts = dict(data.get("counts") or {})
     for key in ("error", "warning", "info"):
         if key not in counts:
-            counts[key] = sum(1 for f in findings if isinstance(f, dict) and f.get("severity") == key)
+            counts[key] = sum(
+                1 for f in findings if isinstance(f, dict) and f.get("severity") == key
+            )
     errors = int(counts.get("error", 0))
     passed = bool(data.get("passed", errors == 0))
     return passed, errors, int(counts.get("warning", 0)), int(counts.get("info", 0)), report_json
@@ -212,9 +216,7 @@ class Catalog:
             yield session
 
     @staticmethod
-    def _audit(
-        session: Session, actor: str, action: str, target: str, **details: Any
-    ) -> None:
+    def _audit(session: Session, actor: str, action: str, target: str, **details: Any) -> None:
         if not actor or not isinstance(actor, str):
             raise InvalidInput("every catalog change needs an actor (who is making it)")
         session.add(AuditEvent(actor=actor, action=action, target=target, details=details))
@@ -426,7 +428,13 @@ class Catalog:
             if report_json is not None:
                 t.report_json = report_json
             self._audit(
-                s, actor, "transfer.state", f"transfer:{transfer_id}", old=old, new=state, reason=reason
+                s,
+                actor,
+                "transfer.state",
+                f"transfer:{transfer_id}",
+                old=old,
+                new=state,
+                reason=reason,
             )
             return t
 
@@ -453,11 +461,15 @@ class Catalog:
         with self._read() as s:
             return list(
                 s.scalars(
-                    select(Transfer).where(Transfer.state == state).order_by(Transfer.created_at, Transfer.id)
+                    select(Transfer)
+                    .where(Transfer.state == state)
+                    .order_by(Transfer.created_at, Transfer.id)
                 ).unique()
             )
 
-    def list_transfers(self, provider: str | None = None, state: str | None = None) -> list[TransferView]:
+    def list_transfers(
+        self, provider: str | None = None, state: str | None = None
+    ) -> list[TransferView]:
         """Transfers as views (for the API and CLI), optionally one provider's or one state's."""
         if state is not None:
             self._check_state(state)
@@ -724,7 +736,9 @@ class Catalog:
                 acc[0] += 1
                 acc[1] += f["size_bytes"]
             if f["study_uid"]:
-                st = per_study.setdefault(f["study_uid"], {"files": 0, "bytes": 0, "mods": set(), "series": set()})
+                st = per_study.setdefault(
+                    f["study_uid"], {"files": 0, "bytes": 0, "mods": set(), "series": set()}
+                )
                 st["files"] += 1
                 st["bytes"] += f["size_bytes"]
                 if f["modality"]:
@@ -733,7 +747,9 @@ class Catalog:
                     st["series"].add(f["series_uid"])
         for item in series:
             if item["study_uid"]:
-                st = per_study.setdefault(item["study_uid"], {"files": 0, "bytes": 0, "mods": set(), "series": set()})
+                st = per_study.setdefault(
+                    item["study_uid"], {"files": 0, "bytes": 0, "mods": set(), "series": set()}
+                )
                 st["series"].add(item["series_uid"])
                 if item["modality"]:
                     st["mods"].add(item["modality"])
@@ -891,9 +907,23 @@ class Catalog:
         v, r = DatasetVersion, ValidationReportRow
         stmt = (
             select(
-                v.id, v.dataset_id, Dataset.name, v.version, v.status, v.content_hash, v.size_bytes,
-                v.file_count, v.series_count, v.study_count, v.created_at, v.published_at,
-                v.retired_at, r.passed, r.error_count, r.warning_count, r.info_count,
+                v.id,
+                v.dataset_id,
+                Dataset.name,
+                v.version,
+                v.status,
+                v.content_hash,
+                v.size_bytes,
+                v.file_count,
+                v.series_count,
+                v.study_count,
+                v.created_at,
+                v.published_at,
+                v.retired_at,
+                r.passed,
+                r.error_count,
+                r.warning_count,
+                r.info_count,
             )
             .join(Dataset, Dataset.id == v.dataset_id)
             .outerjoin(r, r.version_id == v.id)
@@ -954,9 +984,9 @@ class Catalog:
                 subject,
             )
         if modality:
-            stmt = stmt.join(VersionModality, VersionModality.version_id == DatasetVersion.id).where(
-                VersionModality.modality == modality
-            )
+            stmt = stmt.join(
+                VersionModality, VersionModality.version_id == DatasetVersion.id
+            ).where(VersionModality.modality == modality)
         return stmt
 
     @staticmethod
@@ -975,8 +1005,18 @@ class Catalog:
             row.id: row
             for row in s.execute(
                 select(
-                    d.id, d.name, d.title, d.description, d.license, d.modality, d.body_part,
-                    d.tags, d.labels, d.created_at, d.updated_at, Provider.name.label("provider"),
+                    d.id,
+                    d.name,
+                    d.title,
+                    d.description,
+                    d.license,
+                    d.modality,
+                    d.body_part,
+                    d.tags,
+                    d.labels,
+                    d.created_at,
+                    d.updated_at,
+                    Provider.name.label("provider"),
                 )
                 .outerjoin(Provider, Provider.id == d.provider_id)
                 .where(d.id.in_(ids))
@@ -1084,7 +1124,9 @@ class Catalog:
                     d_id = s.scalar(select(Dataset.id).where(Dataset.name == name))
                     shown = d_id is not None and s.scalar(
                         select(DatasetVersion.id)
-                        .where(DatasetVersion.dataset_id == d_id, self._visible_clause(principal, now))
+                        .where(
+                            DatasetVersion.dataset_id == d_id, self._visible_clause(principal, now)
+                        )
                         .limit(1)
                     )
                     if not shown:
@@ -1116,9 +1158,13 @@ class Catalog:
             for r in s.scalars(select(Series).where(Series.version_id == v.id).order_by(Series.id))
         ]
         features = [
-            FeatureTableView(f.name, f.path, f.row_count, f.column_count, list(f.column_names or []))
+            FeatureTableView(
+                f.name, f.path, f.row_count, f.column_count, list(f.column_names or [])
+            )
             for f in s.scalars(
-                select(FeatureTable).where(FeatureTable.version_id == v.id).order_by(FeatureTable.name)
+                select(FeatureTable)
+                .where(FeatureTable.version_id == v.id)
+                .order_by(FeatureTable.name)
             )
         ]
         grants = [
@@ -1130,7 +1176,11 @@ class Catalog:
             ).unique()
         ]
         transfers = list(
-            s.scalars(select(Transfer.transfer_id).where(Transfer.version_id == v.id).order_by(Transfer.id))
+            s.scalars(
+                select(Transfer.transfer_id)
+                .where(Transfer.version_id == v.id)
+                .order_by(Transfer.id)
+            )
         )
         report = json.loads(v.report.report_json) if v.report else None
         return VersionDetail(
@@ -1225,7 +1275,9 @@ class Catalog:
                 key = (name, v.version)
                 prior = best.get(key)
                 # Several grants (user and group) may cover one version: keep the longest.
-                if prior is not None and (prior.expires_at is None or (expires and prior.expires_at >= expires)):
+                if prior is not None and (
+                    prior.expires_at is None or (expires and prior.expires_at >= expires)
+                ):
                     continue
                 best[key] = MountableVersion(
                     name=name,
@@ -1239,7 +1291,9 @@ class Catalog:
 
     grants_for = visible_versions
 
-    def grants(self, name: str, version: object, *, include_revoked: bool = False) -> list[GrantView]:
+    def grants(
+        self, name: str, version: object, *, include_revoked: bool = False
+    ) -> list[GrantView]:
         with self._read() as s:
             v = self._version_row(s, name, version)
             stmt = select(Grant).where(Grant.version_id == v.id).order_by(Grant.id)
@@ -1259,7 +1313,9 @@ class Catalog:
         with self._tx() as s:
             v = self._version_row(s, name, version)
             if v.status != "pending-review":
-                raise Conflict(f"dataset {name!r} version {v.version} is {v.status}, not pending-review")
+                raise Conflict(
+                    f"dataset {name!r} version {v.version} is {v.status}, not pending-review"
+                )
             if v.report is not None and not v.report.passed:
                 raise Conflict(
                     f"dataset {name!r} version {v.version} failed validation; it cannot be published"
@@ -1271,7 +1327,9 @@ class Catalog:
             s.flush()
             return VersionSummary.from_row(v, name)
 
-    def retire(self, name: str, version: object, *, actor: str, reason: str | None = None) -> VersionSummary:
+    def retire(
+        self, name: str, version: object, *, actor: str, reason: str | None = None
+    ) -> VersionSummary:
         """Withdraw a version for good; its grants stop giving access."""
         with self._tx() as s:
             v = self._version_row(s, name, version)
@@ -1281,7 +1339,9 @@ class Catalog:
             v.status = "retired"
             v.retired_at = utcnow()
             v.retired_by = actor
-            self._audit(s, actor, "version.retire", f"dataset:{name}@{v.version}", old=old, reason=reason)
+            self._audit(
+                s, actor, "version.retire", f"dataset:{name}@{v.version}", old=old, reason=reason
+            )
             s.flush()
             return VersionSummary.from_row(v, name)
 
@@ -1315,7 +1375,9 @@ class Catalog:
                     clean.append(tag)
             changes["tags"] = clean
         if not changes:
-            raise InvalidInput(f"dataset {name!r}: nothing to change (give a title, description or tag)")
+            raise InvalidInput(
+                f"dataset {name!r}: nothing to change (give a title, description or tag)"
+            )
         with self._tx() as s:
             d = s.scalar(self._locked(select(Dataset).where(Dataset.name == name)))
             if d is None:
@@ -1415,16 +1477,18 @@ class Catalog:
             g.revoked_at = utcnow()
             g.revoked_by = actor
             self._audit(
-                s, actor, "grant.revoke", f"dataset:{name}@{v.version}", subject=who.replace(" ", ":")
+                s,
+                actor,
+                "grant.revoke",
+                f"dataset:{name}@{v.version}",
+                subject=who.replace(" ", ":"),
             )
             s.flush()
             return GrantView.from_row(g)
 
     # -- principals and API tokens -------------------------------------------------------------
 
-    def create_token(
-        self, name: str, role: Role, groups: Iterable[str] = (), *, actor: str
-    ) -> str:
+    def create_token(self, name: str, role: Role, groups: Iterable[str] = (), *, actor: str) -> str:
         """Create the principal if needed (adding ``groups``) and return a new token, once."""
         _check_subject(name, "principal")
         if role not in ROLES:

@@ -144,7 +144,9 @@ def init_custody(state_dir: Path, *, custodians: int, threshold: int) -> list[st
     if not 1 <= custodians <= MAX_CUSTODIANS:
         raise CustodyError(f"--custodians must be between 1 and {MAX_CUSTODIANS}, got {custodians}")
     if not 1 <= threshold <= custodians:
-        raise CustodyError(f"--threshold must be between 1 and --custodians ({custodians}), got {threshold}")
+        raise CustodyError(
+            f"--threshold must be between 1 and --custodians ({custodians}), got {threshold}"
+        )
     if threshold == 1 and custodians > 1:
         raise CustodyError(
             "a threshold of 1 with several custodians would hand each of them the whole key; "
@@ -193,7 +195,9 @@ def unseal(state_dir: Path, mnemonics: list[str]) -> MasterKey:
         except MnemonicError as exc:
             raise CustodyError(f"mnemonic {position} is not valid: {exc}") from None
         if share.identifier != record.identifier:
-            raise CustodyError(f"mnemonic {position} belongs to another key set, not this enclave's")
+            raise CustodyError(
+                f"mnemonic {position} belongs to another key set, not this enclave's"
+            )
         shares.setdefault(share.index, words)
     if len(shares) < record.threshold:
         raise CustodyError(
@@ -204,7 +208,9 @@ def unseal(state_dir: Path, mnemonics: list[str]) -> MasterKey:
     except MnemonicError as exc:
         raise CustodyError(f"mnemonics do not combine: {exc}") from None
     if not hmac.compare_digest(_check_value(secret), record.check):
-        raise CustodyError("the mnemonics combine to a key that does not match this enclave's check value")
+        raise CustodyError(
+            "the mnemonics combine to a key that does not match this enclave's check value"
+        )
     return MasterKey(secret)
 
 

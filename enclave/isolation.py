@@ -73,7 +73,9 @@ def limit_backend(root: Path = CGROUP_ROOT) -> str:
         available = set(controllers.read_text().split())
         if {"memory", "pids", "cpu"} <= available:
             return "cgroup2"
-    if all(_writable_dir(root / c) and (root / c / "cgroup.procs").exists() for c in V1_CONTROLLERS):
+    if all(
+        _writable_dir(root / c) and (root / c / "cgroup.procs").exists() for c in V1_CONTROLLERS
+    ):
         return "cgroup1"
     return "rlimit"
 
@@ -111,13 +113,19 @@ class AppliedLimits:
         parts = [f"backend {self.backend}"]
         lim = self.limits
         if lim.memory_max is not None:
-            parts.append(f"memory {lim.memory_max // (1024 * 1024)} MiB"
-                         + (" (address space)" if self.backend == "rlimit" else ""))
+            parts.append(
+                f"memory {lim.memory_max // (1024 * 1024)} MiB"
+                + (" (address space)" if self.backend == "rlimit" else "")
+            )
         if lim.cpu_max is not None:
-            parts.append(f"cpu {lim.cpu_max} cores"
-                         + (" (NOT enforced)" if "cpu_max" in self.unenforced else ""))
+            parts.append(
+                f"cpu {lim.cpu_max} cores"
+                + (" (NOT enforced)" if "cpu_max" in self.unenforced else "")
+            )
         if lim.pids_max is not None:
-            parts.append(f"pids {lim.pids_max}" + (" (per uid)" if self.backend == "rlimit" else ""))
+            parts.append(
+                f"pids {lim.pids_max}" + (" (per uid)" if self.backend == "rlimit" else "")
+            )
         return ", ".join(parts)
 
     def pids(self) -> list[int]:
@@ -242,7 +250,9 @@ def namespace_command(
         groups = ["--clear-groups"]
     chain: list[str] = []
     if applied is not None and applied.procs_files:
-        join = "; ".join(f'echo $$ > {shlex.quote(str(f))} || exit 125' for f in applied.procs_files)
+        join = "; ".join(
+            f"echo $$ > {shlex.quote(str(f))} || exit 125" for f in applied.procs_files
+        )
         chain += ["/bin/sh", "-c", f'{join}; exec "$@"', "enclave-limits"]
     chain += [tools.get("nsenter", "nsenter"), f"--net={netns_path}", "--"]
     if applied is not None and applied.prlimit_args:
@@ -297,7 +307,9 @@ def popen_in_namespace(
     command = namespace_command(path, argv, uid=uid, gid=gid, applied=applied, tools=tools)
     try:
         proc = IsolatedProcess(
-            command, env=dict(env) if env is not None else {"PATH": DEFAULT_PATH}, cwd=cwd,
+            command,
+            env=dict(env) if env is not None else {"PATH": DEFAULT_PATH},
+            cwd=cwd,
             **popen_kwargs,
         )
     except BaseException:

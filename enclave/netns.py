@@ -122,7 +122,9 @@ def parse_range(address_range: str) -> ipaddress.IPv4Network:
     try:
         network = ipaddress.IPv4Network(address_range, strict=True)
     except ValueError as exc:
-        raise IsolationError(f"address range {address_range!r} is not an IPv4 network: {exc}") from exc
+        raise IsolationError(
+            f"address range {address_range!r} is not an IPv4 network: {exc}"
+        ) from exc
     if not network.is_private or network.is_loopback or network.is_link_local:
         raise IsolationError(
             f"address range {address_range} is not a private range (use e.g. 10.213.0.0/16)"
@@ -312,9 +314,7 @@ def user_elements(
     )
 
 
-def host_link_batch(
-    *, namespace: str, host_interface: str, addresses: UserAddresses
-) -> str:
+def host_link_batch(*, namespace: str, host_interface: str, addresses: UserAddresses) -> str:
     """``ip -batch`` lines run in the root namespace: the namespace, the veth pair, the host end.
 
     ``addrgenmode none`` stops the kernel from giving either end an IPv6 link-local
@@ -439,7 +439,11 @@ def require_tools(*names: str) -> dict[str, str]:
     missing: list[str] = []
     for name in names:
         path = shutil.which(name) or next(
-            (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
+            (
+                p
+                for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}")
+                if os.access(p, os.X_OK)
+            ),
             None,
         )
         if path is None:
@@ -470,8 +474,13 @@ def _run_together(jobs: Sequence[tuple[Sequence[str], str | None, str]]) -> list
     """
     procs = []
     for argv, stdin, _ in jobs:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(stdin or "")
@@ -554,8 +563,16 @@ class NamespaceManager:
             f"loading nftables table inet {cfg.table}",
         )
         _run(
-            [self.tools["ip"], "addr", "replace", f"{cfg.service_address}/32", "dev", "lo",
-             "label", SERVICE_LABEL],
+            [
+                self.tools["ip"],
+                "addr",
+                "replace",
+                f"{cfg.service_address}/32",
+                "dev",
+                "lo",
+                "label",
+                SERVICE_LABEL,
+            ],
             what=f"adding service address {cfg.service_address} to lo",
         )
         self._table_ready = True
@@ -563,7 +580,8 @@ class NamespaceManager:
     def table_exists(self) -> bool:
         proc = subprocess.run(
             [self.tools["nft"], "list", "table", "inet", self.config.table],
-            capture_output=True, check=False,
+            capture_output=True,
+            check=False,
         )
         return proc.returncode == 0
 
@@ -590,9 +608,9 @@ class NamespaceManager:
             alias = (SYS_NET / host_interface / "ifalias").read_text().strip()
         except OSError:
             return None
-        if not alias.startswith(SLOT_ALIAS) or not alias[len(SLOT_ALIAS):].isdigit():
+        if not alias.startswith(SLOT_ALIAS) or not alias[len(SLOT_ALIAS) :].isdigit():
             return None
-        slot = int(alias[len(SLOT_ALIAS):])
+        slot = int(alias[len(SLOT_ALIAS) :])
         return slot if 1 <= slot < slot_count(self.config.network) else None
 
     def _used_slots(self) -> set[int]:
@@ -620,8 +638,9 @@ class NamespaceManager:
             return None
         return self._describe(user, namespace, host_interface, slot)
 
-    def _describe(self, user: str, namespace: str, host_interface: str, slot: int,
-                  seconds: float = 0.0) -> IsolatedNetwork:
+    def _describe(
+        self, user: str, namespace: str, host_interface: str, slot: int, seconds: float = 0.0
+    ) -> IsolatedNetwork:
         cfg = self.config
         return IsolatedNetwork(
             user=user,
@@ -636,9 +655,13 @@ class NamespaceManager:
 
     def _elements(self, verb: str, net: IsolatedNetwork) -> str:
         return user_elements(
-            verb, table=self.config.table, host_interface=net.host_interface,
-            guest_address=net.addresses.guest, service_address=net.service_address,
-            service_ports=net.service_ports, server_port=net.server_port,
+            verb,
+            table=self.config.table,
+            host_interface=net.host_interface,
+            guest_address=net.addresses.guest,
+            service_address=net.service_address,
+            service_ports=net.service_ports,
+            server_port=net.server_port,
         )
 
     # ---- create / teardown
@@ -659,31 +682,50 @@ class NamespaceManager:
             except BaseException:
                 self._teardown_locked(namespace, host_interface, net)
                 raise
-        return self._describe(user, namespace, host_interface, slot,
-                              time.perf_counter() - started)
+        return self._describe(user, namespace, host_interface, slot, time.perf_counter() - started)
 
     def _wire(self, net: IsolatedNetwork) -> None:
         """Three processes: host links, then namespace side and host set elements at once."""
         cfg, ip = self.config, self.tools["ip"]
         if not self._table_ready:
             self.ensure_host()
-        _run([ip, "-batch", "-"], what=f"creating namespace {net.namespace} and its veth",
-             stdin=host_link_batch(namespace=net.namespace, host_interface=net.host_interface,
-                                   addresses=net.addresses))
-        inside = namespace_link_batch(addresses=net.addresses,
-                                      service_address=net.service_address)
-        rules = namespace_ruleset(service_address=net.service_address,
-                                  service_ports=net.service_ports,
-                                  guest_address=net.addresses.guest, server_port=net.server_port)
+        _run(
+            [ip, "-batch", "-"],
+            what=f"creating namespace {net.namespace} and its veth",
+            stdin=host_link_batch(
+                namespace=net.namespace, host_interface=net.host_interface, addresses=net.addresses
+            ),
+        )
+        inside = namespace_link_batch(addresses=net.addresses, service_address=net.service_address)
+        rules = namespace_ruleset(
+            service_address=net.service_address,
+            service_ports=net.service_ports,
+            guest_address=net.addresses.guest,
+            server_port=net.server_port,
+        )
         elements = self._elements("add", net)
         register = f"registering {net.namespace} in table inet {cfg.table}"
-        results = _run_together([
-            ([self.tools["nsenter"], f"--net={net.netns_path}", "/bin/sh", "-c",
-              'printf "%s" "$1" | "$3" -batch - && printf "%s" "$2" | "$4" -f -',
-              "enclave-netns", inside, rules, ip, self.tools["nft"]],
-             None, f"configuring inside {net.namespace} (ip, nft)"),
-            ([self.tools["nft"], "-f", "-"], elements, register),
-        ])
+        results = _run_together(
+            [
+                (
+                    [
+                        self.tools["nsenter"],
+                        f"--net={net.netns_path}",
+                        "/bin/sh",
+                        "-c",
+                        'printf "%s" "$1" | "$3" -batch - && printf "%s" "$2" | "$4" -f -',
+                        "enclave-netns",
+                        inside,
+                        rules,
+                        ip,
+                        self.tools["nft"],
+                    ],
+                    None,
+                    f"configuring inside {net.namespace} (ip, nft)",
+                ),
+                ([self.tools["nft"], "-f", "-"], elements, register),
+            ]
+        )
         inside_error, register_error = results
         if inside_error:
             raise IsolationError(inside_error)
@@ -713,8 +755,9 @@ class NamespaceManager:
             if not self.namespaces():
                 self._remove_table_locked()
 
-    def _teardown_locked(self, namespace: str, host_interface: str,
-                         known: IsolatedNetwork | None = None) -> None:
+    def _teardown_locked(
+        self, namespace: str, host_interface: str, known: IsolatedNetwork | None = None
+    ) -> None:
         if known is None:
             slot = self._slot_of_veth(host_interface)
             if slot is not None:
@@ -735,8 +778,13 @@ class NamespaceManager:
             batch.append(f"netns del {namespace}")
         jobs = []
         if batch:
-            jobs.append(([self.tools["ip"], "-batch", "-"], "\n".join(batch) + "\n",
-                         f"deleting {namespace} and {host_interface}"))
+            jobs.append(
+                (
+                    [self.tools["ip"], "-batch", "-"],
+                    "\n".join(batch) + "\n",
+                    f"deleting {namespace} and {host_interface}",
+                )
+            )
         if known is not None:
             jobs.append(([self.tools["nft"], "-f", "-"], self._elements("delete", known), ""))
         results = _run_together(jobs)
@@ -748,14 +796,20 @@ class NamespaceManager:
                 subprocess.run([self.tools["nft"], line], capture_output=True, check=False)
 
     def _remove_table_locked(self) -> None:
-        subprocess.run([self.tools["nft"], "delete", "table", "inet", self.config.table],
-                       capture_output=True, check=False)
+        subprocess.run(
+            [self.tools["nft"], "delete", "table", "inet", self.config.table],
+            capture_output=True,
+            check=False,
+        )
         self._table_ready = False
 
     def _remove_host_locked(self) -> None:
         self._remove_table_locked()
-        subprocess.run([self.tools["ip"], "addr", "del", f"{self.config.service_address}/32",
-                        "dev", "lo"], capture_output=True, check=False)
+        subprocess.run(
+            [self.tools["ip"], "addr", "del", f"{self.config.service_address}/32", "dev", "lo"],
+            capture_output=True,
+            check=False,
+        )
 
     def remove_host(self) -> None:
         """Drop the host table and the service address (hub shutdown, no users left)."""
@@ -773,8 +827,9 @@ class NamespaceManager:
                 self._teardown_locked(namespace, veth_name(namespace, self.config.veth_prefix))
                 removed.append(namespace)
             for link in self.veths():
-                subprocess.run([self.tools["ip"], "link", "del", link],
-                               capture_output=True, check=False)
+                subprocess.run(
+                    [self.tools["ip"], "link", "del", link], capture_output=True, check=False
+                )
                 removed.append(link)
             if self.table_exists():
                 removed.append(f"table inet {self.config.table}")
@@ -800,8 +855,10 @@ def write_policy_files(directory: Path) -> list[Path]:
     """Write the documented copies in ``policies/nftables`` from the code that loads them."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (("enclave-host.nft", host_ruleset()),
-                       ("enclave-namespace.nft", example_namespace_ruleset())):
+    for name, text in (
+        ("enclave-host.nft", host_ruleset()),
+        ("enclave-namespace.nft", example_namespace_ruleset()),
+    ):
         path = directory / name
         path.write_text(text)
         written.append(path)

@@ -206,7 +206,11 @@ class _Phantom:
 
 
 def _base_series_dataset(
-    *, subject_id: str, study_uid: str, series_uid: str, series_number: int,
+    *,
+    subject_id: str,
+    study_uid: str,
+    series_uid: str,
+    series_number: int,
     geometry: SeriesGeometry,
 ) -> Dataset:
     ds = deidentify_template(_template())
@@ -272,9 +276,17 @@ class _WrittenSeries:
 
 
 def _write_series(
-    out_dir: Path, *, slices: int, size: int, subject_id: str, seed: int,
-    study_uid: str | None, series_number: int = 1, phi: Iterable[str] = (),
-    fast: bool = False, progress: Callable[[int], None] | None = None,
+    out_dir: Path,
+    *,
+    slices: int,
+    size: int,
+    subject_id: str,
+    seed: int,
+    study_uid: str | None,
+    series_number: int = 1,
+    phi: Iterable[str] = (),
+    fast: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> _WrittenSeries:
     if slices < 1 or size < 8:
         raise ValueError("a series needs at least 1 slice of at least 8x8 pixels")
@@ -284,8 +296,11 @@ def _write_series(
     study_uid = study_uid or sample_uid("study", subject_id, seed)
     series_uid = sample_uid("series", study_uid, series_number, slices, size)
     ds = _base_series_dataset(
-        subject_id=subject_id, study_uid=study_uid, series_uid=series_uid,
-        series_number=series_number, geometry=geometry,
+        subject_id=subject_id,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        series_number=series_number,
+        geometry=geometry,
     )
     planted = list(phi)
     for kind in planted:
@@ -322,8 +337,14 @@ def _write_series(
 
 
 def make_ct_series(
-    out_dir: Path, *, slices: int = 24, size: int = 64, subject_id: str = "SUBJ-0001",
-    seed: int = 0, study_uid: str | None = None, series_number: int = 1,
+    out_dir: Path,
+    *,
+    slices: int = 24,
+    size: int = 64,
+    subject_id: str = "SUBJ-0001",
+    seed: int = 0,
+    study_uid: str | None = None,
+    series_number: int = 1,
     phi: Iterable[str] = (),
 ) -> list[Path]:
     """Write one de-identified axial CT series (``0001.dcm``...) into ``out_dir``.
@@ -331,13 +352,24 @@ def make_ct_series(
     ``phi`` names kinds from ``PHI_KINDS`` to plant in every slice (negative tests).
     """
     return _write_series(
-        Path(out_dir), slices=slices, size=size, subject_id=subject_id, seed=seed,
-        study_uid=study_uid, series_number=series_number, phi=phi,
+        Path(out_dir),
+        slices=slices,
+        size=size,
+        subject_id=subject_id,
+        seed=seed,
+        study_uid=study_uid,
+        series_number=series_number,
+        phi=phi,
     ).paths
 
 
 def make_benchmark_series(
-    out_dir: Path, *, series: int = 20, slices: int = 200, size: int = 512, seed: int = 0,
+    out_dir: Path,
+    *,
+    series: int = 20,
+    slices: int = 200,
+    size: int = 512,
+    seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Full-size CT for benchmarks (defaults: 20 series x 200 slices of 512x512, ~2 GB).
@@ -351,8 +383,14 @@ def make_benchmark_series(
     for n in range(series):
         subject = f"BENCH-{n + 1:04d}"
         written = _write_series(
-            out_dir / subject / "series-001", slices=slices, size=size, subject_id=subject,
-            seed=seed, study_uid=None, fast=True, progress=progress,
+            out_dir / subject / "series-001",
+            slices=slices,
+            size=size,
+            subject_id=subject,
+            seed=seed,
+            study_uid=None,
+            fast=True,
+            progress=progress,
         )
         paths.extend(written.paths)
     return paths
@@ -421,34 +459,37 @@ def _clinical_rows(subjects: Sequence[str], lesions: dict[str, float], seed: int
     rows = []
     for subject in subjects:
         radius = lesions.get(subject, 0.0)
-        rows.append({
-            "subject_id": subject,
-            "age": int(rng.integers(35, 86)),
-            "sex": str(rng.choice(["F", "M"])),
-            "outcome": int(radius >= 18.0),
-        })
+        rows.append(
+            {
+                "subject_id": subject,
+                "age": int(rng.integers(35, 86)),
+                "sex": str(rng.choice(["F", "M"])),
+                "outcome": int(radius >= 18.0),
+            }
+        )
     return rows
 
 
 def clinical_expectations(subjects: int) -> dict:
     """Great Expectations (1.x names) suite for tables/clinical.csv."""
+
     def exp(name: str, **kwargs: object) -> dict:
         return {"expectation_type": name, "kwargs": kwargs}
 
     return {
         "name": "clinical",
         "expectations": [
-            exp("expect_table_columns_to_match_ordered_list",
-                column_list=["subject_id", "age", "sex", "outcome"]),
+            exp(
+                "expect_table_columns_to_match_ordered_list",
+                column_list=["subject_id", "age", "sex", "outcome"],
+            ),
             exp("expect_table_row_count_to_equal", value=subjects),
             exp("expect_column_values_to_not_be_null", column="subject_id"),
             exp("expect_column_values_to_be_unique", column="subject_id"),
-            exp("expect_column_values_to_match_regex", column="subject_id",
-                regex=r"^SUBJ-\d{4}$"),
+            exp("expect_column_values_to_match_regex", column="subject_id", regex=r"^SUBJ-\d{4}$"),
             exp("expect_column_values_to_not_be_null", column="age"),
             # HIPAA Safe Harbor: ages over 89 must be aggregated.
-            exp("expect_column_values_to_be_between", column="age", min_value=18,
-                max_value=89),
+            exp("expect_column_values_to_be_between", column="age", min_value=18, max_value=89),
             exp("expect_column_values_to_be_in_set", column="sex", value_set=["F", "M", "O"]),
             exp("expect_column_values_to_be_in_set", column="outcome", value_set=[0, 1]),
         ],
@@ -456,9 +497,17 @@ def clinical_expectations(subjects: int) -> dict:
 
 
 def make_sample_dataset(
-    out_dir: Path, *, name: str = "demo-ct", subjects: int = 2, slices: int = 24,
-    size: int = 64, with_segmentation: bool = True, with_table: bool = True, seed: int = 0,
-    phi: Iterable[str] = (), segmentation_format: str = "nifti",
+    out_dir: Path,
+    *,
+    name: str = "demo-ct",
+    subjects: int = 2,
+    slices: int = 24,
+    size: int = 64,
+    with_segmentation: bool = True,
+    with_table: bool = True,
+    seed: int = 0,
+    phi: Iterable[str] = (),
+    segmentation_format: str = "nifti",
 ) -> Path:
     """Write a complete dataset directory ``out_dir/<name>/`` that ingestion accepts.
 
@@ -489,8 +538,13 @@ def make_sample_dataset(
         series_dir = root / "dicom" / subject / "series-001"
         subject_seed = seed * 1000 + index
         written = _write_series(
-            series_dir, slices=slices, size=size, subject_id=subject, seed=subject_seed,
-            study_uid=sample_uid("study", name, subject, seed), phi=phi,
+            series_dir,
+            slices=slices,
+            size=size,
+            subject_id=subject,
+            seed=subject_seed,
+            study_uid=sample_uid("study", name, subject, seed),
+            phi=phi,
         )
         lesions[subject] = written.lesion.radius
         if with_segmentation and segmentation_format == "dicom-seg":
@@ -500,18 +554,22 @@ def make_sample_dataset(
             mask = root / "segmentations" / f"{subject}.nii.gz"
             _write_mask(mask, written.labels, written.geometry)
         if with_segmentation:
-            segmentations.append({
-                "mask": mask.relative_to(root).as_posix(),
-                "series": series_dir.relative_to(root).as_posix(),
-            })
+            segmentations.append(
+                {
+                    "mask": mask.relative_to(root).as_posix(),
+                    "series": series_dir.relative_to(root).as_posix(),
+                }
+            )
     spec: dict = {
         "name": name,
         "title": "Demo chest CT (synthetic)",
         "description": (
             f"{subjects} synthetic chest CT series ({slices} axial slices of {size}x{size}) "
             "built from pydicom's de-identified CT_small header, with a lung lesion per "
-            "subject" + (", lesion and body segmentations" if with_segmentation else "")
-            + (" and a clinical table" if with_table else "") + ". For demos and tests."
+            "subject"
+            + (", lesion and body segmentations" if with_segmentation else "")
+            + (" and a clinical table" if with_table else "")
+            + ". For demos and tests."
         ),
         "license": "CC-BY-4.0",
         "modality": "CT",
@@ -525,15 +583,21 @@ def make_sample_dataset(
         spec["segmentations"] = segmentations
     if with_table:
         _write_table(root, subject_ids, lesions, seed)
-        spec["tables"] = [{
-            "name": "clinical",
-            "path": "tables/clinical.csv",
-            "subject_id": "subject_id",
-            "links_imaging": True,
-            "columns": {"subject_id": "string", "age": "integer", "sex": "string",
-                        "outcome": "integer"},
-            "expectations": "expectations/clinical.json",
-        }]
+        spec["tables"] = [
+            {
+                "name": "clinical",
+                "path": "tables/clinical.csv",
+                "subject_id": "subject_id",
+                "links_imaging": True,
+                "columns": {
+                    "subject_id": "string",
+                    "age": "integer",
+                    "sex": "string",
+                    "outcome": "integer",
+                },
+                "expectations": "expectations/clinical.json",
+            }
+        ]
     (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return root
 
@@ -545,13 +609,21 @@ def _labels_by_frame(labels: np.ndarray) -> np.ndarray:
 
 #: Contributing Equipment item attributes that describe software; everything else in an item
 #: (institution, station, serial number, description, date) is dropped from a sample SEG.
-_EQUIPMENT_KEEP = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions",
-                   "PurposeOfReferenceCodeSequence")
+_EQUIPMENT_KEEP = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "PurposeOfReferenceCodeSequence",
+)
 
 
 def make_dicom_seg(
-    series_paths: Sequence[Path], labels: np.ndarray, out_path: Path, *,
-    segment_labels: dict[int, str] | None = None, series_number: int = 100,
+    series_paths: Sequence[Path],
+    labels: np.ndarray,
+    out_path: Path,
+    *,
+    segment_labels: dict[int, str] | None = None,
+    series_number: int = 100,
 ) -> Path:
     """Write a de-identified DICOM SEG (highdicom) of ``labels`` drawn on a sample CT series.
 
@@ -575,13 +647,15 @@ def make_dicom_seg(
     descriptions = []
     for number, name in sorted(names.items()):
         category, kind = properties.get(name, (codes.SCT.Tissue, codes.SCT.Tissue))
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=name,
-            segmented_property_category=category,
-            segmented_property_type=kind,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name,
+                segmented_property_category=category,
+                segmented_property_type=kind,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+        )
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=np.asarray(labels, dtype=np.uint8),
@@ -652,6 +726,7 @@ def _write_table(root: Path, subjects: list[str], lesions: dict[str, float], see
 
 # --- Command line: `enclave samples ...` ---------------------------------------------------
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def samples() -> None:
     """Make de-identified sample datasets for demos, tests and benchmarks (no download)."""
@@ -666,18 +741,34 @@ def samples() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--no-segmentation", is_flag=True, help="Leave out the label masks.")
 @click.option(
-    "--segmentation-format", type=click.Choice(SEGMENTATION_FORMATS), default="nifti",
-    show_default=True, help="Label masks as NIfTI files or as DICOM SEG objects.",
+    "--segmentation-format",
+    type=click.Choice(SEGMENTATION_FORMATS),
+    default="nifti",
+    show_default=True,
+    help="Label masks as NIfTI files or as DICOM SEG objects.",
 )
 @click.option("--no-table", is_flag=True, help="Leave out the clinical table.")
 def demo_command(
-    out_dir: Path, name: str, subjects: int, slices: int, size: int, seed: int,
-    no_segmentation: bool, segmentation_format: str, no_table: bool,
+    out_dir: Path,
+    name: str,
+    subjects: int,
+    slices: int,
+    size: int,
+    seed: int,
+    no_segmentation: bool,
+    segmentation_format: str,
+    no_table: bool,
 ) -> None:
     """Write a complete sample dataset to OUT_DIR/NAME, ready to split and send."""
     root = make_sample_dataset(
-        out_dir, name=name, subjects=subjects, slices=slices, size=size, seed=seed,
-        with_segmentation=not no_segmentation, with_table=not no_table,
+        out_dir,
+        name=name,
+        subjects=subjects,
+        slices=slices,
+        size=size,
+        seed=seed,
+        with_segmentation=not no_segmentation,
+        with_table=not no_table,
         segmentation_format=segmentation_format,
     )
     click.echo(f"wrote {root} ({subjects} subject(s), {slices} slices of {size}x{size} each)")
@@ -694,12 +785,19 @@ def benchmark_command(out_dir: Path, series: int, slices: int, size: int) -> Non
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     ) as bar:
         task = bar.add_task("writing slices", total=series * slices)
         paths = make_benchmark_series(
-            out_dir, series=series, slices=slices, size=size,
+            out_dir,
+            series=series,
+            slices=slices,
+            size=size,
             progress=lambda n: bar.advance(task, n),
         )
     total = sum(p.stat().st_size for p in paths)

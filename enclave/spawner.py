@@ -95,7 +95,8 @@ class IsolatedSpawner(LocalProcessSpawner):
     """A ``LocalProcessSpawner`` whose servers are isolated, limited and given their datasets."""
 
     netns_config = AnyTrait(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="enclave.netns.NetnsConfig shared with the hub (service address and ports).",
     ).tag(config=True)
     home_root = Unicode("/home", help="Where workspace homes live.").tag(config=True)
@@ -112,14 +113,16 @@ class IsolatedSpawner(LocalProcessSpawner):
         config=True
     )
     grants_source = AnyTrait(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="Callable(Principal) -> mountable versions; defaults to the catalog at catalog_url.",
     ).tag(config=True)
     profiles = Dict(help="Profile name -> enclave.workspace.profiles.Profile.").tag(config=True)
     isolate_network = Bool(True, help="Run in a network namespace (never turn off in production).")
     proc = Union(
         [Instance(subprocess.Popen), Instance("enclave.workspace.zygote.ZygoteProcess")],
-        allow_none=True, help="The server process: exec'd (Popen) or forked by the zygote.",
+        allow_none=True,
+        help="The server process: exec'd (Popen) or forked by the zygote.",
     )
     server_log_dir = Unicode(
         "",
@@ -178,8 +181,9 @@ class IsolatedSpawner(LocalProcessSpawner):
 
     @property
     def mounter(self) -> DatasetMounter:
-        mounter = _shared("mounter", self.plaintext_root,
-                          lambda: DatasetMounter(Path(self.plaintext_root)))
+        mounter = _shared(
+            "mounter", self.plaintext_root, lambda: DatasetMounter(Path(self.plaintext_root))
+        )
         mounter.master_key = _MASTER_KEY[0]
         return mounter
 
@@ -264,7 +268,9 @@ class IsolatedSpawner(LocalProcessSpawner):
             self.log.warning("Examples not copied for %s: %s", self.user.name, exc)
             return
         if copied:
-            self.log.info("Copied %d example notebook(s) to %s", len(copied), account.home / "examples")
+            self.log.info(
+                "Copied %d example notebook(s) to %s", len(copied), account.home / "examples"
+            )
 
     async def start(self) -> tuple[str, int]:
         from enclave.isolation import ResourceLimits
@@ -281,11 +287,16 @@ class IsolatedSpawner(LocalProcessSpawner):
         env.update(profiles.gpu_environment(self._profile))
         cmd = [*self.cmd, *self.get_args()]
         profile = self._profile
-        limits = ResourceLimits(memory_max=profile.memory_max, cpu_max=profile.cpu_max,
-                                pids_max=profile.pids_max)
+        limits = ResourceLimits(
+            memory_max=profile.memory_max, cpu_max=profile.cpu_max, pids_max=profile.pids_max
+        )
         self.log.info(
             "Spawning %s as %s (uid %d) in %s, profile %s, datasets %s",
-            self.user.name, account.name, account.uid, network.namespace, profile.name,
+            self.user.name,
+            account.name,
+            account.uid,
+            network.namespace,
+            profile.name,
             ", ".join(f"{m.name}@{m.version}" for m in self.mounted) or "none",
         )
         try:
@@ -302,20 +313,31 @@ class IsolatedSpawner(LocalProcessSpawner):
         path = "exec" if isinstance(proc, subprocess.Popen) else "zygote"
         if proc.limits is not None:
             self.log.info("Limits for %s: %s", self.user.name, proc.limits.describe())
-        await self._wait_until_answering(proc, f"http://{self.ip}:{self.port}"
-                                         f"{self.server.base_url}api")
+        await self._wait_until_answering(
+            proc, f"http://{self.ip}:{self.port}{self.server.base_url}api"
+        )
         marks["answered"] = time.time()
         self._timings = {**marks, "path": path}
         self.log.info(
             "Server of %s answers after %.2f s: prepare %.2f s, launch %.2f s (%s), "
-            "server start %.2f s", self.user.name, marks["answered"] - marks["start"],
-            marks["prepared"] - marks["start"], marks["launched"] - marks["prepared"], path,
+            "server start %.2f s",
+            self.user.name,
+            marks["answered"] - marks["start"],
+            marks["prepared"] - marks["start"],
+            marks["launched"] - marks["prepared"],
+            path,
             marks["answered"] - marks["launched"],
         )
         return (self.ip, self.port)
 
-    def _launch(self, network: Any, cmd: list[str], account: accounts.UnixAccount,
-                env: dict[str, str], limits: Any) -> Any:
+    def _launch(
+        self,
+        network: Any,
+        cmd: list[str],
+        account: accounts.UnixAccount,
+        env: dict[str, str],
+        limits: Any,
+    ) -> Any:
         """Start the server process: forked from the zygote when it is ready, else exec'd."""
         from enclave.isolation import apply_limits, popen_in_namespace
         from enclave.workspace.zygote import (
@@ -333,14 +355,20 @@ class IsolatedSpawner(LocalProcessSpawner):
                     if not zygote.wait_ready(max(0.0, self.zygote_wait - zygote.age)):
                         raise ZygoteUnavailable("the zygote is not ready")
                     request = SpawnRequest(
-                        argv=list(cmd), env=dict(env), cwd=str(account.home), uid=account.uid,
-                        gid=account.gid, netns_path=network.netns_path,
+                        argv=list(cmd),
+                        env=dict(env),
+                        cwd=str(account.home),
+                        uid=account.uid,
+                        gid=account.gid,
+                        netns_path=network.netns_path,
                         cgroup_procs=[str(f) for f in applied.procs_files],
                         rlimits=rlimits_from_prlimit_args(applied.prlimit_args),
                     )
                     proc = zygote.spawn(request, output_fd=output)
                 except ZygoteUnavailable as exc:
-                    self.log.info("Starting %s's server without the zygote: %s", self.user.name, exc)
+                    self.log.info(
+                        "Starting %s's server without the zygote: %s", self.user.name, exc
+                    )
                     for pid in applied.pids():  # nothing may linger from a half-made fork
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
@@ -349,9 +377,17 @@ class IsolatedSpawner(LocalProcessSpawner):
                     self.log.debug("Forked %s's server from the zygote", self.user.name)
                     return proc
             return popen_in_namespace(
-                network, cmd, uid=account.uid, gid=account.gid, env=env, cwd=str(account.home),
-                limits=applied, start_new_session=True, stdin=subprocess.DEVNULL,
-                stdout=output, stderr=output,
+                network,
+                cmd,
+                uid=account.uid,
+                gid=account.gid,
+                env=env,
+                cwd=str(account.home),
+                limits=applied,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
             )
         except BaseException:
             applied.remove()
@@ -411,8 +447,12 @@ class IsolatedSpawner(LocalProcessSpawner):
                 try:
                     async with session.get(url, allow_redirects=False) as reply:
                         if reply.status < 500:
-                            self.log.debug("Server of %s answered %s after %.2f s",
-                                           self.user.name, reply.status, loop.time() - started)
+                            self.log.debug(
+                                "Server of %s answered %s after %.2f s",
+                                self.user.name,
+                                reply.status,
+                                loop.time() - started,
+                            )
                             return
                 except (TimeoutError, aiohttp.ClientError, OSError):
                     pass
@@ -453,8 +493,11 @@ class IsolatedSpawner(LocalProcessSpawner):
         if state.get("cgroups"):
             from enclave.isolation import AppliedLimits, ResourceLimits
 
-            self._limits = AppliedLimits(state.get("limit_backend", "cgroup2"), ResourceLimits(),
-                                         cgroup_dirs=tuple(Path(d) for d in state["cgroups"]))
+            self._limits = AppliedLimits(
+                state.get("limit_backend", "cgroup2"),
+                ResourceLimits(),
+                cgroup_dirs=tuple(Path(d) for d in state["cgroups"]),
+            )
 
     def clear_state(self) -> None:
         super().clear_state()

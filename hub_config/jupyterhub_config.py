@@ -15,7 +15,9 @@ from enclave.workspace.hub import HubSettings, configure, master_key_from_enviro
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 state_dir = os.environ.get("ENCLAVE_STATE_DIR")
 if not state_dir:
-    raise SystemExit("error: set ENCLAVE_STATE_DIR (enclave up does) to the enclave state directory")
+    raise SystemExit(
+        "error: set ENCLAVE_STATE_DIR (enclave up does) to the enclave state directory"
+    )
 settings = HubSettings.load(state_dir)
 configure(c, settings, master_key=master_key_from_environment(settings))
 # User servers fork from a pre-imported zygote (enclave.workspace.zygote); start it now.

@@ -24,4 +24,3 @@ def fdatasync(fd: int) -> None:
         os.fdatasync(fd)
     else:  # macOS
         os.fsync(fd)
-

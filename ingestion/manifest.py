@@ -226,7 +226,11 @@ def parse_manifest(text: str, root: Path) -> DatasetManifest:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {_type_name(data)}"
         raise ManifestError(
-            [ManifestProblem(f"must be a mapping of keys (name: ..., title: ...), but it is {kind}")]
+            [
+                ManifestProblem(
+                    f"must be a mapping of keys (name: ..., title: ...), but it is {kind}"
+                )
+            ]
         )
     checker = _Checker(root, _line_index(node))
     manifest = checker.manifest(data)
@@ -501,7 +505,9 @@ class _Checker:
         for i, item in enumerate(value):
             prefix = ("segmentations", i)
             if not isinstance(item, dict):
-                self.fail(prefix, f"must be a mapping with mask and series, not a {_type_name(item)}")
+                self.fail(
+                    prefix, f"must be a mapping with mask and series, not a {_type_name(item)}"
+                )
                 continue
             self.unknown_keys(item, SEGMENTATION_KEYS, prefix)
             mask = series = None

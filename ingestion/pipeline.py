@@ -143,8 +143,7 @@ class StreamingIngest:
             try:
                 pairs = future.result()
             except Exception as exc:  # validation reads these files again itself
-                log.warning("pre-checking DICOM files failed (%s); validation will redo them",
-                            exc)
+                log.warning("pre-checking DICOM files failed (%s); validation will redo them", exc)
                 continue
             for rel, outcome in pairs:
                 self._outcomes[rel] = (attribute, outcome)

@@ -103,7 +103,7 @@ def compute_radiomics(
     return findings, [descriptor]
 
 
-def extract_features(image: Any, mask: Any, label: int) -> dict[str, float]:  # noqa: ANN401
+def extract_features(image: Any, mask: Any, label: int) -> dict[str, float]:
     """pyradiomics features of one label (original image, FEATURE_CLASSES)."""
     from radiomics import featureextractor
 
@@ -197,7 +197,7 @@ def load_mask(path: Path, volume: _Volume, series_uid: str) -> tuple[Any, dict[i
     return sitk.Cast(mask, sitk.sitkUInt16), {}
 
 
-def geometry_mismatch(mask: Any, image: Any) -> str | None:  # noqa: ANN401
+def geometry_mismatch(mask: Any, image: Any) -> str | None:
     """Why the mask is not on the image grid (None when it is)."""
     import numpy as np
 
@@ -225,7 +225,7 @@ def _quiet_radiomics() -> None:
     radiomics.setVerbosity(logging.ERROR)
 
 
-def _size(image: Any) -> str:  # noqa: ANN401
+def _size(image: Any) -> str:
     return "x".join(str(n) for n in image.GetSize())
 
 
@@ -250,7 +250,8 @@ def _one_segmentation(
     candidates = [
         s
         for s in dicom.series
-        if dataset_relative_path(root, str(s.get("directory", ""))) == series_dir and s.get("modality") != "SEG"
+        if dataset_relative_path(root, str(s.get("directory", ""))) == series_dir
+        and s.get("modality") != "SEG"
     ]
     if not candidates:
         fail(f"segmentation '{spec.mask}': folder '{series_dir}' holds no valid DICOM series")
@@ -326,7 +327,9 @@ def _one_segmentation(
                 "series_uid": series_uid,
                 "mask": spec.mask,
                 "label": label,
-                "label_name": manifest.labels.get(label) or seg_names.get(label) or f"label-{label}",
+                "label_name": manifest.labels.get(label)
+                or seg_names.get(label)
+                or f"label-{label}",
                 **features,
             }
         )

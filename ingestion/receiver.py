@@ -284,9 +284,7 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
         return {"status": "ok"}
 
     @app.get("/v1/transfers/{transfer_id}/shares/{index}")
-    async def share_progress(
-        transfer_id: str, index: int, provider: ProviderDep
-    ) -> dict[str, Any]:
+    async def share_progress(transfer_id: str, index: int, provider: ProviderDep) -> dict[str, Any]:
         """Bytes of this share safely on disk here, and the transfer's state."""
         check_ids(transfer_id, index)
         record = await transfer_record(transfer_id)
@@ -297,9 +295,7 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
         return out
 
     @app.get("/v1/transfers/{transfer_id}")
-    async def transfer_status(
-        transfer_id: str, provider: ProviderDep
-    ) -> dict[str, Any]:
+    async def transfer_status(transfer_id: str, provider: ProviderDep) -> dict[str, Any]:
         """The transfer's state in the catalog and this receiver's share of it."""
         if not shares.TRANSFER_ID.match(transfer_id):
             raise HTTPException(400, f"{transfer_id!r} is not a transfer id")

@@ -101,7 +101,9 @@ class ValidationReport:
                 tag=esc(f.tag or ""),
                 msg=esc(f.message),
             )
-            for f in sorted(self.findings, key=lambda f: ("error", "warning", "info").index(f.severity))
+            for f in sorted(
+                self.findings, key=lambda f: ("error", "warning", "info").index(f.severity)
+            )
         )
         summary = "\n".join(
             f"<tr><th>{esc(str(k))}</th><td>{esc(json.dumps(v, default=str))}</td></tr>"

@@ -303,7 +303,7 @@ class IngestService:
             ]  # fmt: skip
             # The database URL may carry a password: environment, not the command line.
             env = {**os.environ, DB_URL_ENV: self.database_url}
-            proc = subprocess.Popen(cmd, env=env, preexec_fn=_set_pdeathsig)  # noqa: PLW1509
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=_set_pdeathsig)
             self._procs.append(proc)
             urls.append(url_for(self.host, port))
         for url, proc in zip(urls, self._procs or [None] * len(urls), strict=True):

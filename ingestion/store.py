@@ -111,8 +111,12 @@ def _nonce(obj: int, segment: int) -> bytes:
 
 def _aad(store_id: str, path: str, segment: int, last: bool) -> bytes:
     return b"\0".join(
-        [CRYPTO_LABEL.encode(), store_id.encode(), path.encode("utf-8"),
-         struct.pack(">QB", segment, last)]
+        [
+            CRYPTO_LABEL.encode(),
+            store_id.encode(),
+            path.encode("utf-8"),
+            struct.pack(">QB", segment, last),
+        ]
     )
 
 
@@ -159,8 +163,15 @@ def _memory_chunks(data: Sequence[Any], seg_size: int) -> Iterator[Any]:
 
 
 def _encrypt_stream(
-    aead: AESGCM, store_id: str, obj: int, path: str, src: BinaryIO, dst: BinaryIO, seg_size: int,
-    *, hashed: bool = True,
+    aead: AESGCM,
+    store_id: str,
+    obj: int,
+    path: str,
+    src: BinaryIO,
+    dst: BinaryIO,
+    seg_size: int,
+    *,
+    hashed: bool = True,
 ) -> tuple[int, str]:
     """Encrypt ``src`` into ``dst`` segment by segment; return plaintext size and sha256
     (``""`` when not ``hashed``: the caller already knows it)."""
@@ -464,7 +475,12 @@ class VersionWriter:
             index = json.dumps([f.__dict__ for f in files]).encode()
             with open(self.tmp / "index.enc", "wb") as dst:
                 _encrypt_stream(
-                    self._aead, self.store_id, INDEX_OBJECT, "", io.BytesIO(index), dst,
+                    self._aead,
+                    self.store_id,
+                    INDEX_OBJECT,
+                    "",
+                    io.BytesIO(index),
+                    dst,
                     self.segment_size,
                 )
             size_bytes = sum(f.size for f in files)
@@ -586,9 +602,7 @@ class StoredDataset:
                     self._aead, self.store_id, INDEX_OBJECT, "", src, f"{self.store_id} index"
                 )
             )
-        self.files: dict[str, StoredFile] = {
-            f["path"]: StoredFile(**f) for f in json.loads(raw)
-        }
+        self.files: dict[str, StoredFile] = {f["path"]: StoredFile(**f) for f in json.loads(raw)}
 
     def iter_bytes(self, path: str) -> Iterator[bytes]:
         """Stream one file's plaintext, segment by segment, checking its sha256 at the end."""

@@ -219,7 +219,7 @@ class _Stage:
         self.timings[self.name] = round(time.perf_counter() - self.started, 3)
 
 
-def _run_dicom(  # noqa: ANN202
+def _run_dicom(
     root: Path,
     manifest: DatasetManifest,
     paths: list[str],
@@ -323,7 +323,11 @@ class _Inventory:
                     "files.executable",
                     rel,
                     f"'{rel}' starts like {what}; executables and scripts are not accepted"
-                    + (" (a DICOM preamble must not be executable code)" if rel.lower().endswith(".dcm") else ""),
+                    + (
+                        " (a DICOM preamble must not be executable code)"
+                        if rel.lower().endswith(".dcm")
+                        else ""
+                    ),
                 )
                 break
 
@@ -349,7 +353,7 @@ class _Inventory:
             self.hashes[rel] = sha256_file(self.root / rel)
         return self.hashes[rel]
 
-    def file_entries(self, dicom: Any, manifest: DatasetManifest | None) -> list[dict[str, Any]]:  # noqa: ANN401
+    def file_entries(self, dicom: Any, manifest: DatasetManifest | None) -> list[dict[str, Any]]:
         by_path: dict[str, dict[str, Any]] = {}
         if dicom is not None:
             for entry in dicom.files:
@@ -361,7 +365,13 @@ class _Inventory:
             entry: dict[str, Any] = {"path": rel, "size": size}
             known = by_path.get(rel)
             if known is not None:
-                for key in ("study_uid", "series_uid", "sop_instance_uid", "modality", "subject_id"):
+                for key in (
+                    "study_uid",
+                    "series_uid",
+                    "sop_instance_uid",
+                    "modality",
+                    "subject_id",
+                ):
                     if known.get(key) is not None:
                         entry[key] = known[key]
             sha = known.get("sha256") if known else None
@@ -395,7 +405,7 @@ class _Inventory:
 
 
 def _summary(
-    outcome: ValidationOutcome, dicom: Any, table_checks: list[Any], timings: dict[str, float]  # noqa: ANN401
+    outcome: ValidationOutcome, dicom: Any, table_checks: list[Any], timings: dict[str, float]
 ) -> dict[str, Any]:
     dicom_files = [f for f in outcome.files if f.get("kind") == "dicom"]
     subjects = {str(f["subject_id"]) for f in dicom_files if f.get("subject_id")}

@@ -110,7 +110,7 @@ def _more_shares_expected(found: list[tuple[ReceiverLink, dict[str, Any]]]) -> b
 def _warm_up() -> None:
     """Import what reconstruction and validation use and start the validation pool's server
     while no transfer waits; otherwise the first transfer after a start pays a second or two."""
-    import ingestion.pipeline  # noqa: F401
+    import ingestion.pipeline
     import ingestion.validate  # noqa: F401
     import secret_sharing.combine  # noqa: F401
     from ingestion.validators.dicom import warm_pool
@@ -491,7 +491,10 @@ def _as_dict(manifest: Any) -> dict[str, Any]:
 
 
 def start_worker_thread(
-    worker: ReconstructionWorker, stop: threading.Event, *, on_exit: Callable[[], None] | None = None
+    worker: ReconstructionWorker,
+    stop: threading.Event,
+    *,
+    on_exit: Callable[[], None] | None = None,
 ) -> threading.Thread:
     def target() -> None:
         try:

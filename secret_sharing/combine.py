@@ -179,8 +179,13 @@ def _read_share_info(path: Path, fd: int) -> ShareInfo:
     ):
         raise fmt.FormatProblem("header k, n or segment size differs from the manifest's (corrupt)")
     layout = manifest.layout(len(manifest_bytes))
-    if fmt.Footer.for_layout(layout, header.transfer_id, header.share_index, footer.version) != footer:
-        raise fmt.FormatProblem("footer offsets differ from the layout the manifest implies (corrupt)")
+    if (
+        fmt.Footer.for_layout(layout, header.transfer_id, header.share_index, footer.version)
+        != footer
+    ):
+        raise fmt.FormatProblem(
+            "footer offsets differ from the layout the manifest implies (corrupt)"
+        )
     if manifest.share_length != length or layout.share_length != length:
         raise fmt.FormatProblem(
             f"share is {length} bytes, the manifest says {manifest.share_length} (truncated or padded)"
@@ -362,7 +367,9 @@ class _SegmentDecoder:
             if check_hashes and fmt.block_hash(
                 self._tid, share.number, segment, block, self._version
             ) != share.expected_hash(segment):
-                problems[share] = f"data block of segment {segment} does not match its signed hash (corrupt)"
+                problems[share] = (
+                    f"data block of segment {segment} does not match its signed hash (corrupt)"
+                )
         if problems:
             return _SegmentFailure(segment, problems)
         ciphertext: memoryview | bytes = view
@@ -434,7 +441,9 @@ def _open_candidates(
             )
             continue
         if info.index in seen:
-            rejected[info.path] = f"duplicates share index {info.index} (already given as {seen[info.index]})"
+            rejected[info.path] = (
+                f"duplicates share index {info.index} (already given as {seen[info.index]})"
+            )
             continue
         seen[info.index] = info.path
         try:
@@ -595,7 +604,9 @@ def _reconstruct(
             )
         produced = staging / manifest.dataset_name
         if not os.path.lexists(produced):
-            raise ShareIntegrityError(f"{where}: the archive did not contain {manifest.dataset_name}")
+            raise ShareIntegrityError(
+                f"{where}: the archive did not contain {manifest.dataset_name}"
+            )
         if before_publish is not None:
             before_publish()
         if os.path.lexists(target):

@@ -63,7 +63,7 @@ SYNC_FILE_RANGE_WAIT_AFTER = 4
 
 
 @cache
-def _sync_file_range():  # noqa: ANN202 - a ctypes function or None
+def _sync_file_range():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         func = libc.sync_file_range

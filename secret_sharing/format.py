@@ -89,6 +89,7 @@ def _hasher(version: int, data: bytes) -> Any:
 
     return blake3.blake3(data)
 
+
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
 
@@ -405,7 +406,9 @@ class ShareEntry:
 def _entry_keys(version: int) -> tuple[str, str]:
     """The manifest's names for a share entry's two digests: version 1 named them after
     SHA-256; version 2 names them after what they hash."""
-    return ("index_sha256", "key_share_sha256") if version == 1 else ("index_hash", "key_share_hash")
+    return (
+        ("index_sha256", "key_share_sha256") if version == 1 else ("index_hash", "key_share_hash")
+    )
 
 
 @dataclass(frozen=True)

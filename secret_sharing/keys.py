@@ -89,7 +89,9 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load a provider's private signing key (unencrypted PKCS#8 PEM)."""
     data = _read_key_file(path, "signing key")
     if b"PUBLIC KEY" in data and b"PRIVATE KEY" not in data:
-        raise KeyFileError(f"{path} is a public verify key; splitting needs the private signing key")
+        raise KeyFileError(
+            f"{path} is a public verify key; splitting needs the private signing key"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

@@ -182,7 +182,7 @@ def pack_segments(source: Path, segment_size: int) -> Iterator[bytearray]:
         if member.is_dir:
             continue
         try:
-            handle = open(member.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+            handle = open(member.path, "rb", buffering=0)
         except OSError as exc:
             raise DatasetError(f"cannot read {member.path}: {exc.strerror}") from None
         with handle:

@@ -189,7 +189,9 @@ def split_dataset(
             write_at(fds[-1], header.encode(), 0)
 
         index_hashes: list[list[bytes]] = [[] for _ in range(n)]
-        plaintext_length = _pump(pack_segments(source, segment_size), encode, index_hashes, progress)
+        plaintext_length = _pump(
+            pack_segments(source, segment_size), encode, index_hashes, progress
+        )
 
         indexes = [b"".join(hashes) for hashes in index_hashes]
         entries = tuple(
@@ -234,7 +236,9 @@ def split_dataset(
             os.close(fds.pop())
         for partial, final in zip(partial_paths, final_paths, strict=True):
             if final.exists():
-                raise OutputExistsError(f"{final} appeared while splitting; refusing to overwrite it")
+                raise OutputExistsError(
+                    f"{final} appeared while splitting; refusing to overwrite it"
+                )
             os.rename(partial, final)
             renamed.append(final)
     except BaseException:

@@ -32,7 +32,9 @@ IN_MEMORY_LIMIT = 64 * 1024 * 1024
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 # pax keys the packer may write (tarfile.TarInfo.tobuf); only path and size change a member.
-_IGNORED_PAX_KEYS = frozenset({"mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment"})
+_IGNORED_PAX_KEYS = frozenset(
+    {"mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment"}
+)
 
 #: ``on_file(path, relative_path, data)``: a file is complete at ``path`` (in staging);
 #: ``data`` is its bytes as views of the plaintext segments, or None for a large file.
@@ -109,8 +111,9 @@ def _pax_records(data: bytes, where: str) -> dict[str, str]:
             records[key.decode("utf-8")] = value.decode("utf-8")
             position += length
     except (ValueError, UnicodeDecodeError):
-        raise ShareIntegrityError(f"{where}: the reconstructed archive is invalid: a pax header "
-                                  "is malformed") from None
+        raise ShareIntegrityError(
+            f"{where}: the reconstructed archive is invalid: a pax header is malformed"
+        ) from None
     return records
 
 
@@ -151,14 +154,16 @@ class _Unpacker:
             raw = self.cursor.read(BLOCK)
             if raw == ZERO_BLOCK:
                 if pax:
-                    raise self._fail("the reconstructed archive is invalid: it ends after a "
-                                     "pax header")
+                    raise self._fail(
+                        "the reconstructed archive is invalid: it ends after a pax header"
+                    )
                 break
             try:
                 info = tarfile.TarInfo.frombuf(raw, "utf-8", "strict")
             except (tarfile.HeaderError, UnicodeDecodeError) as exc:
-                raise self._fail(f"the reconstructed archive is invalid: {exc or 'bad header'}"
-                                 ) from None
+                raise self._fail(
+                    f"the reconstructed archive is invalid: {exc or 'bad header'}"
+                ) from None
             if info.type == tarfile.XHDTYPE:
                 pax = self._pax(info.size)
                 continue
@@ -186,8 +191,9 @@ class _Unpacker:
             try:
                 size = int(pax["size"])
             except ValueError:
-                raise self._fail("the reconstructed archive is invalid: a pax size is not a "
-                                 "number") from None
+                raise self._fail(
+                    "the reconstructed archive is invalid: a pax size is not a number"
+                ) from None
         try:
             mtime = float(pax.get("mtime", info.mtime))
         except ValueError:

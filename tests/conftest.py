@@ -18,7 +18,9 @@ class CliResult:
 
 
 @pytest.fixture
-def run_enclave(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+def run_enclave(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., CliResult]:
     """Run the ``enclave`` CLI in-process as a user would, with optional standard input."""
     from enclave.cli import main
 

@@ -16,17 +16,45 @@ from enclave.errors import EnclaveError
 
 # group name -> (module, attribute, short help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "share": ("enclave.cli.share", "share", "Split, verify, combine and send secret-shared datasets."),
+    "share": (
+        "enclave.cli.share",
+        "share",
+        "Split, verify, combine and send secret-shared datasets.",
+    ),
     "keys": ("enclave.cli.keys", "keys", "Enclave master key custody (SLIP-39 mnemonic shares)."),
-    "catalog": ("enclave.cli.catalog", "catalog", "Curate the dataset catalog: list, publish, grant."),
-    "ingest": ("enclave.cli.ingest", "ingest", "Run the ingestion service (share receivers and reconstruction worker)."),
-    "providers": ("enclave.cli.ingest", "providers", "Register data providers and their signing keys."),
+    "catalog": (
+        "enclave.cli.catalog",
+        "catalog",
+        "Curate the dataset catalog: list, publish, grant.",
+    ),
+    "ingest": (
+        "enclave.cli.ingest",
+        "ingest",
+        "Run the ingestion service (share receivers and reconstruction worker).",
+    ),
+    "providers": (
+        "enclave.cli.ingest",
+        "providers",
+        "Register data providers and their signing keys.",
+    ),
     "up": ("enclave.cli.up", "up", "Bring the enclave up on this machine."),
     "down": ("enclave.cli.up", "down", "Stop everything `enclave up` started."),
     "users": ("enclave.cli.users", "users", "Add workspace users with a role; list them."),
-    "course": ("enclave.cli.users", "course", "Enrol a class with course datasets and an end date."),
-    "samples": ("enclave.samples", "samples", "Make de-identified sample datasets for demos, tests and benchmarks."),
-    "lineage": ("enclave.data.cli", "lineage", "Show which run, data and code produced an output file."),
+    "course": (
+        "enclave.cli.users",
+        "course",
+        "Enrol a class with course datasets and an end date.",
+    ),
+    "samples": (
+        "enclave.samples",
+        "samples",
+        "Make de-identified sample datasets for demos, tests and benchmarks.",
+    ),
+    "lineage": (
+        "enclave.data.cli",
+        "lineage",
+        "Show which run, data and code produced an output file.",
+    ),
 }
 
 

@@ -138,7 +138,9 @@ def list_(state_dir: Path, db_url: str | None, as_json: bool) -> None:
 @click.option("--version", "version", default=None, help="Show one version in detail.")
 @_state_options
 @_json_option
-def show(name: str, version: str | None, state_dir: Path, db_url: str | None, as_json: bool) -> None:
+def show(
+    name: str, version: str | None, state_dir: Path, db_url: str | None, as_json: bool
+) -> None:
     """Show dataset NAME, or one of its versions (files, series, validation, grants)."""
     from rich.table import Table
 
@@ -163,7 +165,16 @@ def show(name: str, version: str | None, state_dir: Path, db_url: str | None, as
         for key, value in facts.items():
             console.print(f"  {key:10} {value}")
         table = Table(title="versions", title_justify="left")
-        for column in ("version", "status", "studies", "series", "files", "size", "validation", "content hash"):
+        for column in (
+            "version",
+            "status",
+            "studies",
+            "series",
+            "files",
+            "size",
+            "validation",
+            "content hash",
+        ):
             table.add_column(column)
         for v in dataset.versions:
             table.add_row(
@@ -188,7 +199,9 @@ def show(name: str, version: str | None, state_dir: Path, db_url: str | None, as
         "validation": s.validation.describe() if s.validation else "-",
         "transfers": ", ".join(detail.transfer_ids) or "-",
         "store": detail.store_location,
-        "cataloged": f"{s.created_at:%Y-%m-%d %H:%M} by {detail.created_by}" if s.created_at else "-",
+        "cataloged": f"{s.created_at:%Y-%m-%d %H:%M} by {detail.created_by}"
+        if s.created_at
+        else "-",
     }
     if s.published_at:
         facts["published"] = f"{s.published_at:%Y-%m-%d %H:%M} by {detail.published_by}"
@@ -198,13 +211,26 @@ def show(name: str, version: str | None, state_dir: Path, db_url: str | None, as
         console.print(f"  {key:12} {value}")
     if detail.series:
         table = Table(title="series", title_justify="left")
-        for column in ("series", "modality", "body part", "size (px)", "slices", "spacing (mm)", "files"):
+        for column in (
+            "series",
+            "modality",
+            "body part",
+            "size (px)",
+            "slices",
+            "spacing (mm)",
+            "files",
+        ):
             table.add_column(column)
         for r in detail.series[:50]:
             spacing = " x ".join(f"{x:g}" for x in r.spacing if x is not None) or "-"
             dims = f"{r.rows}x{r.columns}" if r.rows and r.columns else "-"
             table.add_row(
-                r.series_uid, r.modality or "-", r.body_part or "-", dims, str(r.slices or "-"), spacing,
+                r.series_uid,
+                r.modality or "-",
+                r.body_part or "-",
+                dims,
+                str(r.slices or "-"),
+                spacing,
                 str(r.file_count),
             )
         console.print(table)
@@ -236,7 +262,9 @@ def search(
         _print_json([d.to_dict() for d in found])
         return
     if not found:
-        click.echo(f"no dataset matches {text!r}" + (f" with modality {modality}" if modality else ""))
+        click.echo(
+            f"no dataset matches {text!r}" + (f" with modality {modality}" if modality else "")
+        )
         return
     _console().print(_dataset_table(found, f"{len(found)} match(es) for {text!r}"))
 
@@ -257,7 +285,9 @@ def publish(name: str, version: str, state_dir: Path, db_url: str | None) -> Non
 @_version_option
 @click.option("--reason", default=None, help="Why (kept in the audit trail).")
 @_state_options
-def retire(name: str, version: str, reason: str | None, state_dir: Path, db_url: str | None) -> None:
+def retire(
+    name: str, version: str, reason: str | None, state_dir: Path, db_url: str | None
+) -> None:
     """Retire a version for good: its grants stop giving access."""
     with _open(state_dir, db_url) as cat:
         v = cat.retire(name, version, actor=_actor(), reason=reason)
@@ -297,7 +327,9 @@ def edit(
 @click.argument("name")
 @_version_option
 @_subject_options
-@click.option("--expires", default=None, help="Last day of access, YYYY-MM-DD (through its end, UTC).")
+@click.option(
+    "--expires", default=None, help="Last day of access, YYYY-MM-DD (through its end, UTC)."
+)
 @_state_options
 def grant(
     name: str,
@@ -322,7 +354,12 @@ def grant(
 @_subject_options
 @_state_options
 def revoke(
-    name: str, version: str, group: str | None, user: str | None, state_dir: Path, db_url: str | None
+    name: str,
+    version: str,
+    group: str | None,
+    user: str | None,
+    state_dir: Path,
+    db_url: str | None,
 ) -> None:
     """Revoke a group's or a user's grant on a version."""
     _one_subject(group, user)
@@ -338,7 +375,12 @@ def revoke(
 @_state_options
 @_json_option
 def grants(
-    name: str, version: str, include_revoked: bool, state_dir: Path, db_url: str | None, as_json: bool
+    name: str,
+    version: str,
+    include_revoked: bool,
+    state_dir: Path,
+    db_url: str | None,
+    as_json: bool,
 ) -> None:
     """List who may use a version."""
     with _open(state_dir, db_url) as cat:
@@ -364,7 +406,9 @@ def grants(
 )
 @click.option("--group", "groups", multiple=True, help="A group NAME belongs to (repeatable).")
 @_state_options
-def token(name: str, role: str, groups: tuple[str, ...], state_dir: Path, db_url: str | None) -> None:
+def token(
+    name: str, role: str, groups: tuple[str, ...], state_dir: Path, db_url: str | None
+) -> None:
     """Create principal NAME if needed and print a new API token (shown once, stored hashed)."""
     with _open(state_dir, db_url) as cat:
         secret = cat.create_token(name, role, groups, actor=_actor())
@@ -393,8 +437,13 @@ def transfers(
         table.add_column(column)
     for t in rows:
         table.add_row(
-            t.transfer_id, t.provider, t.dataset_name, f"{t.k}-of-{t.n}", t.state,
-            f"v{t.dataset_version}" if t.dataset_version else "-", t.reason or "",
+            t.transfer_id,
+            t.provider,
+            t.dataset_name,
+            f"{t.k}-of-{t.n}",
+            t.state,
+            f"v{t.dataset_version}" if t.dataset_version else "-",
+            t.reason or "",
         )
     _console().print(table)
 
@@ -417,7 +466,10 @@ def audit(limit: int, state_dir: Path, db_url: str | None, as_json: bool) -> Non
         table.add_column(column)
     for e in events:
         table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.target,
+            f"{e.at:%Y-%m-%d %H:%M:%S}",
+            e.actor,
+            e.action,
+            e.target,
             json.dumps(e.details, sort_keys=True, default=str) if e.details else "",
         )
     _console().print(table)

@@ -32,12 +32,28 @@ def ingest() -> None:
 @state_dir_option
 @db_url_option
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8470, show_default=True, help="Status API port; "
-              "receivers take the next n ports (0: any free ports).")
-@click.option("--receivers", "receiver_count", type=int, default=5, show_default=True,
-              help="Share receivers to run here (one per share index, 1..n).")
-@click.option("--receiver", "receiver_urls", multiple=True, metavar="URL",
-              help="Use receivers already running elsewhere (in index order) instead.")
+@click.option(
+    "--port",
+    type=int,
+    default=8470,
+    show_default=True,
+    help="Status API port; receivers take the next n ports (0: any free ports).",
+)
+@click.option(
+    "--receivers",
+    "receiver_count",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Share receivers to run here (one per share index, 1..n).",
+)
+@click.option(
+    "--receiver",
+    "receiver_urls",
+    multiple=True,
+    metavar="URL",
+    help="Use receivers already running elsewhere (in index order) instead.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log each transfer's progress.")
 def serve(
     state_dir: Path,
@@ -93,12 +109,20 @@ def serve(
 @state_dir_option
 @db_url_option
 @click.option("--index", type=int, required=True, help="The share index this receiver takes.")
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="This receiver's own store directory (its own disk in production).")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="This receiver's own store directory (its own disk in production).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, required=True)
-@click.option("--worker-token-file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Secret the worker presents (default: STATE/ingest/worker-token).")
+@click.option(
+    "--worker-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Secret the worker presents (default: STATE/ingest/worker-token).",
+)
 def receiver(
     state_dir: Path,
     db_url: str | None,
@@ -137,10 +161,18 @@ def providers() -> None:
 
 @providers.command("add")
 @click.argument("name")
-@click.option("--verify-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              required=True, help="The provider's public verify key (PEM, from `share keygen`).")
-@click.option("--quota-gb", type=float, default=None,
-              help="Bytes in flight this provider may have on each receiver (default 50 GB).")
+@click.option(
+    "--verify-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The provider's public verify key (PEM, from `share keygen`).",
+)
+@click.option(
+    "--quota-gb",
+    type=float,
+    default=None,
+    help="Bytes in flight this provider may have on each receiver (default 50 GB).",
+)
 @state_dir_option
 @db_url_option
 def providers_add(

@@ -24,7 +24,9 @@ def keys() -> None:
 
 @keys.command("init")
 @state_dir_option
-@click.option("--custodians", type=int, required=True, help="Number of people who each hold one share.")
+@click.option(
+    "--custodians", type=int, required=True, help="Number of people who each hold one share."
+)
 @click.option("--threshold", type=int, required=True, help="How many shares unseal the enclave.")
 def init(state_dir: Path, custodians: int, threshold: int) -> None:
     """Create the master key and print one mnemonic share per custodian, one per line.

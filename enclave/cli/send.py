@@ -23,15 +23,29 @@ token_option = click.option(
 
 @share.command("send")
 @click.argument(
-    "share_paths", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
+    "share_paths",
+    nargs=-1,
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
 )
-@click.option("--to", "urls", multiple=True, required=True, metavar="URL",
-              help="The ingestion service URL, or receiver URLs (share j goes to receiver j).")
+@click.option(
+    "--to",
+    "urls",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    help="The ingestion service URL, or receiver URLs (share j goes to receiver j).",
+)
 @token_option
-@click.option("--all-shares", is_flag=True,
-              help="Send the spare shares at once too, instead of only if the enclave needs "
-                   "them (a corrupt or missing share among the first k).")
-def send(share_paths: tuple[Path, ...], urls: tuple[str, ...], token: str, all_shares: bool) -> None:
+@click.option(
+    "--all-shares",
+    is_flag=True,
+    help="Send the spare shares at once too, instead of only if the enclave needs "
+    "them (a corrupt or missing share among the first k).",
+)
+def send(
+    share_paths: tuple[Path, ...], urls: tuple[str, ...], token: str, all_shares: bool
+) -> None:
     """Send shares to the enclave's receivers; rerun the same command to resume.
 
     Shares 1..k go first; then the command waits until the enclave has checked them and
@@ -94,8 +108,14 @@ def send(share_paths: tuple[Path, ...], urls: tuple[str, ...], token: str, all_s
 
 @share.command("status")
 @click.argument("transfer_id")
-@click.option("--to", "urls", multiple=True, required=True, metavar="URL",
-              help="The ingestion service URL (or receiver URLs).")
+@click.option(
+    "--to",
+    "urls",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    help="The ingestion service URL (or receiver URLs).",
+)
 @token_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(transfer_id: str, urls: tuple[str, ...], token: str, as_json: bool) -> None:

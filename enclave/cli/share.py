@@ -80,9 +80,7 @@ def keygen(out_dir: Path) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--k", "k", type=int, required=True, help="Shares needed to rebuild (2..n).")
 @click.option("--n", "n", type=int, required=True, help="Shares to write (k..255).")
-@click.option(
-    "--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False)
-)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option(
     "--sign-key", "sign_key", required=True, type=click.Path(path_type=Path, dir_okay=False)
 )
@@ -141,11 +139,10 @@ def verify(share_path: Path, verify_key: Path) -> None:
 
 
 @share.command()
-@click.argument("share_paths", metavar="SHARE...", nargs=-1, required=True,
-                type=click.Path(path_type=Path))
-@click.option(
-    "--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False)
+@click.argument(
+    "share_paths", metavar="SHARE...", nargs=-1, required=True, type=click.Path(path_type=Path)
 )
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option(
     "--verify-key", "verify_key", required=True, type=click.Path(path_type=Path, dir_okay=False)
 )

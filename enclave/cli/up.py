@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
     help="Where the enclave keeps its database, stores, keys and hub state.",
 )
 
@@ -50,21 +52,32 @@ def up(state_dir: Path, public_ip: str | None, port: int | None, no_demo: bool) 
     pid = launcher.start_hub(settings, mnemonics)
     admin = add_person(settings, "admin", "admin")
     if admin.password:
-        launcher.write_demo_secret(state_dir, "first admin login", [
-            "username: admin", f"password: {admin.password}",
-            f"totp secret: {admin.otp_secret}", f"totp uri: {admin.otp_uri}"])
+        launcher.write_demo_secret(
+            state_dir,
+            "first admin login",
+            [
+                "username: admin",
+                f"password: {admin.password}",
+                f"totp secret: {admin.otp_secret}",
+                f"totp uri: {admin.otp_uri}",
+            ],
+        )
     demo = None if no_demo else launcher.run_demo_journey(settings, say)
     click.echo(f"\nEnclave is up (hub pid {pid}): {settings.public_url}")
     if admin.password:
-        click.echo("First admin: username 'admin', password "
-                   f"{admin.password}\n  TOTP secret {admin.otp_secret} (add it to an "
-                   f"authenticator app: {admin.otp_uri})\n  and enter the 6-digit code at login.")
+        click.echo(
+            "First admin: username 'admin', password "
+            f"{admin.password}\n  TOTP secret {admin.otp_secret} (add it to an "
+            f"authenticator app: {admin.otp_uri})\n  and enter the 6-digit code at login."
+        )
     else:
         click.echo("Admin: log in as 'admin' (credentials were printed at the first start).")
     if demo is not None:
-        click.echo(f"Demo: log in as 'demo-researcher' (see {launcher.demo_secrets_path(state_dir)}) "
-                   f"to find ~/datasets/{demo.dataset}/{demo.version} and the catalog at "
-                   f"{settings.public_url}services/catalog/")
+        click.echo(
+            f"Demo: log in as 'demo-researcher' (see {launcher.demo_secrets_path(state_dir)}) "
+            f"to find ~/datasets/{demo.dataset}/{demo.version} and the catalog at "
+            f"{settings.public_url}services/catalog/"
+        )
     click.echo(f"Logs: {settings.hub_dir / 'hub.log'}   Stop: enclave down --state-dir {state_dir}")
 
 

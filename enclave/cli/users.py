@@ -11,18 +11,22 @@ import click
 from enclave.errors import EnclaveError
 
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     default=lambda: os.environ.get("ENCLAVE_STATE_DIR", ".enclave"),
-    show_default="$ENCLAVE_STATE_DIR or .enclave", help="The running enclave's state directory.",
+    show_default="$ENCLAVE_STATE_DIR or .enclave",
+    help="The running enclave's state directory.",
 )
 ROLES = ("researcher", "student", "provider", "admin")
 
 
-def _settings(state_dir: Path):  # noqa: ANN202 (lazy import keeps the CLI fast)
+def _settings(state_dir: Path):
     from enclave.workspace.hub import HubSettings
 
     if not (state_dir / "hub").is_dir():
-        raise EnclaveError(f"{state_dir} holds no enclave: start one with `enclave up --state-dir {state_dir}`")
+        raise EnclaveError(
+            f"{state_dir} holds no enclave: start one with `enclave up --state-dir {state_dir}`"
+        )
     return HubSettings.load(state_dir.resolve())
 
 
@@ -45,8 +49,10 @@ def add(name: str, role: str, groups: tuple[str, ...], state_dir: Path) -> None:
     if account.password:
         click.echo(f"initial password: {account.password}")
         click.echo(f"TOTP secret: {account.otp_secret}  ({account.otp_uri})")
-        click.echo("give both to the person out of band; the password can be changed at "
-                   "/hub/change-password")
+        click.echo(
+            "give both to the person out of band; the password can be changed at "
+            "/hub/change-password"
+        )
     else:
         click.echo("already had a login: password and second factor unchanged")
 
@@ -70,23 +76,41 @@ def course() -> None:
 
 @course.command("create")
 @click.argument("name")
-@click.option("--students", "roster", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              required=True, help="Roster CSV with a 'username' column.")
-@click.option("--datasets", "datasets", multiple=True, required=True, metavar="NAME:VERSION",
-              help="A published dataset version for the class (repeat for more).")
-@click.option("--ends", type=click.DateTime(formats=["%Y-%m-%d"]), required=True,
-              help="Last day of access (YYYY-MM-DD): grants expire then, mounts vanish at the "
-                   "next spawn.")
+@click.option(
+    "--students",
+    "roster",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Roster CSV with a 'username' column.",
+)
+@click.option(
+    "--datasets",
+    "datasets",
+    multiple=True,
+    required=True,
+    metavar="NAME:VERSION",
+    help="A published dataset version for the class (repeat for more).",
+)
+@click.option(
+    "--ends",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    required=True,
+    help="Last day of access (YYYY-MM-DD): grants expire then, mounts vanish at the next spawn.",
+)
 @state_dir_option
-def create(name: str, roster: Path, datasets: tuple[str, ...], ends: object, state_dir: Path) -> None:
+def create(
+    name: str, roster: Path, datasets: tuple[str, ...], ends: object, state_dir: Path
+) -> None:
     """Create group course-NAME, student accounts from the roster, and expiring grants."""
     from enclave.workspace.people import create_course
 
     end_day: date = ends.date()  # type: ignore[attr-defined]
     made = create_course(_settings(state_dir), name, roster, list(datasets), ends=end_day)
     new = sum(1 for s in made.students if s.password)
-    click.echo(f"course {made.name}: group {made.group}, {len(made.students)} student(s) "
-               f"({new} new), datasets {', '.join(f'{n}:{v}' for n, v in made.datasets)}, "
-               f"access until {made.ends.isoformat()}")
+    click.echo(
+        f"course {made.name}: group {made.group}, {len(made.students)} student(s) "
+        f"({new} new), datasets {', '.join(f'{n}:{v}' for n, v in made.datasets)}, "
+        f"access until {made.ends.isoformat()}"
+    )
     if made.credentials_file:
         click.echo(f"initial passwords and TOTP secrets: {made.credentials_file} (root only)")

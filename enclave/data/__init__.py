@@ -33,7 +33,7 @@ from enclave.data.mounts import (
 )
 
 
-def monai_dataset(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+def monai_dataset(*args, **kwargs):  # noqa: ANN201
     """A cached MONAI dataset of a granted version (see ``enclave.data.monai_data``)."""
     from enclave.data.monai_data import monai_dataset as build
 

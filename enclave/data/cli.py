@@ -10,8 +10,12 @@ import click
 
 @click.command("lineage", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--outputs", "outputs_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Outputs folder (default: $ENCLAVE_OUTPUTS_DIR or ~/outputs).")
+@click.option(
+    "--outputs",
+    "outputs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Outputs folder (default: $ENCLAVE_OUTPUTS_DIR or ~/outputs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def lineage(path: Path, outputs_dir: Path | None, as_json: bool) -> None:
     """Show the training runs that produced PATH and whether it changed since."""

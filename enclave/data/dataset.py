@@ -32,13 +32,13 @@ class Item:
     clinical: dict[str, Any] = field(default_factory=dict)
     radiomics: dict[str, dict[str, float]] = field(default_factory=dict)  # label name -> features
 
-    def image(self) -> Any:  # noqa: ANN401
+    def image(self) -> Any:
         """The series as a channel-first MONAI ``MetaTensor`` in RAS (HU for CT)."""
         from enclave.data.volumes import load_volume
 
         return load_volume(self.image_path)
 
-    def label(self) -> Any:  # noqa: ANN401
+    def label(self) -> Any:
         """The label mask on the same grid as :meth:`image`."""
         from enclave.data.volumes import load_volume
 
@@ -61,8 +61,10 @@ class Item:
 
     def __repr__(self) -> str:
         label = self.label_path.name if self.label_path else "no mask"
-        return (f"Item({self.subject_id}, series {self.image_path.name}, {label}, "
-                f"{len(self.clinical)} table values, radiomics for {sorted(self.radiomics)})")
+        return (
+            f"Item({self.subject_id}, series {self.image_path.name}, {label}, "
+            f"{len(self.clinical)} table values, radiomics for {sorted(self.radiomics)})"
+        )
 
 
 class EnclaveDataset:
@@ -118,9 +120,7 @@ class EnclaveDataset:
 
         folders: dict[Path, Path] = {}
         dicom_root = self.path / "dicom"
-        candidates = (
-            dicom_root.rglob("*") if dicom_root.is_dir() else self.path.rglob("*.dcm")
-        )
+        candidates = dicom_root.rglob("*") if dicom_root.is_dir() else self.path.rglob("*.dcm")
         for path in sorted(candidates):
             if path.is_file() and not path.name.startswith(".") and path.parent not in folders:
                 folders[path.parent] = path
@@ -129,7 +129,7 @@ class EnclaveDataset:
         for folder, first in folders.items():
             try:
                 header = dcmread(first, stop_before_pixels=True)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise DatasetAccessError(f"{first}: not a readable DICOM file ({exc})") from None
             subject = str(header.get(attribute, "") or "")
             series.append((subject, str(header.get("SeriesInstanceUID", "")), folder))
@@ -146,14 +146,16 @@ class EnclaveDataset:
         features = self._radiomics_by_series()
         items = []
         for subject, series_uid, folder in sorted(self._series, key=lambda s: (s[0], str(s[2]))):
-            items.append(Item(
-                subject_id=subject,
-                series_uid=series_uid,
-                image_path=folder,
-                label_path=masks.get(folder.resolve()),
-                clinical=dict(rows.get(subject, {})),
-                radiomics=features.get(series_uid, {}),
-            ))
+            items.append(
+                Item(
+                    subject_id=subject,
+                    series_uid=series_uid,
+                    image_path=folder,
+                    label_path=masks.get(folder.resolve()),
+                    clinical=dict(rows.get(subject, {})),
+                    radiomics=features.get(series_uid, {}),
+                )
+            )
         return items
 
     @property
@@ -163,7 +165,7 @@ class EnclaveDataset:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return iter(self.items)
 
     def __getitem__(self, index: int) -> Item:
@@ -182,7 +184,7 @@ class EnclaveDataset:
     def table_names(self) -> list[str]:
         return [t.name for t in self.manifest.tables]
 
-    def table(self, name: str | None = None) -> Any:  # noqa: ANN401
+    def table(self, name: str | None = None) -> Any:
         """A table of the dataset as a pandas DataFrame (the first table when no name)."""
         import pandas as pd
 
@@ -217,7 +219,7 @@ class EnclaveDataset:
                     target[key] = _plain(value)
         return rows
 
-    def radiomics(self) -> Any:  # noqa: ANN401
+    def radiomics(self) -> Any:
         """Ingestion's radiomics features: one row per subject, series and label."""
         import pandas as pd
 
@@ -242,7 +244,7 @@ class EnclaveDataset:
             }
         return out
 
-    def features(self, label: str | int | None = None) -> Any:  # noqa: ANN401
+    def features(self, label: str | int | None = None) -> Any:
         """One row per series: subject id, linked table columns and radiomics features.
 
         ``label`` (a name such as ``"lesion"`` or its number) picks which mask label's
@@ -273,8 +275,11 @@ class EnclaveDataset:
             known = sorted({n for item in self.items for n in item.radiomics})
             raise DatasetAccessError(
                 f"{self.label} has no radiomics rows"
-                + (f" for label '{label}'; labels with features: {', '.join(known)}" if known
-                   else "")
+                + (
+                    f" for label '{label}'; labels with features: {', '.join(known)}"
+                    if known
+                    else ""
+                )
             )
         return pd.DataFrame.from_records(records)
 
@@ -307,7 +312,7 @@ class EnclaveDataset:
         return f"<div><b>{escape(self.label)}</b><br>{body}</div>"
 
 
-def _plain(value: Any) -> Any:  # noqa: ANN401
+def _plain(value: Any) -> Any:
     """numpy scalars to Python numbers (JSON- and display-friendly)."""
     item = getattr(value, "item", None)
     return item() if callable(item) else value

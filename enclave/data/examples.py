@@ -35,13 +35,14 @@ def examples_source() -> Path:
 
 def example_files(source: Path | None = None) -> list[Path]:
     source = examples_source() if source is None else Path(source)
-    return sorted(p for p in source.iterdir()
-                  if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in source.iterdir()
+        if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
+    )
 
 
-def install_examples(
-    home: Path, *, uid: int, gid: int, source: Path | None = None
-) -> list[Path]:
+def install_examples(home: Path, *, uid: int, gid: int, source: Path | None = None) -> list[Path]:
     """Copy the example notebooks into ``home/examples`` unless it exists; returns new files."""
     files = example_files(source)
     home = Path(home)
@@ -56,8 +57,9 @@ def install_examples(
     written = []
     try:
         for src in files:
-            fd = os.open(src.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
-                         dir_fd=dir_fd)
+            fd = os.open(
+                src.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd
+            )
             with os.fdopen(fd, "wb") as out:
                 out.write(src.read_bytes())
                 os.fchown(out.fileno(), uid, gid)

@@ -53,7 +53,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _jsonable(value: Any) -> Any:  # noqa: ANN401
+def _jsonable(value: Any) -> Any:
     """Parameters as JSON: numbers, strings, lists, dicts; anything else as its repr."""
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", 1) == 0:
@@ -86,7 +86,7 @@ def _notebook_path() -> Path | None:
         if not value:
             continue
         path = Path(value).expanduser()
-        for base in ([path] if path.is_absolute() else [Path.cwd() / path, Path.home() / path]):
+        for base in [path] if path.is_absolute() else [Path.cwd() / path, Path.home() / path]:
             if base.is_file():
                 return base.resolve()
     return None
@@ -138,8 +138,12 @@ def describe_code(code: str | Path | None = None) -> dict[str, Any]:
     else:
         return {"path": None, "kind": "unknown", "how": "not found", "sha256": None}
     kind = "notebook" if path.suffix == ".ipynb" else "script"
-    info: dict[str, Any] = {"path": str(path), "kind": kind, "how": how,
-                            "sha256": sha256_file(path)}
+    info: dict[str, Any] = {
+        "path": str(path),
+        "kind": kind,
+        "how": how,
+        "sha256": sha256_file(path),
+    }
     if kind == "notebook":
         info["source_sha256"] = notebook_source_hash(path)
     return info
@@ -164,8 +168,11 @@ def describe_environment() -> dict[str, Any]:
     }
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
-        env.update(device="cuda", gpu=torch.cuda.get_device_name(0),
-                   cuda=getattr(torch.version, "cuda", None))
+        env.update(
+            device="cuda",
+            gpu=torch.cuda.get_device_name(0),
+            cuda=getattr(torch.version, "cuda", None),
+        )
     else:
         env.update(device="cpu", gpu=None, cuda=None)
     return env
@@ -181,7 +188,7 @@ def _user() -> str:
 # --- the run -------------------------------------------------------------------------------
 
 
-def _dataset_entry(value: Any) -> dict[str, Any]:  # noqa: ANN401
+def _dataset_entry(value: Any) -> dict[str, Any]:
     """A dataset reference (opened dataset, GrantedVersion, "name", "name@2", (name, 2))."""
     granted: GrantedVersion | None = getattr(value, "granted", None)
     if granted is None and isinstance(value, GrantedVersion):
@@ -196,8 +203,12 @@ def _dataset_entry(value: Any) -> dict[str, Any]:  # noqa: ANN401
             raise DatasetAccessError(
                 f"datasets= takes opened datasets or 'name@version' strings, not {value!r}"
             )
-    return {"name": granted.name, "version": granted.version,
-            "content_hash": granted.content_hash, "path": str(granted.path)}
+    return {
+        "name": granted.name,
+        "version": granted.version,
+        "content_hash": granted.content_hash,
+        "path": str(granted.path),
+    }
 
 
 class TrainingRun:
@@ -208,8 +219,12 @@ class TrainingRun:
     """
 
     def __init__(
-        self, name: str, *, params: dict[str, Any] | None = None,
-        datasets: Iterable[Any] = (), code: str | Path | None = None,
+        self,
+        name: str,
+        *,
+        params: dict[str, Any] | None = None,
+        datasets: Iterable[Any] = (),
+        code: str | Path | None = None,
         outputs_dir: Path | None = None,
     ) -> None:
         if not name or not isinstance(name, str):
@@ -232,13 +247,13 @@ class TrainingRun:
     # ---- during the run
 
     @property
-    def device(self) -> Any:  # noqa: ANN401
+    def device(self) -> Any:
         """``training_device()``: CUDA + AMP when available, else CPU."""
         from enclave.data.monai_data import training_device
 
         return training_device()
 
-    def log(self, step: int | None = None, **values: Any) -> None:  # noqa: ANN401
+    def log(self, step: int | None = None, **values: Any) -> None:
         """Record metrics (loss, dice...) for a step or epoch; they go into the record."""
         entry = {"step": step if step is not None else len(self.metrics)}
         entry.update({k: _jsonable(v) for k, v in values.items()})
@@ -246,8 +261,9 @@ class TrainingRun:
 
     def _relative(self, path: Path) -> str:
         root = self.outputs_dir.resolve()
-        full = (Path(path).expanduser() if Path(path).expanduser().is_absolute()
-                else root / path).resolve()
+        full = (
+            Path(path).expanduser() if Path(path).expanduser().is_absolute() else root / path
+        ).resolve()
         if not full.is_relative_to(root):
             raise LineageError(
                 f"{path}: outputs must be under {self.outputs_dir} (the only folder the "
@@ -266,7 +282,7 @@ class TrainingRun:
         self._outputs[rel] = full
         return full
 
-    def save(self, obj: Any, path: str | Path, **kwargs: Any) -> Path:  # noqa: ANN401
+    def save(self, obj: Any, path: str | Path, **kwargs: Any) -> Path:
         """Write ``obj`` to an output file and register it.
 
         torch modules/tensors/state dicts -> ``torch.save`` (a module saves its state dict),
@@ -305,8 +321,9 @@ class TrainingRun:
         outputs = []
         for rel, full in sorted(self._outputs.items()):
             if full.is_file():
-                outputs.append({"path": rel, "sha256": sha256_file(full),
-                                "size": full.stat().st_size})
+                outputs.append(
+                    {"path": rel, "sha256": sha256_file(full), "size": full.stat().st_size}
+                )
             else:
                 outputs.append({"path": rel, "sha256": None, "size": None, "missing": True})
         environment = describe_environment() | {"started_on": self.environment["device"]}
@@ -355,8 +372,9 @@ class TrainingRun:
             if not copy.exists() and src.stat().st_size <= CODE_COPY_LIMIT:
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 if notebook:
-                    copy.write_text(json.dumps(_strip_outputs(json.loads(src.read_text())),
-                                               indent=1) + "\n")
+                    copy.write_text(
+                        json.dumps(_strip_outputs(json.loads(src.read_text())), indent=1) + "\n"
+                    )
                 else:
                     shutil.copyfile(src, copy)
             if copy.exists():
@@ -368,7 +386,7 @@ class TrainingRun:
     def __enter__(self) -> TrainingRun:
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:  # noqa: ANN401
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.close(exc)
 
     def __repr__(self) -> str:
@@ -377,8 +395,12 @@ class TrainingRun:
 
 
 def training_run(
-    name: str, *, params: dict[str, Any] | None = None, datasets: Iterable[Any] = (),
-    code: str | Path | None = None, outputs_dir: Path | None = None,
+    name: str,
+    *,
+    params: dict[str, Any] | None = None,
+    datasets: Iterable[Any] = (),
+    code: str | Path | None = None,
+    outputs_dir: Path | None = None,
 ) -> TrainingRun:
     """Start a run whose outputs get a lineage record (see the module docstring)."""
     return TrainingRun(name, params=params, datasets=datasets, code=code, outputs_dir=outputs_dir)
@@ -431,14 +453,21 @@ class Lineage:
         return self.recorded_sha256 != self.sha256
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.relative_path, "sha256": self.sha256, "modified": self.modified,
-                "runs": self.runs}
+        return {
+            "path": self.relative_path,
+            "sha256": self.sha256,
+            "modified": self.modified,
+            "runs": self.runs,
+        }
 
     def _lines(self) -> list[str]:
         run = self.record
-        state = ("MODIFIED since the run wrote it (recorded sha256 "
-                 f"{(self.recorded_sha256 or 'none')[:12]}..., now {self.sha256[:12]}...)"
-                 if self.modified else "unchanged since the run wrote it")
+        state = (
+            "MODIFIED since the run wrote it (recorded sha256 "
+            f"{(self.recorded_sha256 or 'none')[:12]}..., now {self.sha256[:12]}...)"
+            if self.modified
+            else "unchanged since the run wrote it"
+        )
         code = run.get("code") or {}
         env = run.get("environment") or {}
         packages = env.get("packages") or {}
@@ -446,9 +475,14 @@ class Lineage:
             f"{self.relative_path}: {state}",
             f"run {run['name']} ({run['run_id']}), {run['status']}, "
             f"{run['started_at']} -> {run['finished_at']}, by {run['user']}@{run['hostname']}",
-            "datasets: " + (", ".join(
-                f"{d['name']} v{d['version']} ({d['content_hash'][:12]}...)"
-                for d in run["datasets"]) or "none recorded"),
+            "datasets: "
+            + (
+                ", ".join(
+                    f"{d['name']} v{d['version']} ({d['content_hash'][:12]}...)"
+                    for d in run["datasets"]
+                )
+                or "none recorded"
+            ),
             f"code: {code.get('kind')} {code.get('path') or '(unknown)'}"
             + (f" sha256 {code['sha256'][:12]}..." if code.get("sha256") else ""),
             "parameters: " + (json.dumps(run["parameters"], sort_keys=True) or "{}"),
@@ -460,8 +494,9 @@ class Lineage:
             last = {k: v for k, v in run["metrics"][-1].items()}
             lines.append(f"last metrics: {json.dumps(last, sort_keys=True)}")
         if len(self.runs) > 1:
-            lines.append("earlier runs that wrote it: "
-                         + ", ".join(r["run_id"] for r in self.runs[1:]))
+            lines.append(
+                "earlier runs that wrote it: " + ", ".join(r["run_id"] for r in self.runs[1:])
+            )
         return lines
 
     def __repr__(self) -> str:

@@ -84,12 +84,13 @@ def default_transforms(
     num_samples: int = 2,
     with_label: bool = True,
     label_reader: str = "NibabelReader",
-) -> Any:  # noqa: ANN401
+) -> Any:
     """The MONAI ``Compose`` that :func:`monai_dataset` uses (deterministic part first)."""
     from enclave.data.volumes import _quiet_monai
 
     _quiet_monai()
     from monai import transforms as T
+
     keys = ["image", "label"] if with_label else ["image"]
     chain: list[Any] = [T.LoadImaged(keys="image", reader="PydicomReader", image_only=True)]
     if with_label:
@@ -102,9 +103,16 @@ def default_transforms(
         modes = ("bilinear", "nearest") if with_label else ("bilinear",)
         chain.append(T.Spacingd(keys=keys, pixdim=tuple(pixdim), mode=modes))
     if modality.upper() == "CT":
-        chain.append(T.ScaleIntensityRanged(
-            keys="image", a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True,
-        ))
+        chain.append(
+            T.ScaleIntensityRanged(
+                keys="image",
+                a_min=CT_WINDOW[0],
+                a_max=CT_WINDOW[1],
+                b_min=0.0,
+                b_max=1.0,
+                clip=True,
+            )
+        )
     else:
         chain.append(T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
     if not train:
@@ -119,15 +127,28 @@ def default_transforms(
         chain.append(T.FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg"))
     chain.append(T.EnsureTyped(keys=keys, track_meta=False))
     if with_label:
-        chain.append(T.RandCropByPosNegLabeld(
-            keys=keys, label_key="label", spatial_size=patch, pos=1, neg=1,
-            num_samples=num_samples, fg_indices_key="label_fg", bg_indices_key="label_bg",
-        ))
+        chain.append(
+            T.RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=patch,
+                pos=1,
+                neg=1,
+                num_samples=num_samples,
+                fg_indices_key="label_fg",
+                bg_indices_key="label_bg",
+            )
+        )
         chain.append(T.DeleteItemsd(keys=["label_fg", "label_bg"]))
     else:
-        chain.append(T.RandSpatialCropSamplesd(
-            keys=keys, roi_size=patch, num_samples=num_samples, random_size=False,
-        ))
+        chain.append(
+            T.RandSpatialCropSamplesd(
+                keys=keys,
+                roi_size=patch,
+                num_samples=num_samples,
+                random_size=False,
+            )
+        )
     chain += [T.RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
     chain.append(T.RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5))
     return T.Compose(chain)
@@ -146,7 +167,11 @@ def _label_reader(dataset: EnclaveDataset) -> str:
 
 
 def monai_items(
-    dataset: EnclaveDataset, *, split: str = "all", val_fraction: float = 0.2, seed: int = 0,
+    dataset: EnclaveDataset,
+    *,
+    split: str = "all",
+    val_fraction: float = 0.2,
+    seed: int = 0,
     require_label: bool = True,
 ) -> list[dict[str, Any]]:
     """The MONAI dicts (``image``, ``label``, ``subject_id``...) of one split."""
@@ -171,7 +196,7 @@ def monai_dataset(
     *,
     split: str = "all",
     train: bool | None = None,
-    transforms: Any = None,  # noqa: ANN401
+    transforms: Any = None,
     pixdim: Sequence[float] | str | None = "median",
     patch_size: Sequence[int] = (96, 96, 96),
     num_samples: int = 2,
@@ -180,7 +205,7 @@ def monai_dataset(
     require_label: bool = True,
     cache: bool = True,
     num_workers: int | None = None,
-) -> Any:  # noqa: ANN401
+) -> Any:
     """A MONAI ``CacheDataset`` (``cache=False``: plain ``Dataset``) of image/label dicts.
 
     ``split`` is ``"train"``, ``"val"`` or ``"all"`` (by subject, see :func:`split_subjects`);
@@ -203,12 +228,17 @@ def monai_dataset(
     if transforms is None:
         spacing = median_spacing(dataset) if pixdim == "median" else pixdim
         transforms = default_transforms(
-            train=train, modality=dataset.modality, pixdim=spacing, patch_size=patch_size,
-            num_samples=num_samples, with_label=with_label,
+            train=train,
+            modality=dataset.modality,
+            pixdim=spacing,
+            patch_size=patch_size,
+            num_samples=num_samples,
+            with_label=with_label,
             label_reader=_label_reader(dataset) if with_label else "NibabelReader",
         )
     if not cache:
         return Dataset(items, transform=transforms)
     workers = num_workers if num_workers is not None else min(4, len(items))
-    return CacheDataset(items, transform=transforms, cache_rate=1.0, num_workers=workers,
-                        progress=False)
+    return CacheDataset(
+        items, transform=transforms, cache_rate=1.0, num_workers=workers, progress=False
+    )

@@ -89,7 +89,7 @@ class GrantedVersion:
     def label(self) -> str:
         return f"{self.name} v{self.version}"
 
-    def _manifest_value(self, key: str) -> Any:  # noqa: ANN401
+    def _manifest_value(self, key: str) -> Any:
         return _manifest_summary(self.path).get(key)
 
     def __str__(self) -> str:
@@ -144,7 +144,9 @@ def granted_versions(root: Path | None = None) -> list[GrantedVersion]:
     except (FileNotFoundError, NotADirectoryError):
         return found
     except PermissionError as exc:
-        raise DatasetAccessError(f"cannot read the datasets folder {root}: {exc.strerror}") from None
+        raise DatasetAccessError(
+            f"cannot read the datasets folder {root}: {exc.strerror}"
+        ) from None
     for name_dir in names:
         try:
             versions = [p for p in name_dir.iterdir() if _is_version_folder(p)]
@@ -154,7 +156,9 @@ def granted_versions(root: Path | None = None) -> list[GrantedVersion]:
             # An empty mount point (a mount that failed or was revoked) is not a grant.
             if not (folder / "dataset.yaml").is_file():
                 continue
-            found.append(GrantedVersion(name_dir.name, int(folder.name), folder, _read_info(folder)))
+            found.append(
+                GrantedVersion(name_dir.name, int(folder.name), folder, _read_info(folder))
+            )
     return found
 
 
@@ -221,7 +225,8 @@ def provider_files(folder: Path) -> list[str]:
         here = Path(dirpath)
         rel_dir = here.relative_to(folder)
         dirnames[:] = sorted(
-            d for d in dirnames
+            d
+            for d in dirnames
             if not d.startswith(".") and not (rel_dir == Path(".") and d == DERIVED_DIR)
         )
         for name in sorted(filenames):
@@ -270,7 +275,7 @@ def _manifest_summary(folder: Path) -> dict[str, Any]:
 # --- hook for the hub ----------------------------------------------------------------------
 
 
-def version_info(version: Any) -> dict[str, Any]:  # noqa: ANN401
+def version_info(version: Any) -> dict[str, Any]:
     """``.enclave-version.json`` content for a catalog ``DatasetVersion`` (or any object with
     ``name``/``dataset.name``, ``version``, ``content_hash`` and optionally ``manifest``)."""
     manifest = getattr(version, "manifest", None) or {}
@@ -290,7 +295,7 @@ def version_info(version: Any) -> dict[str, Any]:  # noqa: ANN401
     return {k: v for k, v in info.items() if v is not None}
 
 
-def write_version_info(folder: Path, version: Any) -> Path:  # noqa: ANN401
+def write_version_info(folder: Path, version: Any) -> Path:
     """Write ``.enclave-version.json`` into a materialized version folder (before it is made
     read-only), so notebooks get the catalog's content hash without hashing the data again."""
     path = Path(folder) / VERSION_INFO_FILE

@@ -30,8 +30,14 @@ class StagedVersion:
 
 
 def stage_dataset(
-    source: Path, datasets_root: Path, *, version: int = 1, store_root: Path | None = None,
-    master_key: Any = None, validate: bool = True, version_info: bool = True,  # noqa: ANN401
+    source: Path,
+    datasets_root: Path,
+    *,
+    version: int = 1,
+    store_root: Path | None = None,
+    master_key: Any = None,
+    validate: bool = True,
+    version_info: bool = True,
 ) -> StagedVersion:
     """Validate ``source`` (unless ``validate=False``), encrypt it into a store, and materialize
     it at ``datasets_root/NAME/VERSION``."""
@@ -58,10 +64,15 @@ def stage_dataset(
     dest = Path(datasets_root) / manifest.name / str(version)
     materialize(stored, dest, key)
     if version_info:
-        write_version_info(dest, SimpleNamespace(
-            name=manifest.name, version=version, content_hash=digest,
-            manifest=manifest.to_dict(),
-        ))
+        write_version_info(
+            dest,
+            SimpleNamespace(
+                name=manifest.name,
+                version=version,
+                content_hash=digest,
+                manifest=manifest.to_dict(),
+            ),
+        )
     for dirpath, _, filenames in os.walk(dest):  # mounted read-only in a user server
         for name in filenames:
             os.chmod(Path(dirpath) / name, 0o444)

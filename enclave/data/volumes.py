@@ -47,14 +47,14 @@ def reader_for(path: Path) -> str:
 
 
 @lru_cache(8)
-def _loader(reader: str) -> Any:  # noqa: ANN401
+def _loader(reader: str) -> Any:
     _quiet_monai()
     from monai.transforms import LoadImage
 
     return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
 
 
-def load_volume(path: Path) -> Any:  # noqa: ANN401
+def load_volume(path: Path) -> Any:
     """A channel-first ``MetaTensor`` (1, X, Y, Z) in RAS, with ``affine`` and ``pixdim``."""
     path = Path(path)
     if not path.exists():
@@ -65,7 +65,9 @@ def load_volume(path: Path) -> Any:  # noqa: ANN401
             _quiet_monai()
             return _loader(reader)(str(path))
     except Exception as exc:  # MONAI wraps reader failures in RuntimeError/ValueError
-        raise VolumeError(f"{path}: cannot be read as a volume ({type(exc).__name__}: {exc})") from exc
+        raise VolumeError(
+            f"{path}: cannot be read as a volume ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class Geometry:
         return f"{shape} voxels, {spacing} mm, {self.orientation}"
 
 
-def geometry(volume: Any) -> Geometry:  # noqa: ANN401
+def geometry(volume: Any) -> Geometry:
     """The geometry of a channel-first ``MetaTensor`` from :func:`load_volume`."""
     import nibabel
     import numpy as np
@@ -108,7 +110,7 @@ def series_spacing(folder: Path) -> tuple[float, float, float] | None:
     for path in files[:2]:
         try:
             headers.append(dcmread(path, stop_before_pixels=True))
-        except Exception:  # noqa: BLE001 - any unreadable header just means "unknown"
+        except Exception:
             return None
     try:
         row_mm, col_mm = (float(v) for v in headers[0].PixelSpacing)

@@ -79,7 +79,9 @@ def _run_locked(argv: list[str], what: str) -> None:
 def ensure_account(hub_name: str, home_root: Path, prefix: str = UNIX_PREFIX) -> UnixAccount:
     """The user's Unix account and home (``home_root/<unix name>``, mode 0700), created if new."""
     if shutil.which("useradd") is None:
-        raise AccountError("useradd is missing (Debian package passwd): cannot create workspace users")
+        raise AccountError(
+            "useradd is missing (Debian package passwd): cannot create workspace users"
+        )
     name = unix_name(hub_name, prefix)
     home_root = Path(home_root)
     home = home_root / name
@@ -89,8 +91,18 @@ def ensure_account(hub_name: str, home_root: Path, prefix: str = UNIX_PREFIX) ->
         home_root.mkdir(parents=True, exist_ok=True)
         os.chmod(home_root, 0o711)
         _run_locked(
-            ["useradd", "--home-dir", str(home), "--no-create-home", "--shell", "/bin/bash",
-             "--user-group", "--comment", f"enclave workspace {hub_name}"[:60], name],
+            [
+                "useradd",
+                "--home-dir",
+                str(home),
+                "--no-create-home",
+                "--shell",
+                "/bin/bash",
+                "--user-group",
+                "--comment",
+                f"enclave workspace {hub_name}"[:60],
+                name,
+            ],
             f"creating Unix user {name} for {hub_name!r}",
         )
         entry = pwd.getpwnam(name)

@@ -24,8 +24,11 @@ class EnclaveLoginHandler(NativeLoginHandler):
     """
 
     async def post(self) -> None:
-        data = {arg: self.get_argument(arg, strip=arg == "username")
-                for arg in self.request.body_arguments if arg != "_xsrf"}
+        data = {
+            arg: self.get_argument(arg, strip=arg == "username")
+            for arg in self.request.body_arguments
+            if arg != "_xsrf"
+        }
         user = await self.login_user(data)
         if user:
             self._jupyterhub_user = user
@@ -34,7 +37,11 @@ class EnclaveLoginHandler(NativeLoginHandler):
         error = "Invalid username, password or authenticator code."
         username = data.get("username", "")
         info = self.authenticator.get_user(username)
-        if info is not None and info.is_valid_password(data.get("password", "")) and not info.is_authorized:
+        if (
+            info is not None
+            and info.is_valid_password(data.get("password", ""))
+            and not info.is_authorized
+        ):
             error = f"User {username} has not been authorized by an administrator yet."
         self.set_status(403)
         self.finish(await self._render(login_error=error, username=username[:32]))
@@ -44,8 +51,10 @@ class EnclaveAuthenticator(NativeAuthenticator):
     """NativeAuthenticator with two-factor authentication required for everyone."""
 
     def get_handlers(self, app: Any) -> list:
-        return [(path, EnclaveLoginHandler if path == r"/login" else handler)
-                for path, handler in super().get_handlers(app)]
+        return [
+            (path, EnclaveLoginHandler if path == r"/login" else handler)
+            for path, handler in super().get_handlers(app)
+        ]
 
     def create_user(self, username: str, password: str, **kwargs: Any) -> Any:
         kwargs["has_2fa"] = True

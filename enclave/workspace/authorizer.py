@@ -39,7 +39,7 @@ def is_download_request(handler: Any, resource: str) -> bool:
         return True
     base = handler.settings.get("base_url", "/")
     path = handler.request.path
-    rest = path[len(base):] if path.startswith(base) else path.lstrip("/")
+    rest = path[len(base) :] if path.startswith(base) else path.lstrip("/")
     return rest.startswith(REFUSED_PREFIXES)
 
 

@@ -68,7 +68,11 @@ class HubPrincipalResolver:
             model = self.hub_auth.user_for_token(token, use_cache=False)
         except Exception:
             model = None
-        principal = self.principal_from_model(model) if model and model.get("kind", "user") == "user" else None
+        principal = (
+            self.principal_from_model(model)
+            if model and model.get("kind", "user") == "user"
+            else None
+        )
         self._cache[token] = (now, principal)
         return principal
 
@@ -83,8 +87,9 @@ def create_service_app(catalog: Any, hub_auth: Any) -> Any:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/").rstrip("/")
     hub_base = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/")
     # Signing out of the catalog signs out of the hub too: its OAuth would log straight back in.
-    inner = create_app(catalog, resolver=HubPrincipalResolver(hub_auth),
-                       logout_url=f"{hub_base}/hub/logout")
+    inner = create_app(
+        catalog, resolver=HubPrincipalResolver(hub_auth), logout_url=f"{hub_base}/hub/logout"
+    )
     outer = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     def login_redirect(next_path: str) -> RedirectResponse:
@@ -96,15 +101,23 @@ def create_service_app(catalog: Any, hub_auth: Any) -> Any:
             "state": state,
         }
         response = RedirectResponse(f"{hub_auth.oauth_authorization_url}?{urlencode(params)}", 302)
-        response.set_cookie(STATE_COOKIE, f"{state}|{next_path}", httponly=True, samesite="lax",
-                            path=prefix + "/", max_age=600)
+        response.set_cookie(
+            STATE_COOKIE,
+            f"{state}|{next_path}",
+            httponly=True,
+            samesite="lax",
+            path=prefix + "/",
+            max_age=600,
+        )
         return response
 
     @outer.get(prefix + "/oauth_callback", include_in_schema=False)
     def oauth_callback(request: Request, code: str = "", state: str = "") -> Any:
         expected, _, next_path = request.cookies.get(STATE_COOKIE, "").partition("|")
         if not code or not state or not secrets.compare_digest(state, expected or "-"):
-            return HTMLResponse("<p>Login state does not match; <a href='./'>try again</a>.</p>", 400)
+            return HTMLResponse(
+                "<p>Login state does not match; <a href='./'>try again</a>.</p>", 400
+            )
         token = hub_auth.token_for_code(code)
         target = next_path if next_path.startswith(prefix + "/") else prefix + "/"
         response = RedirectResponse(target, 302)
@@ -145,8 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     hub_auth = HubOAuth(cache_max_age=30)
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8090"))
     app = create_service_app(catalog, hub_auth)
-    uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8090, log_level="warning",
-                proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+    uvicorn.run(
+        app,
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 8090,
+        log_level="warning",
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,16 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
         for line in fh:
             left, _, right = line.partition(" - ")
             parts, tail = left.split(), right.split()
-            mounts.append(MountInfo(int(parts[0]), parts[2], _unescape(parts[3]),
-                                    _unescape(parts[4]), tail[0], tail[1] if len(tail) > 1 else ""))
+            mounts.append(
+                MountInfo(
+                    int(parts[0]),
+                    parts[2],
+                    _unescape(parts[3]),
+                    _unescape(parts[4]),
+                    tail[0],
+                    tail[1] if len(tail) > 1 else "",
+                )
+            )
     return mounts
 
 
@@ -111,8 +119,9 @@ def _root_owned_dir(path: Path, mode: int = 0o755) -> None:
 class DatasetMounter:
     """Decrypts granted versions into a RAM tmpfs and bind-mounts them read-only into homes."""
 
-    def __init__(self, plaintext_root: Path, master_key: Any = None,
-                 tmpfs_size: str = "50%") -> None:
+    def __init__(
+        self, plaintext_root: Path, master_key: Any = None, tmpfs_size: str = "50%"
+    ) -> None:
         self.plaintext_root = Path(plaintext_root)
         self.master_key = master_key
         self.tmpfs_size = tmpfs_size
@@ -135,9 +144,18 @@ class DatasetMounter:
                 return
             self.plaintext_root.mkdir(parents=True, exist_ok=True)
             os.chmod(self.plaintext_root, 0o700)
-            _run(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={self.tmpfs_size},nosuid,nodev,noexec",
-                  PLAINTEXT_FS, str(self.plaintext_root)],
-                 f"mounting the plaintext tmpfs at {self.plaintext_root}")
+            _run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"mode=0700,size={self.tmpfs_size},nosuid,nodev,noexec",
+                    PLAINTEXT_FS,
+                    str(self.plaintext_root),
+                ],
+                f"mounting the plaintext tmpfs at {self.plaintext_root}",
+            )
 
     @staticmethod
     def plaintext_name(version: Any) -> str:
@@ -167,9 +185,11 @@ class DatasetMounter:
                 materialize(version, partial, self.master_key)
                 # The catalog's content hash for lineage, so notebooks need not re-hash the data.
                 # The tree is shared by every grantee, so no one user's grant expiry goes in it.
-                shared = (dataclasses.replace(version, expires_at=None)
-                          if dataclasses.is_dataclass(version) and hasattr(version, "expires_at")
-                          else version)
+                shared = (
+                    dataclasses.replace(version, expires_at=None)
+                    if dataclasses.is_dataclass(version) and hasattr(version, "expires_at")
+                    else version
+                )
                 write_version_info(partial, shared)
                 _make_read_only(partial)
                 os.rename(partial, target)
@@ -225,8 +245,9 @@ class DatasetMounter:
             _root_owned_dir(point, 0o555)
             _run(["mount", "--bind", str(source), str(point)], f"mounting {v.name}@{v.version}")
             _run(["mount", "-o", BIND_OPTIONS, str(point)], f"making {point} read-only")
-            mounted.append(MountedDataset(v.name, int(v.version), point,
-                                          getattr(v, "expires_at", None)))
+            mounted.append(
+                MountedDataset(v.name, int(v.version), point, getattr(v, "expires_at", None))
+            )
         self.collect_garbage()
         return mounted
 
@@ -235,8 +256,11 @@ class DatasetMounter:
         tmpfs = self._tmpfs()
         if tmpfs is None:
             return []
-        in_use = {m.root.strip("/").split("/")[0] for m in read_mountinfo()
-                  if m.device == tmpfs.device and m.root != "/"}
+        in_use = {
+            m.root.strip("/").split("/")[0]
+            for m in read_mountinfo()
+            if m.device == tmpfs.device and m.root != "/"
+        }
         removed = []
         with self._lock:
             for entry in self.plaintext_root.iterdir():

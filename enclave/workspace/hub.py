@@ -54,7 +54,9 @@ class HubSettings:
     catalog_url: str = ""
     idle_timeout_seconds: int = 3600
     start_timeout_seconds: int = 120
-    managed_services: list[str] = field(default_factory=lambda: ["catalog", "ingest", "idle-culler"])
+    managed_services: list[str] = field(
+        default_factory=lambda: ["catalog", "ingest", "idle-culler"]
+    )
     log_level: str = "INFO"
     # Root-owned files every user server must read (the Jupyter policy, the server
     # interpreter): kept outside the state directory, which stays mode 0700 because it holds
@@ -139,22 +141,60 @@ def load_roles(settings: HubSettings | None = None) -> list[dict[str, Any]]:
     managed = settings.managed_services if settings is not None else ["idle-culler"]
     roles = [
         {"name": "user", "scopes": ["self"]},
-        {"name": "enclave-researcher", "groups": ["researchers"],
-         "scopes": ["custom:catalog:read", "custom:catalog:request", catalog_access]},
-        {"name": "enclave-student", "groups": ["students"],
-         "scopes": ["custom:catalog:read", catalog_access]},
-        {"name": "enclave-provider", "groups": ["providers"],
-         "scopes": ["custom:catalog:read", catalog_access, "access:services!service=ingest"]},
-        {"name": "enclave-admin", "groups": ["admins"],
-         "scopes": [*CATALOG_SCOPES, "access:services", "admin-ui", "admin:users", "admin:groups",
-                    "list:users", "read:users", "read:servers", "delete:servers",
-                    "read:users:activity"]},
-        {"name": "idle-culler", "services": ["idle-culler"],
-         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]},
-        {"name": "enclave-cli", "services": [ADMIN_SERVICE],
-         "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "list:users",
-                    "read:users", "read:servers", "delete:servers", "access:servers",
-                    "access:services", "read:roles", *CATALOG_SCOPES]},
+        {
+            "name": "enclave-researcher",
+            "groups": ["researchers"],
+            "scopes": ["custom:catalog:read", "custom:catalog:request", catalog_access],
+        },
+        {
+            "name": "enclave-student",
+            "groups": ["students"],
+            "scopes": ["custom:catalog:read", catalog_access],
+        },
+        {
+            "name": "enclave-provider",
+            "groups": ["providers"],
+            "scopes": ["custom:catalog:read", catalog_access, "access:services!service=ingest"],
+        },
+        {
+            "name": "enclave-admin",
+            "groups": ["admins"],
+            "scopes": [
+                *CATALOG_SCOPES,
+                "access:services",
+                "admin-ui",
+                "admin:users",
+                "admin:groups",
+                "list:users",
+                "read:users",
+                "read:servers",
+                "delete:servers",
+                "read:users:activity",
+            ],
+        },
+        {
+            "name": "idle-culler",
+            "services": ["idle-culler"],
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        },
+        {
+            "name": "enclave-cli",
+            "services": [ADMIN_SERVICE],
+            "scopes": [
+                "admin:users",
+                "admin:groups",
+                "admin:servers",
+                "tokens",
+                "list:users",
+                "read:users",
+                "read:servers",
+                "delete:servers",
+                "access:servers",
+                "access:services",
+                "read:roles",
+                *CATALOG_SCOPES,
+            ],
+        },
     ]
     return [r for r in roles if r["name"] != "idle-culler" or "idle-culler" in managed]
 
@@ -166,33 +206,60 @@ def services(settings: HubSettings) -> list[dict[str, Any]]:
     if settings.catalog_url:
         env["ENCLAVE_DB_URL"] = settings.catalog_url
     if "catalog" in settings.managed_services:
-        found.append({
-            "name": "catalog",
-            "url": f"http://127.0.0.1:{settings.catalog_port}",
-            "command": [python, "-m", "enclave.workspace.catalog_service",
-                        "--state-dir", settings.state_dir],
-            "environment": env,
-            "oauth_no_confirm": True,
-            "display": True,
-            "info": {"description": "Datasets granted to you, with their validation summaries"},
-        })
+        found.append(
+            {
+                "name": "catalog",
+                "url": f"http://127.0.0.1:{settings.catalog_port}",
+                "command": [
+                    python,
+                    "-m",
+                    "enclave.workspace.catalog_service",
+                    "--state-dir",
+                    settings.state_dir,
+                ],
+                "environment": env,
+                "oauth_no_confirm": True,
+                "display": True,
+                "info": {"description": "Datasets granted to you, with their validation summaries"},
+            }
+        )
     if "ingest" in settings.managed_services:
         # Unseals from the mnemonics the hub re-offers on its standard input (see
         # master_key_from_environment); reached directly by providers, not through the proxy.
-        found.append({
-            "name": "ingest",
-            "command": [python, "-m", "enclave", "ingest", "serve", "--state-dir",
-                        settings.state_dir, "--host", settings.ingest_host,
-                        "--port", str(settings.ingest_port), "--receivers",
-                        str(settings.ingest_receivers)],
-            "environment": env,
-        })
+        found.append(
+            {
+                "name": "ingest",
+                "command": [
+                    python,
+                    "-m",
+                    "enclave",
+                    "ingest",
+                    "serve",
+                    "--state-dir",
+                    settings.state_dir,
+                    "--host",
+                    settings.ingest_host,
+                    "--port",
+                    str(settings.ingest_port),
+                    "--receivers",
+                    str(settings.ingest_receivers),
+                ],
+                "environment": env,
+            }
+        )
     if "idle-culler" in settings.managed_services:
-        found.append({
-            "name": "idle-culler",
-            "command": [python, "-m", "jupyterhub_idle_culler",
-                        f"--timeout={settings.idle_timeout_seconds}", "--cull-every=300"],
-        })
+        found.append(
+            {
+                "name": "idle-culler",
+                "command": [
+                    python,
+                    "-m",
+                    "jupyterhub_idle_culler",
+                    f"--timeout={settings.idle_timeout_seconds}",
+                    "--cull-every=300",
+                ],
+            }
+        )
     return found
 
 

@@ -53,11 +53,16 @@ def server_python(bridge_dir: Path) -> str:
     wanted = f"import site; site.addsitedir({site_packages!r})\n"
     if not (python.exists() and pth.is_file() and pth.read_text() == wanted):
         shutil.rmtree(bridge, ignore_errors=True)
-        proc = subprocess.run([base, "-m", "venv", "--without-pip", str(bridge)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [base, "-m", "venv", "--without-pip", str(bridge)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
-            raise InterpreterError(f"creating the server interpreter at {bridge} failed: "
-                                   f"{proc.stderr.strip()}")
+            raise InterpreterError(
+                f"creating the server interpreter at {bridge} failed: {proc.stderr.strip()}"
+            )
         pth.parent.mkdir(parents=True, exist_ok=True)
         pth.write_text(wanted)
     for dirpath, _dirnames, filenames in os.walk(bridge):

@@ -29,9 +29,15 @@ REPO = Path(__file__).resolve().parents[2]
 HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
 DEMO_SECRETS = "DEMO-ONLY-secrets.txt"
 DEMO_CUSTODIANS, DEMO_THRESHOLD = 3, 2
-REQUIRED_TOOLS = {"ip": "iproute2", "nft": "nftables", "nsenter": "util-linux",
-                  "setpriv": "util-linux", "prlimit": "util-linux", "mount": "mount",
-                  "useradd": "passwd"}
+REQUIRED_TOOLS = {
+    "ip": "iproute2",
+    "nft": "nftables",
+    "nsenter": "util-linux",
+    "setpriv": "util-linux",
+    "prlimit": "util-linux",
+    "mount": "mount",
+    "useradd": "passwd",
+}
 
 
 class LaunchError(EnclaveError):
@@ -42,7 +48,8 @@ def missing_system_tools() -> list[str]:
     missing = []
     for tool, package in REQUIRED_TOOLS.items():
         found = shutil.which(tool) or any(
-            os.access(f"{d}/{tool}", os.X_OK) for d in ("/usr/sbin", "/sbin", "/usr/bin"))
+            os.access(f"{d}/{tool}", os.X_OK) for d in ("/usr/sbin", "/sbin", "/usr/bin")
+        )
         if not found:
             missing.append(f"{tool} (Debian package {package})")
     return missing
@@ -50,12 +57,17 @@ def missing_system_tools() -> list[str]:
 
 def check_system() -> None:
     if os.geteuid() != 0:
-        raise LaunchError("enclave up needs root: it creates Unix users, network namespaces, "
-                          "nftables rules and mounts")
+        raise LaunchError(
+            "enclave up needs root: it creates Unix users, network namespaces, "
+            "nftables rules and mounts"
+        )
     missing = missing_system_tools()
     if missing:
-        raise LaunchError("missing system tools: " + ", ".join(missing)
-                          + " (install them with `make system-deps`)")
+        raise LaunchError(
+            "missing system tools: "
+            + ", ".join(missing)
+            + " (install them with `make system-deps`)"
+        )
 
 
 def hub_pid(settings: HubSettings) -> int | None:
@@ -81,9 +93,11 @@ def write_demo_secret(state_dir: Path, title: str, lines: list[str]) -> None:
     with open(path, "a") as fh:
         os.chmod(path, 0o600)
         if new:
-            fh.write("# DEMO ONLY. This file holds secrets a production enclave never writes to disk.\n"
-                     "# A production site runs `enclave keys init` and gives each mnemonic to a\n"
-                     "# different custodian; people get their passwords out of band.\n")
+            fh.write(
+                "# DEMO ONLY. This file holds secrets a production enclave never writes to disk.\n"
+                "# A production site runs `enclave keys init` and gives each mnemonic to a\n"
+                "# different custodian; people get their passwords out of band.\n"
+            )
         fh.write(f"\n[{title}]\n" + "".join(f"{line}\n" for line in lines))
 
 
@@ -107,9 +121,11 @@ def custodian_mnemonics(state_dir: Path, say: Callable[[str], None]) -> list[str
     if not custody_initialised(state_dir):
         mnemonics = init_custody(state_dir, custodians=DEMO_CUSTODIANS, threshold=DEMO_THRESHOLD)
         write_demo_secret(state_dir, "custodian mnemonics", mnemonics)
-        say(f"DEMO ONLY: created a master key with {DEMO_THRESHOLD}-of-{DEMO_CUSTODIANS} custodian "
+        say(
+            f"DEMO ONLY: created a master key with {DEMO_THRESHOLD}-of-{DEMO_CUSTODIANS} custodian "
             f"mnemonics written to {demo_secrets_path(state_dir)} (root only). A production site "
-            "runs `enclave keys init` itself and never keeps mnemonics on the machine.")
+            "runs `enclave keys init` itself and never keeps mnemonics on the machine."
+        )
         return mnemonics
     demo = read_demo_mnemonics(state_dir)
     if demo:
@@ -121,8 +137,10 @@ def custodian_mnemonics(state_dir: Path, say: Callable[[str], None]) -> list[str
         from enclave.custody import CustodyRecord
 
         record = CustodyRecord.load(state_dir)
-        return [getpass.getpass(f"custodian mnemonic {i} of {record.threshold}: ")
-                for i in range(1, record.threshold + 1)]
+        return [
+            getpass.getpass(f"custodian mnemonic {i} of {record.threshold}: ")
+            for i in range(1, record.threshold + 1)
+        ]
     return [line for line in sys.stdin.read().splitlines() if line.strip()]
 
 
@@ -132,12 +150,20 @@ def start_hub(settings: HubSettings, mnemonics: list[str], *, timeout: float = 9
 
     unseal(Path(settings.state_dir), mnemonics)  # a wrong mnemonic fails here, with its reason
     log = settings.hub_dir / "hub.log"
-    env = {**os.environ, "ENCLAVE_STATE_DIR": settings.state_dir, "ENCLAVE_UNSEAL_STDIN": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env = {
+        **os.environ,
+        "ENCLAVE_STATE_DIR": settings.state_dir,
+        "ENCLAVE_UNSEAL_STDIN": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(HUB_CONFIG)],
-            cwd=settings.hub_dir, env=env, stdin=subprocess.PIPE, stdout=out, stderr=out,
+            cwd=settings.hub_dir,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
             start_new_session=True,
         )
     assert proc.stdin is not None
@@ -148,7 +174,9 @@ def start_hub(settings: HubSettings, mnemonics: list[str], *, timeout: float = 9
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise LaunchError(f"the hub exited with status {proc.returncode}; end of {log}:\n{tail}")
+            raise LaunchError(
+                f"the hub exited with status {proc.returncode}; end of {log}:\n{tail}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(api, timeout=2).status_code == 200:
                 return proc.pid
@@ -195,8 +223,9 @@ class DemoResult:
     researcher: object
 
 
-def run_demo_journey(settings: HubSettings, say: Callable[[str], None], *,
-                     timeout: float = 300) -> DemoResult | None:
+def run_demo_journey(
+    settings: HubSettings, say: Callable[[str], None], *, timeout: float = 300
+) -> DemoResult | None:
     """A demo provider sends a sample CT dataset through the secret-shared path; it is
     published and granted to a demo researcher group, and a demo researcher is created."""
     from catalog.db import resolve_database_url
@@ -223,13 +252,16 @@ def run_demo_journey(settings: HubSettings, say: Callable[[str], None], *,
         if "demo-hospital" in providers:
             token = catalog.rotate_provider_token("demo-hospital", actor="enclave-up")
         else:
-            _, token = catalog.add_provider("demo-hospital", pem, fingerprint_of_pem(pem),
-                                            actor="enclave-up")
+            _, token = catalog.add_provider(
+                "demo-hospital", pem, fingerprint_of_pem(pem), actor="enclave-up"
+            )
     say("demo: a provider (demo-hospital) splits a generated CT dataset 2-of-3 and sends it")
     shutil.rmtree(demo / "source", ignore_errors=True)
     shutil.rmtree(demo / "shares", ignore_errors=True)
     source = make_sample_dataset(demo / "source", name="demo-ct")
-    split_dataset(source, demo / "shares", k=2, n=3, signing_key=load_signing_key(keys / "signing.key"))
+    split_dataset(
+        source, demo / "shares", k=2, n=3, signing_key=load_signing_key(keys / "signing.key")
+    )
     shares = sorted((demo / "shares").glob("share-*"))
     coordinator = f"http://{settings.ingest_host}:{settings.ingest_port}"
     deadline = time.monotonic() + 60
@@ -249,19 +281,29 @@ def run_demo_journey(settings: HubSettings, say: Callable[[str], None], *,
             if transfer.state == "cataloged" and transfer.version_id is not None:
                 break
             if transfer.state in ("quarantined", "failed"):
-                raise LaunchError(f"demo transfer {result.transfer_id} was {transfer.state}: "
-                                  f"{transfer.reason}")
+                raise LaunchError(
+                    f"demo transfer {result.transfer_id} was {transfer.state}: {transfer.reason}"
+                )
             if time.monotonic() > deadline:
-                raise LaunchError(f"demo transfer {result.transfer_id} still {transfer.state} "
-                                  f"after {timeout:.0f} s")
+                raise LaunchError(
+                    f"demo transfer {result.transfer_id} still {transfer.state} "
+                    f"after {timeout:.0f} s"
+                )
             time.sleep(1)
         version = max(v.version for v in catalog.get_dataset("demo-ct").versions)
         catalog.publish("demo-ct", version, actor="enclave-up")
         catalog.grant("demo-ct", version, group="demo-researchers", actor="enclave-up")
     researcher = add_person(settings, "demo-researcher", "researcher", groups=("demo-researchers",))
     if researcher.password:
-        write_demo_secret(Path(settings.state_dir), "demo researcher login",
-                          [f"username: {researcher.name}", f"password: {researcher.password}",
-                           f"totp secret: {researcher.otp_secret}", f"totp uri: {researcher.otp_uri}"])
+        write_demo_secret(
+            Path(settings.state_dir),
+            "demo researcher login",
+            [
+                f"username: {researcher.name}",
+                f"password: {researcher.password}",
+                f"totp secret: {researcher.otp_secret}",
+                f"totp uri: {researcher.otp_uri}",
+            ],
+        )
     say(f"demo: demo-ct version {version} published and granted to group demo-researchers")
     return DemoResult("demo-ct", version, result.transfer_id, researcher)

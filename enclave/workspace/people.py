@@ -63,7 +63,8 @@ class HubAdmin:
         self.settings = settings
         self.client = httpx.Client(
             base_url=f"{settings.public_url.rstrip('/')}/hub/api",
-            headers={"Authorization": f"token {admin_token(settings)}"}, timeout=30,
+            headers={"Authorization": f"token {admin_token(settings)}"},
+            timeout=30,
         )
 
     def __enter__(self) -> HubAdmin:
@@ -81,7 +82,9 @@ class HubAdmin:
                 f"`enclave up --state-dir {self.settings.state_dir}`"
             ) from None
         if reply.status_code >= 400 and reply.status_code != 409:
-            raise PeopleError(f"hub refused {method} {path}: {reply.status_code} {reply.text[:200]}")
+            raise PeopleError(
+                f"hub refused {method} {path}: {reply.status_code} {reply.text[:200]}"
+            )
         return reply
 
     def ensure_user(self, name: str) -> None:
@@ -113,8 +116,12 @@ def _set_local_login(settings: HubSettings, name: str) -> tuple[str | None, str 
             if session.query(UserInfo).filter(UserInfo.username == name).first() is not None:
                 return None, None
             password = secrets.token_urlsafe(12)
-            info = UserInfo(username=name, password=bcrypt.hashpw(password.encode(), bcrypt.gensalt()),
-                            is_authorized=True, has_2fa=True)
+            info = UserInfo(
+                username=name,
+                password=bcrypt.hashpw(password.encode(), bcrypt.gensalt()),
+                is_authorized=True,
+                has_2fa=True,
+            )
             session.add(info)
             session.commit()
             return password, info.otp_secret
@@ -122,8 +129,9 @@ def _set_local_login(settings: HubSettings, name: str) -> tuple[str | None, str 
         engine.dispose()
 
 
-def add_person(settings: HubSettings, name: str, role: str, *,
-               groups: tuple[str, ...] = ()) -> NewAccount:
+def add_person(
+    settings: HubSettings, name: str, role: str, *, groups: tuple[str, ...] = ()
+) -> NewAccount:
     """A hub user in the role's group (and ``groups``), able to log in with password + TOTP."""
     check_name(name)
     if role not in ROLE_TO_GROUP:
@@ -143,7 +151,9 @@ def read_roster(path: Path) -> list[str]:
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "username" not in [f.strip().lower() for f in reader.fieldnames]:
+            if reader.fieldnames is None or "username" not in [
+                f.strip().lower() for f in reader.fieldnames
+            ]:
                 raise PeopleError(f"{path}: the roster needs a 'username' column")
             key = next(f for f in reader.fieldnames if f.strip().lower() == "username")
             names = []
@@ -183,8 +193,16 @@ class Course:
     credentials_file: Path | None
 
 
-def create_course(settings: HubSettings, course: str, roster: Path, datasets: list[str], *,
-                  ends: date, actor: str = "cli", today: date | None = None) -> Course:
+def create_course(
+    settings: HubSettings,
+    course: str,
+    roster: Path,
+    datasets: list[str],
+    *,
+    ends: date,
+    actor: str = "cli",
+    today: date | None = None,
+) -> Course:
     """Enrol a class: student accounts, a ``course-NAME`` group, grants that lapse at ``ends``."""
     from catalog.db import resolve_database_url
     from catalog.service import open_catalog

@@ -32,7 +32,9 @@ def load_page_config(source: Path = POLICY_SOURCE) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise PolicyError(f"{path} is missing: the no-download JupyterLab policy ships there") from None
+        raise PolicyError(
+            f"{path} is missing: the no-download JupyterLab policy ships there"
+        ) from None
     except ValueError as exc:
         raise PolicyError(f"{path} is not valid JSON: {exc}") from None
     disabled = data.get("disabledExtensions", {})

@@ -112,7 +112,9 @@ def profile_for(groups: Iterable[str], profiles: dict[str, Profile] | None = Non
     return profiles["student"]
 
 
-def scaled(profile: Profile, *, memory_max: int | None = None, cpu_max: float | None = None) -> Profile:
+def scaled(
+    profile: Profile, *, memory_max: int | None = None, cpu_max: float | None = None
+) -> Profile:
     """A copy with other limits (a site's own sizes, from the hub config)."""
     return replace(
         profile,

@@ -133,8 +133,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def _clear_capabilities() -> None:
@@ -147,8 +150,14 @@ def _clear_capabilities() -> None:
 def _drop_bounding_set() -> None:
     last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     for cap in range(last + 1):
-        _libc_call("prctl", PR_CAPBSET_DROP, ctypes.c_ulong(cap), ctypes.c_ulong(0),
-                   ctypes.c_ulong(0), ctypes.c_ulong(0))
+        _libc_call(
+            "prctl",
+            PR_CAPBSET_DROP,
+            ctypes.c_ulong(cap),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        )
 
 
 def _status_fields() -> dict[str, str]:
@@ -205,8 +214,14 @@ def become_user(request: SpawnRequest) -> None:
     os.setresgid(request.gid, request.gid, request.gid)
     os.setresuid(request.uid, request.uid, request.uid)
     _clear_capabilities()
-    _libc_call("prctl", PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0),
-               ctypes.c_ulong(0), ctypes.c_ulong(0))
+    _libc_call(
+        "prctl",
+        PR_SET_NO_NEW_PRIVS,
+        ctypes.c_ulong(1),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
     check_dropped(request.uid, request.gid)
     os.chdir(request.cwd)
     os.environ.clear()
@@ -259,7 +274,9 @@ def _child(channel: socket.socket, keep_fds: set[int]) -> None:
         request = SpawnRequest.from_json(message)
         entry = entry_point(request.argv, sys.executable)
         if entry is None:
-            raise ZygoteError(f"cannot run {request.argv[:3]} (not this interpreter with -m or a file)")
+            raise ZygoteError(
+                f"cannot run {request.argv[:3]} (not this interpreter with -m or a file)"
+            )
         become_user(request)
         channel.send(STARTED)
         channel.close()
@@ -480,8 +497,11 @@ class ZygoteClient:
             try:
                 self.process = subprocess.Popen(
                     [self.python, "-P", "-m", "enclave.workspace.zygote", str(zygote_end.fileno())],
-                    pass_fds=[zygote_end.fileno()], env=zygote_environment(), cwd="/",
-                    stdin=subprocess.DEVNULL, start_new_session=True,
+                    pass_fds=[zygote_end.fileno()],
+                    env=zygote_environment(),
+                    cwd="/",
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
                 )
             finally:
                 zygote_end.close()
@@ -562,7 +582,7 @@ class ZygoteClient:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(5)
                 proc.close()
-                detail = answer[len(FAILED):].decode(errors="replace").strip() or "no answer"
+                detail = answer[len(FAILED) :].decode(errors="replace").strip() or "no answer"
                 raise ZygoteError(f"setting up the server process failed: {detail}")
             return proc
         except BaseException:
@@ -588,4 +608,3 @@ class ZygoteClient:
 
 if __name__ == "__main__":
     main()
-

@@ -68,16 +68,18 @@ CONTRIBUTING_EQUIPMENT = 0x0018A001
 #: Attributes that identify a site or a person, refused with any value inside a
 #: ContributingEquipmentSequence item (all optional there; some are X/Z/D in Table E.1-1).
 #: Person names (OperatorsName) are refused everywhere already (``deid.person-name``).
-EQUIPMENT_SITE_TAGS = frozenset({
-    0x00080080,  # InstitutionName
-    0x00080081,  # InstitutionAddress
-    0x00080082,  # InstitutionCodeSequence
-    0x00081010,  # StationName
-    0x00081040,  # InstitutionalDepartmentName
-    0x00081041,  # InstitutionalDepartmentTypeCodeSequence
-    0x00081072,  # OperatorIdentificationSequence
-    0x00181000,  # DeviceSerialNumber
-})
+EQUIPMENT_SITE_TAGS = frozenset(
+    {
+        0x00080080,  # InstitutionName
+        0x00080081,  # InstitutionAddress
+        0x00080082,  # InstitutionCodeSequence
+        0x00081010,  # StationName
+        0x00081040,  # InstitutionalDepartmentName
+        0x00081041,  # InstitutionalDepartmentTypeCodeSequence
+        0x00081072,  # OperatorIdentificationSequence
+        0x00181000,  # DeviceSerialNumber
+    }
+)
 
 #: Attributes the Basic Profile lets a tool fill with a dummy but that Enclave wants empty:
 #: a real birth date survives many tools, and a dummy one is useless for research anyway.
@@ -85,8 +87,25 @@ MUST_BE_EMPTY = frozenset({PATIENT_BIRTH_DATE})
 
 # VRs whose raw bytes are text; everything else is binary (a zero byte is a value there).
 _TEXT_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
-     "UR", "UT"}
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
 )
 _TEXT_PADDING = b" \x00\\"
 _PN_PADDING = b" \x00\\^="
@@ -159,9 +178,14 @@ _SEQUENCE_CACHE_BYTES = 16384
 #: Read from the dataset without conversion after the walk (``_declaration_findings``): a
 #: sequence under one of these tags (a malformed file) is always converted, as it was.
 #: DeidentificationMethodCodeSequence is replayed; the walk passes on its item count.
-_READ_UNCONVERTED = frozenset({
-    PATIENT_IDENTITY_REMOVED, DEIDENTIFICATION_METHOD, BURNED_IN_ANNOTATION, 0x00080016,
-})
+_READ_UNCONVERTED = frozenset(
+    {
+        PATIENT_IDENTITY_REMOVED,
+        DEIDENTIFICATION_METHOD,
+        BURNED_IN_ANNOTATION,
+        0x00080016,
+    }
+)
 _PIXEL_REPRESENTATION = BaseTag(0x00280103)
 
 
@@ -182,9 +206,7 @@ def _is_repeating_group(group: int) -> bool:
     return (group & 0xFF00) in _REPEATING_BASES and not group & 1
 
 
-def _allowed_private(
-    ds: Dataset, private_tags: list[int], allowlist: frozenset
-) -> set[int]:
+def _allowed_private(ds: Dataset, private_tags: list[int], allowlist: frozenset) -> set[int]:
     if not allowlist:
         return set()
     exact = {x for x in allowlist if isinstance(x, int)}
@@ -321,15 +343,27 @@ class _Walk:
         visitor = self.visitor
         visitor_key = getattr(visitor, "cache_key", None) if visitor is not None else ()
         value = elem.value
-        if (visitor_key is None or not isinstance(elem, RawDataElement)
-                or type(value) is not bytes or len(value) > _SEQUENCE_CACHE_BYTES
-                or tag in _READ_UNCONVERTED):
+        if (
+            visitor_key is None
+            or not isinstance(elem, RawDataElement)
+            or type(value) is not bytes
+            or len(value) > _SEQUENCE_CACHE_BYTES
+            or tag in _READ_UNCONVERTED
+        ):
             return False
         charset = ds.original_character_set or ds._character_set  # as Dataset.__getitem__
         if not isinstance(charset, str):
             charset = tuple(charset)
-        key = (tag, elem.VR, value, elem.is_implicit_VR, elem.is_little_endian, charset,
-               self.allowlist, visitor_key)
+        key = (
+            tag,
+            elem.VR,
+            value,
+            elem.is_implicit_VR,
+            elem.is_little_endian,
+            charset,
+            self.allowlist,
+            visitor_key,
+        )
         outcome = _SEQUENCE_OUTCOMES.get(key)
         if outcome is None:
             seen = len(self.findings)
@@ -337,14 +371,17 @@ class _Walk:
             items = ds[tag].value or []
             self._walk_sequence(items, tag, entry)
             if any(f.path != self.path for f in self.findings[seen:]) or (
-                    visitor is not None
-                    and any(f.path != visitor.path for f in visitor.findings[visited:])):
+                visitor is not None
+                and any(f.path != visitor.path for f in visitor.findings[visited:])
+            ):
                 return True  # walked; nothing to remember
             outcome = (
                 len(items),
                 tuple((f.check, f.severity, f.message, f.tag) for f in self.findings[seen:]),
-                tuple((f.check, f.severity, f.message, f.tag)
-                      for f in (visitor.findings[visited:] if visitor is not None else ())),
+                tuple(
+                    (f.check, f.severity, f.message, f.tag)
+                    for f in (visitor.findings[visited:] if visitor is not None else ())
+                ),
             )
             if len(_SEQUENCE_OUTCOMES) >= _SEQUENCE_CACHE_MAX:
                 _SEQUENCE_OUTCOMES.clear()
@@ -405,11 +442,16 @@ def _declaration_findings(
     """``unconverted``: item counts of sequences the walk replayed without converting."""
     findings = []
     if _code_string(ds, PATIENT_IDENTITY_REMOVED) != "YES":
-        findings.append(Finding(
-            "deid.identity-removed", "error",
-            "PatientIdentityRemoved must be YES: the provider has not declared the file "
-            "de-identified", path=path, tag=tag_label(PATIENT_IDENTITY_REMOVED),
-        ))
+        findings.append(
+            Finding(
+                "deid.identity-removed",
+                "error",
+                "PatientIdentityRemoved must be YES: the provider has not declared the file "
+                "de-identified",
+                path=path,
+                tag=tag_label(PATIENT_IDENTITY_REMOVED),
+            )
+        )
     method = ds.get_item(DEIDENTIFICATION_METHOD)
     codes = ds.get_item(DEIDENTIFICATION_METHOD_CODES)
     has_method = method is not None and has_value(method, "LO")
@@ -418,30 +460,45 @@ def _declaration_findings(
     else:
         has_codes = codes is not None and has_value(codes, "SQ")
     if not (has_method or has_codes):
-        findings.append(Finding(
-            "deid.method", "error",
-            "no DeidentificationMethod or DeidentificationMethodCodeSequence: say which tool "
-            "and profile de-identified the file", path=path, tag=tag_label(DEIDENTIFICATION_METHOD),
-        ))
+        findings.append(
+            Finding(
+                "deid.method",
+                "error",
+                "no DeidentificationMethod or DeidentificationMethodCodeSequence: say which tool "
+                "and profile de-identified the file",
+                path=path,
+                tag=tag_label(DEIDENTIFICATION_METHOD),
+            )
+        )
     keys = ds.keys()
     if any(t in keys for t in PIXEL_DATA_TAGS):
         state = _code_string(ds, BURNED_IN_ANNOTATION)
         if state != "NO":
             why = "is missing" if not state else "is not NO"
-            hint = ("; a segmentation's frames are label maps: write NO into the SEG (highdicom "
-                    "leaves it out)" if _code_string(ds, 0x00080016) == SEGMENTATION_STORAGE
-                    else "")
-            findings.append(Finding(
-                "deid.burned-in-annotation", "error",
-                f"BurnedInAnnotation {why}: pixels may show identifying text; held for pixel "
-                f"review (set NO only after the pixels were checked or cleaned){hint}",
-                path=path, tag=tag_label(BURNED_IN_ANNOTATION),
-            ))
+            hint = (
+                "; a segmentation's frames are label maps: write NO into the SEG (highdicom "
+                "leaves it out)"
+                if _code_string(ds, 0x00080016) == SEGMENTATION_STORAGE
+                else ""
+            )
+            findings.append(
+                Finding(
+                    "deid.burned-in-annotation",
+                    "error",
+                    f"BurnedInAnnotation {why}: pixels may show identifying text; held for pixel "
+                    f"review (set NO only after the pixels were checked or cleaned){hint}",
+                    path=path,
+                    tag=tag_label(BURNED_IN_ANNOTATION),
+                )
+            )
     return findings
 
 
 def check_deidentification(
-    ds: Dataset, path: str, *, private_tag_allowlist: Iterable[Any] = frozenset(),
+    ds: Dataset,
+    path: str,
+    *,
+    private_tag_allowlist: Iterable[Any] = frozenset(),
     element_visitor: ElementVisitor | None = None,
 ) -> list[Finding]:
     """Every de-identification problem of one DICOM dataset.
@@ -490,38 +547,55 @@ class DeidConsistency:
         )
 
     def add_identifiers(
-        self, path: str, *, study_uid: str, series_uid: str, sop_instance_uid: str,
+        self,
+        path: str,
+        *,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
         patient_id: str,
     ) -> None:
         """Same as ``add`` for identifiers already read (e.g. in a worker process)."""
         if sop_instance_uid:
             first = self._sop.setdefault(sop_instance_uid, path)
             if first != path:
-                self._findings.append(Finding(
-                    "deid.uid-consistency", "error",
-                    f"SOPInstanceUID is also used by {first}: every file needs its own",
-                    path=path, tag=tag_label(SOP_INSTANCE_UID),
-                ))
+                self._findings.append(
+                    Finding(
+                        "deid.uid-consistency",
+                        "error",
+                        f"SOPInstanceUID is also used by {first}: every file needs its own",
+                        path=path,
+                        tag=tag_label(SOP_INSTANCE_UID),
+                    )
+                )
         if study_uid:
             first_patient, first_path = self._study_patient.setdefault(
                 study_uid, (patient_id, path)
             )
             if first_patient != patient_id:
-                self._findings.append(Finding(
-                    "deid.uid-consistency", "error",
-                    f"PatientID differs from {first_path}, which has the same "
-                    "StudyInstanceUID: subjects were mixed up or pseudonymised inconsistently",
-                    path=path, tag=tag_label(PATIENT_ID),
-                ))
+                self._findings.append(
+                    Finding(
+                        "deid.uid-consistency",
+                        "error",
+                        f"PatientID differs from {first_path}, which has the same "
+                        "StudyInstanceUID: subjects were mixed up or pseudonymised inconsistently",
+                        path=path,
+                        tag=tag_label(PATIENT_ID),
+                    )
+                )
         if series_uid:
             first_study, first_path = self._series_study.setdefault(series_uid, (study_uid, path))
             if first_study != study_uid:
-                self._findings.append(Finding(
-                    "deid.uid-consistency", "error",
-                    f"StudyInstanceUID differs from {first_path}, which has the same "
-                    "SeriesInstanceUID: a series must belong to one study",
-                    path=path, tag=tag_label(STUDY_INSTANCE_UID),
-                ))
+                self._findings.append(
+                    Finding(
+                        "deid.uid-consistency",
+                        "error",
+                        f"StudyInstanceUID differs from {first_path}, which has the same "
+                        "SeriesInstanceUID: a series must belong to one study",
+                        path=path,
+                        tag=tag_label(STUDY_INSTANCE_UID),
+                    )
+                )
 
     def findings(self) -> list[Finding]:
         return list(self._findings)

@@ -183,10 +183,21 @@ def requirements_for(sop_class_uid: str) -> _Requirements | None:
 # --- Value representation checks on raw elements -----------------------------------------
 
 _VR_NAMES = {
-    "AE": "application entity", "AS": "age string", "CS": "code string", "DA": "date",
-    "DS": "decimal string", "DT": "date time", "IS": "integer string", "TM": "time",
-    "UI": "UID", "UR": "URI", "LO": "long string", "SH": "short string", "ST": "short text",
-    "LT": "long text", "PN": "person name",
+    "AE": "application entity",
+    "AS": "age string",
+    "CS": "code string",
+    "DA": "date",
+    "DS": "decimal string",
+    "DT": "date time",
+    "IS": "integer string",
+    "TM": "time",
+    "UI": "UID",
+    "UR": "URI",
+    "LO": "long string",
+    "SH": "short string",
+    "ST": "short text",
+    "LT": "long text",
+    "PN": "person name",
 }
 # VRs pydicom's validators check on bytes; single-valued ones are not split on backslash.
 _CHECKED_TEXT_VRS = frozenset(_VR_NAMES)
@@ -256,11 +267,15 @@ class _ValueChecker:
         else:
             return
         if not ok:
-            self.findings.append(Finding(
-                "dicom.value", "error",
-                f"value is not a valid {vr} ({_VR_NAMES.get(vr, 'binary number')}) for its VR",
-                path=self.path, tag=prefix + tag_label(elem.tag),
-            ))
+            self.findings.append(
+                Finding(
+                    "dicom.value",
+                    "error",
+                    f"value is not a valid {vr} ({_VR_NAMES.get(vr, 'binary number')}) for its VR",
+                    path=self.path,
+                    tag=prefix + tag_label(elem.tag),
+                )
+            )
 
 
 # --- One file ----------------------------------------------------------------------------
@@ -292,9 +307,14 @@ PIXEL_REPRESENTATION = 0x00280103
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
-NATIVE_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
-})
+NATIVE_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.2",
+    }
+)
 
 
 def _truncation(elems: Elements, data: memoryview) -> tuple[int, str] | None:
@@ -308,7 +328,7 @@ def _truncation(elems: Elements, data: memoryview) -> tuple[int, str] | None:
     if last.length == _UNDEFINED:
         end = start + len(last.value)
         delimiter = _SEQ_DELIMITER_LE if last.is_little_endian else _SEQ_DELIMITER_BE
-        if bytes(data[end:end + 8]) != delimiter:
+        if bytes(data[end : end + 8]) != delimiter:
             return last.tag, "the file ends inside"
         end += 8
     else:
@@ -355,7 +375,7 @@ def _raw_text(elems: Elements, tag: int) -> str | None:
 def _converted_text(ds: Dataset, tag: int) -> str | None:
     try:
         value = ds[tag].value
-    except Exception:  # noqa: BLE001 - an invalid value is reported by the value check
+    except Exception:
         return None
     if value is None:
         return None
@@ -415,8 +435,10 @@ class _BufferReader:
         self._pos = 0
 
     def read(self, size: int | None = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(self._pos + size, len(self._view))
-        out = self._view[self._pos:end].tobytes()
+        end = (
+            len(self._view) if size is None or size < 0 else min(self._pos + size, len(self._view))
+        )
+        out = self._view[self._pos : end].tobytes()
         self._pos = end
         return out
 
@@ -478,9 +500,9 @@ def _read_plain_header(header: bytes) -> Dataset | None:
         return None
     # read_partial's command set (group 0000) and read_dataset's VR-switch guess: take
     # neither path.
-    first_vr = header[pos + 4:pos + 6]
+    first_vr = header[pos + 4 : pos + 6]
     looks_explicit = 0x40 < first_vr[0] < 0x5B and 0x40 < first_vr[1] < 0x5B
-    if header[pos:pos + 2] == b"\x00\x00" or looks_explicit == implicit:
+    if header[pos : pos + 2] == b"\x00\x00" or looks_explicit == implicit:
         return None
     elements: dict[BaseTag, RawDataElement] = {}
     while pos < end:
@@ -504,7 +526,7 @@ def _read_plain_header(header: bytes) -> Dataset | None:
         tag = group << 16 | elem
         if tag == _ITEM_DELIMITER or length == _UNDEFINED or pos + length > end:
             return None
-        value = header[pos:pos + length] if length > 0 else empty_value_for_VR(vr, raw=True)
+        value = header[pos : pos + length] if length > 0 else empty_value_for_VR(vr, raw=True)
         if tag == 0x00080005:  # as pydicom's element generator does (it may warn or raise)
             convert_encodings(convert_string(value or b"", True))
         key = BaseTag(tag)
@@ -554,18 +576,22 @@ def _parse_fast(view: memoryview) -> Dataset | None:
         ds = _read_plain_header(header)
         if ds is None:
             ds = dcmread(io.BytesIO(header))
-    except Exception:  # noqa: BLE001 - the whole-file parse gives the verdict
+    except Exception:
         return None
     syntax = _transfer_syntax(ds.file_meta)
     if syntax not in NATIVE_SYNTAXES or syntax in (DEFLATED, BIG_ENDIAN) or not len(ds):
         return None
     last = ds.get_item(next(reversed(ds.keys())))
-    if (not isinstance(last, RawDataElement) or last.length == _UNDEFINED
-            or last.value is None or len(last.value) != last.length
-            or last.value_tell + last.length != pos):
+    if (
+        not isinstance(last, RawDataElement)
+        or last.length == _UNDEFINED
+        or last.value is None
+        or len(last.value) != last.length
+        or last.value_tell + last.length != pos
+    ):
         return None  # the tag bytes were inside a value: not the real header end
     implicit = syntax == IMPLICIT_LITTLE
-    head = bytes(view[pos:pos + 12])
+    head = bytes(view[pos : pos + 12])
     if implicit:
         start, length, vr = pos + 8, int.from_bytes(head[4:8], "little"), "OW"
     elif head[4:6] in (b"OB", b"OW"):
@@ -575,7 +601,14 @@ def _parse_fast(view: memoryview) -> Dataset | None:
     if length == _UNDEFINED or start + length != len(view):
         return None
     ds[PIXEL_DATA] = RawDataElement(  # type: ignore[assignment]
-        PIXEL_DATA, vr, length, view[start:start + length], start, implicit, True, True,
+        PIXEL_DATA,
+        vr,
+        length,
+        view[start : start + length],
+        start,
+        implicit,
+        True,
+        True,
     )
     return ds
 
@@ -585,17 +618,30 @@ def _check_file(
 ) -> _FileOutcome:
     full = os.path.join(root, rel)
     record: dict[str, Any] = {
-        "path": rel, "size": None, "sha256": None, "kind": "dicom", "study_uid": None,
-        "series_uid": None, "sop_instance_uid": None, "modality": None, "subject_id": None,
+        "path": rel,
+        "size": None,
+        "sha256": None,
+        "kind": "dicom",
+        "study_uid": None,
+        "series_uid": None,
+        "sop_instance_uid": None,
+        "modality": None,
+        "subject_id": None,
     }
     try:
         mapped, view = _map_file(full)
     except (OSError, ValueError) as exc:
-        return _FileOutcome(record, [Finding(
-            "dicom.read", "error",
-            f"cannot read the file ({getattr(exc, 'strerror', None) or type(exc).__name__})",
-            path=rel,
-        )])
+        return _FileOutcome(
+            record,
+            [
+                Finding(
+                    "dicom.read",
+                    "error",
+                    f"cannot read the file ({getattr(exc, 'strerror', None) or type(exc).__name__})",
+                    path=rel,
+                )
+            ],
+        )
     try:
         record["size"] = len(view)
         record["sha256"] = hashlib.sha256(view).hexdigest()
@@ -610,8 +656,12 @@ def _check_file(
 
 
 def _parse_and_check(
-    view: memoryview, rel: str, record: dict[str, Any], allowlist: frozenset,
-    subject_attribute: str, fast: bool,
+    view: memoryview,
+    rel: str,
+    record: dict[str, Any],
+    allowlist: frozenset,
+    subject_attribute: str,
+    fast: bool,
 ) -> _FileOutcome:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -620,25 +670,43 @@ def _parse_and_check(
             if ds is None:
                 ds = dcmread(_BufferReader(view))
         except InvalidDicomError:
-            return _FileOutcome(record, [Finding(
-                "dicom.parse", "error",
-                "not a DICOM file: no DICM preamble and File Meta Information (DICOM PS3.10)",
-                path=rel,
-            )])
-        except Exception as exc:  # noqa: BLE001 - any parser failure means a broken file
-            return _FileOutcome(record, [Finding(
-                "dicom.parse", "error",
-                f"the file does not parse as DICOM ({type(exc).__name__}): truncated or corrupt",
-                path=rel,
-            )])
+            return _FileOutcome(
+                record,
+                [
+                    Finding(
+                        "dicom.parse",
+                        "error",
+                        "not a DICOM file: no DICM preamble and File Meta Information (DICOM PS3.10)",
+                        path=rel,
+                    )
+                ],
+            )
+        except Exception as exc:
+            return _FileOutcome(
+                record,
+                [
+                    Finding(
+                        "dicom.parse",
+                        "error",
+                        f"the file does not parse as DICOM ({type(exc).__name__}): truncated or corrupt",
+                        path=rel,
+                    )
+                ],
+            )
         try:
             return _check_dataset(ds, view, rel, record, allowlist, subject_attribute)
-        except Exception as exc:  # noqa: BLE001 - a malformed element must not stop the run
-            return _FileOutcome(record, [Finding(
-                "dicom.parse", "error",
-                f"the file could not be checked: an element is malformed ({type(exc).__name__})",
-                path=rel,
-            )])
+        except Exception as exc:
+            return _FileOutcome(
+                record,
+                [
+                    Finding(
+                        "dicom.parse",
+                        "error",
+                        f"the file could not be checked: an element is malformed ({type(exc).__name__})",
+                        path=rel,
+                    )
+                ],
+            )
         finally:
             del ds  # drop views into the shared buffer before it is reused
 
@@ -655,12 +723,16 @@ def _encodings(ds: Dataset) -> list[str] | None:
         return None
     try:
         return convert_encodings(names_list)
-    except Exception:  # noqa: BLE001 - unknown charsets: lengths are checked on bytes
+    except Exception:
         return None
 
 
 def _check_dataset(
-    ds: Dataset, data: memoryview, rel: str, record: dict[str, Any], allowlist: frozenset,
+    ds: Dataset,
+    data: memoryview,
+    rel: str,
+    record: dict[str, Any],
+    allowlist: frozenset,
     subject_attribute: str,
 ) -> _FileOutcome:
     findings: list[Finding] = []
@@ -668,11 +740,15 @@ def _check_dataset(
     truncated = _truncation(elems, data)
     if truncated is not None:
         tag, how = truncated
-        findings.append(Finding(
-            "dicom.truncated", "error",
-            f"the file is truncated or corrupt: {how} {tag_label(tag)}",
-            path=rel, tag=tag_label(tag),
-        ))
+        findings.append(
+            Finding(
+                "dicom.truncated",
+                "error",
+                f"the file is truncated or corrupt: {how} {tag_label(tag)}",
+                path=rel,
+                tag=tag_label(tag),
+            )
+        )
     values = _ValueChecker(rel, _encodings(ds))
     deid = check_deidentification(ds, rel, private_tag_allowlist=allowlist, element_visitor=values)
     findings += values.findings
@@ -688,11 +764,14 @@ def _check_dataset(
         modality=_raw_text(elems, MODALITY),
         subject_id=_converted_text(ds, subject_tag),
     )
-    patient_id = (record["subject_id"] if subject_tag == PATIENT_ID
-                  else _converted_text(ds, PATIENT_ID))
+    patient_id = (
+        record["subject_id"] if subject_tag == PATIENT_ID else _converted_text(ds, PATIENT_ID)
+    )
     ids = {
-        "study_uid": record["study_uid"] or "", "series_uid": record["series_uid"] or "",
-        "sop_instance_uid": record["sop_instance_uid"] or "", "patient_id": patient_id or "",
+        "study_uid": record["study_uid"] or "",
+        "series_uid": record["series_uid"] or "",
+        "sop_instance_uid": record["sop_instance_uid"] or "",
+        "patient_id": patient_id or "",
     }
     seg = seg_summary(ds) if is_segmentation(_raw_text(elems, SOP_CLASS_UID)) else None
     return _FileOutcome(record, findings, ids, _geometry_of(elems, rel, record), seg)
@@ -706,8 +785,12 @@ def _meta_uid(meta: Dataset, tag: int, keyword: str) -> str:
     takes pydicom's conversion.
     """
     elem = meta.get_item(tag)
-    if (isinstance(elem, RawDataElement) and elem.VR == "UI" and type(elem.value) is bytes
-            and b"\\" not in elem.value):
+    if (
+        isinstance(elem, RawDataElement)
+        and elem.VR == "UI"
+        and type(elem.value) is bytes
+        and b"\\" not in elem.value
+    ):
         return elem.value.decode("latin-1").strip(" \x00")
     return str(meta.get(keyword, "") or "").strip(" \x00")
 
@@ -720,58 +803,92 @@ def _check_required(ds: Dataset, elems: Elements, path: str) -> list[Finding]:
     meta_instance = _meta_uid(meta, 0x00020003, "MediaStorageSOPInstanceUID")
     sop_instance = _raw_text(elems, SOP_INSTANCE_UID)
     if sop_class and meta_class and meta_class != sop_class:
-        findings.append(Finding(
-            "dicom.file-meta", "error", "MediaStorageSOPClassUID differs from SOPClassUID",
-            path=path, tag=tag_label(0x00020002),
-        ))
+        findings.append(
+            Finding(
+                "dicom.file-meta",
+                "error",
+                "MediaStorageSOPClassUID differs from SOPClassUID",
+                path=path,
+                tag=tag_label(0x00020002),
+            )
+        )
     if sop_instance and meta_instance and meta_instance != sop_instance:
-        findings.append(Finding(
-            "dicom.file-meta", "error",
-            "MediaStorageSOPInstanceUID differs from SOPInstanceUID", path=path,
-            tag=tag_label(0x00020003),
-        ))
+        findings.append(
+            Finding(
+                "dicom.file-meta",
+                "error",
+                "MediaStorageSOPInstanceUID differs from SOPInstanceUID",
+                path=path,
+                tag=tag_label(0x00020003),
+            )
+        )
     sop_class = sop_class or meta_class
     if not sop_class:
-        return findings + [Finding(
-            "dicom.required-attribute", "error",
-            "Type 1 attribute is missing: without a SOP class the file cannot be checked",
-            path=path, tag=tag_label(0x00080016),
-        )]
+        return findings + [
+            Finding(
+                "dicom.required-attribute",
+                "error",
+                "Type 1 attribute is missing: without a SOP class the file cannot be checked",
+                path=path,
+                tag=tag_label(0x00080016),
+            )
+        ]
     req = requirements_for(sop_class)
     if req is None:
-        return findings + [Finding(
-            "dicom.sop-class", "warning",
-            "SOP class is not in the standard tables: required attributes were not checked",
-            path=path, tag=tag_label(0x00080016),
-        )]
+        return findings + [
+            Finding(
+                "dicom.sop-class",
+                "warning",
+                "SOP class is not in the standard tables: required attributes were not checked",
+                path=path,
+                tag=tag_label(0x00080016),
+            )
+        ]
     present = elems
     for tag in req.type1:
         if tag not in present:
-            findings.append(Finding(
-                "dicom.required-attribute", "error",
-                f"Type 1 attribute is missing; the {req.iod} IOD requires it with a value",
-                path=path, tag=tag_label(tag),
-            ))
+            findings.append(
+                Finding(
+                    "dicom.required-attribute",
+                    "error",
+                    f"Type 1 attribute is missing; the {req.iod} IOD requires it with a value",
+                    path=path,
+                    tag=tag_label(tag),
+                )
+            )
         else:
             elem = elems[tag]
             if not has_value(elem, element_vr(elem)) and tag not in PIXEL_TAGS:
-                findings.append(Finding(
-                    "dicom.required-attribute", "error",
-                    f"Type 1 attribute is empty; the {req.iod} IOD requires a value",
-                    path=path, tag=tag_label(tag),
-                ))
+                findings.append(
+                    Finding(
+                        "dicom.required-attribute",
+                        "error",
+                        f"Type 1 attribute is empty; the {req.iod} IOD requires a value",
+                        path=path,
+                        tag=tag_label(tag),
+                    )
+                )
     for tag in req.type2:
         if tag not in present:
-            findings.append(Finding(
-                "dicom.required-attribute", "error",
-                f"Type 2 attribute is missing; the {req.iod} IOD requires it (empty if unknown)",
-                path=path, tag=tag_label(tag),
-            ))
+            findings.append(
+                Finding(
+                    "dicom.required-attribute",
+                    "error",
+                    f"Type 2 attribute is missing; the {req.iod} IOD requires it (empty if unknown)",
+                    path=path,
+                    tag=tag_label(tag),
+                )
+            )
     if req.pixel_data and not any(t in present for t in PIXEL_TAGS):
-        findings.append(Finding(
-            "dicom.pixel-data", "error", f"no pixel data, but the {req.iod} IOD is an image",
-            path=path, tag=tag_label(0x7FE00010),
-        ))
+        findings.append(
+            Finding(
+                "dicom.pixel-data",
+                "error",
+                f"no pixel data, but the {req.iod} IOD is an image",
+                path=path,
+                tag=tag_label(0x7FE00010),
+            )
+        )
     return findings
 
 
@@ -823,20 +940,28 @@ def _check_pixels(ds: Dataset, elems: Elements, path: str) -> list[Finding]:
         return []
     syntax = _transfer_syntax(ds.file_meta)
     photometric = _raw_text(elems, PHOTOMETRIC) or ""
-    native = (present == [PIXEL_DATA] and syntax in NATIVE_SYNTAXES
-              and photometric != "YBR_FULL_422" and _raw_int(elems, BITS_ALLOCATED) != 1)
+    native = (
+        present == [PIXEL_DATA]
+        and syntax in NATIVE_SYNTAXES
+        and photometric != "YBR_FULL_422"
+        and _raw_int(elems, BITS_ALLOCATED) != 1
+    )
     try:
         if native:
             _decode_native(ds, elems)
         else:
             ds.pixel_array  # noqa: B018 - decoding is the check (pylibjpeg, pyjpegls, RLE)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the finding
+    except Exception as exc:
         reason = str(exc).split("\n")[0][:200]
-        return [Finding(
-            "dicom.pixel-data", "error",
-            f"pixel data does not decode ({type(exc).__name__}: {reason})",
-            path=path, tag=tag_label(present[0]),
-        )]
+        return [
+            Finding(
+                "dicom.pixel-data",
+                "error",
+                f"pixel data does not decode ({type(exc).__name__}: {reason})",
+                path=path,
+                tag=tag_label(present[0]),
+            )
+        ]
     return []
 
 
@@ -878,7 +1003,9 @@ def _check_chunk(
 
 
 def precheck_files(
-    root: str, rels: list[str], subject_attribute: str = "PatientID",
+    root: str,
+    rels: list[str],
+    subject_attribute: str = "PatientID",
     allowlist: frozenset = frozenset(),
 ) -> list[tuple[str, Any]]:
     """The per-file checks of ``validate_dicom_files`` for a few files, as (path, outcome)
@@ -922,36 +1049,54 @@ def check_series_geometry(slices: list[dict[str, Any]]) -> tuple[list[Finding], 
     for s in slices:
         if (s["rows"], s["columns"]) != size:
             consistent = False
-            findings.append(Finding(
-                "dicom.series-geometry", "error",
-                f"image size {s['rows']}x{s['columns']} differs from the series' "
-                f"{size[0]}x{size[1]}", path=s["path"], tag=tag_label(0x00280010),
-            ))
+            findings.append(
+                Finding(
+                    "dicom.series-geometry",
+                    "error",
+                    f"image size {s['rows']}x{s['columns']} differs from the series' "
+                    f"{size[0]}x{size[1]}",
+                    path=s["path"],
+                    tag=tag_label(0x00280010),
+                )
+            )
         if not _close(s["pixel_spacing"], spacing, 1e-3):
             consistent = False
-            findings.append(Finding(
-                "dicom.series-geometry", "error", "PixelSpacing differs from the rest of the series",
-                path=s["path"], tag=tag_label(0x00280030),
-            ))
+            findings.append(
+                Finding(
+                    "dicom.series-geometry",
+                    "error",
+                    "PixelSpacing differs from the rest of the series",
+                    path=s["path"],
+                    tag=tag_label(0x00280030),
+                )
+            )
         if not _close(s["orientation"], orientation, 1e-4):
             consistent = False
-            findings.append(Finding(
-                "dicom.series-geometry", "error",
-                "ImageOrientationPatient differs from the rest of the series",
-                path=s["path"], tag=tag_label(0x00200037),
-            ))
+            findings.append(
+                Finding(
+                    "dicom.series-geometry",
+                    "error",
+                    "ImageOrientationPatient differs from the rest of the series",
+                    path=s["path"],
+                    tag=tag_label(0x00200037),
+                )
+            )
     positioned = [s for s in slices if s["position"] is not None]
     if len(slices) < 2 or orientation is None or len(orientation) != 6:
         return findings, None
     if len(positioned) < len(slices):
         for s in slices:
             if s["position"] is None:
-                findings.append(Finding(
-                    "dicom.series-geometry", "error",
-                    "slice has no usable ImagePositionPatient (three numbers): the series "
-                    "cannot form a volume",
-                    path=s["path"], tag=tag_label(0x00200032),
-                ))
+                findings.append(
+                    Finding(
+                        "dicom.series-geometry",
+                        "error",
+                        "slice has no usable ImagePositionPatient (three numbers): the series "
+                        "cannot form a volume",
+                        path=s["path"],
+                        tag=tag_label(0x00200032),
+                    )
+                )
         return findings, None
     row, col = np.array(orientation[:3]), np.array(orientation[3:])
     normal = np.cross(row, col)
@@ -963,10 +1108,15 @@ def check_series_geometry(slices: list[dict[str, Any]]) -> tuple[list[Finding], 
     steps = np.diff(distance)
     nonzero = steps[steps > 1e-3]
     if not len(nonzero):
-        findings.append(Finding(
-            "dicom.series-geometry", "error", "all slices share one position",
-            path=ordered[-1]["path"], tag=tag_label(0x00200032),
-        ))
+        findings.append(
+            Finding(
+                "dicom.series-geometry",
+                "error",
+                "all slices share one position",
+                path=ordered[-1]["path"],
+                tag=tag_label(0x00200032),
+            )
+        )
         return findings, None
     step = float(np.median(nonzero))
     tol = max(0.01 * step, 1e-3)
@@ -978,32 +1128,49 @@ def check_series_geometry(slices: list[dict[str, Any]]) -> tuple[list[Finding], 
         a, b = ordered[i], ordered[i + 1]
         if gap <= tol:
             regular = False
-            findings.append(Finding(
-                "dicom.series-geometry", "error",
-                f"slice has the same position as {a['path']} (duplicate slice)",
-                path=b["path"], tag=tag_label(0x00200032),
-            ))
+            findings.append(
+                Finding(
+                    "dicom.series-geometry",
+                    "error",
+                    f"slice has the same position as {a['path']} (duplicate slice)",
+                    path=b["path"],
+                    tag=tag_label(0x00200032),
+                )
+            )
         elif abs(gap - step) > tol:
             regular = False
             k = gap / step
             if abs(k - round(k)) * step <= tol and round(k) >= 2:
-                msg = (f"{round(k) - 1} slice(s) missing between {a['path']} and this one "
-                       f"(gap {gap:.3g} mm, spacing {step:.3g} mm)")
+                msg = (
+                    f"{round(k) - 1} slice(s) missing between {a['path']} and this one "
+                    f"(gap {gap:.3g} mm, spacing {step:.3g} mm)"
+                )
             else:
-                msg = (f"uneven slice spacing: {gap:.3g} mm after {a['path']} where the series "
-                       f"has {step:.3g} mm (shifted slice)")
-            findings.append(Finding(
-                "dicom.series-geometry", "error", msg, path=b["path"],
-                tag=tag_label(0x00200032),
-            ))
+                msg = (
+                    f"uneven slice spacing: {gap:.3g} mm after {a['path']} where the series "
+                    f"has {step:.3g} mm (shifted slice)"
+                )
+            findings.append(
+                Finding(
+                    "dicom.series-geometry",
+                    "error",
+                    msg,
+                    path=b["path"],
+                    tag=tag_label(0x00200032),
+                )
+            )
     for s, d in zip(ordered, drift, strict=True):
         if d > max(tol, 0.01):
             regular = False
-            findings.append(Finding(
-                "dicom.series-geometry", "error",
-                f"slice is shifted {d:.3g} mm within its plane relative to the series",
-                path=s["path"], tag=tag_label(0x00200032),
-            ))
+            findings.append(
+                Finding(
+                    "dicom.series-geometry",
+                    "error",
+                    f"slice is shifted {d:.3g} mm within its plane relative to the series",
+                    path=s["path"],
+                    tag=tag_label(0x00200032),
+                )
+            )
     return findings, (step if regular else None)
 
 
@@ -1058,8 +1225,13 @@ def _collapse_warnings(findings: list[Finding]) -> list[Finding]:
     for f in out:
         group = groups.get((f.check, f.tag, f.message)) if f.severity == "warning" else None
         if group and len(group) > 1:
-            f = Finding(f.check, f.severity, f"{f.message} (and {len(group) - 1} more file(s))",
-                        path=f.path, tag=f.tag)
+            f = Finding(
+                f.check,
+                f.severity,
+                f"{f.message} (and {len(group) - 1} more file(s))",
+                path=f.path,
+                tag=f.tag,
+            )
         collapsed.append(f)
     return collapsed
 
@@ -1126,8 +1298,12 @@ def _pool_context() -> Any:
 
 
 def validate_dicom_files(
-    root: Path, paths: Iterable[Path], *, progress: ProgressCallback | None = None,
-    private_tag_allowlist: Iterable[Any] = frozenset(), subject_attribute: str = "PatientID",
+    root: Path,
+    paths: Iterable[Path],
+    *,
+    progress: ProgressCallback | None = None,
+    private_tag_allowlist: Iterable[Any] = frozenset(),
+    subject_attribute: str = "PatientID",
     workers: int | None = None,
     precomputed: Mapping[str, Any] | None = None,
 ) -> DicomResult:
@@ -1167,13 +1343,16 @@ def validate_dicom_files(
         for rel in rels:
             done([_check_file(str(root), rel, allowlist, subject_attribute)])
     else:
-        chunks = [rels[i:i + _CHUNK] for i in range(0, total, _CHUNK)]
+        chunks = [rels[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
         with ProcessPoolExecutor(
             workers, mp_context=_pool_context(), initializer=tune_allocator
         ) as pool:
             for batch in pool.map(
-                _check_chunk, [str(root)] * len(chunks), chunks,
-                [allowlist] * len(chunks), [subject_attribute] * len(chunks),
+                _check_chunk,
+                [str(root)] * len(chunks),
+                chunks,
+                [allowlist] * len(chunks),
+                [subject_attribute] * len(chunks),
             ):
                 done(batch)
 

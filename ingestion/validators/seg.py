@@ -55,9 +55,7 @@ POSITION_VOXEL_FRACTION = 0.05
 SPACING_RTOL = 1e-3
 ORIENTATION_ATOL = 1e-4
 
-_POSITION_TAG = (
-    f"{tag_label(PER_FRAME)} > {tag_label(PLANE_POSITION)} > {tag_label(POSITION)}"
-)
+_POSITION_TAG = f"{tag_label(PER_FRAME)} > {tag_label(PLANE_POSITION)} > {tag_label(POSITION)}"
 
 
 def is_segmentation(sop_class_uid: str | None) -> bool:
@@ -76,12 +74,14 @@ def seg_summary(ds: Dataset) -> dict[str, Any]:
     for item in per_frame:
         position = _vector(_first_item(item, PLANE_POSITION), POSITION, 3)
         sources = sorted(_referenced_uids(_first_item(item, DERIVATION_IMAGES)))
-        frames.append({
-            "position": position,
-            "sources": sources,
-            "spacing": _vector(_first_item(item, PIXEL_MEASURES), PIXEL_SPACING, 2),
-            "orientation": _vector(_first_item(item, PLANE_ORIENTATION), ORIENTATION, 6),
-        })
+        frames.append(
+            {
+                "position": position,
+                "sources": sources,
+                "spacing": _vector(_first_item(item, PIXEL_MEASURES), PIXEL_SPACING, 2),
+                "orientation": _vector(_first_item(item, PLANE_ORIENTATION), ORIENTATION, 6),
+            }
+        )
     referenced_series = []
     series_instances: set[str] = set()
     for item in _items(ds, REFERENCED_SERIES):
@@ -104,7 +104,9 @@ def seg_summary(ds: Dataset) -> dict[str, Any]:
 
 
 def check_segmentations(
-    segs: dict[str, dict[str, Any]], files: list[dict[str, Any]], geometries: list[dict[str, Any]],
+    segs: dict[str, dict[str, Any]],
+    files: list[dict[str, Any]],
+    geometries: list[dict[str, Any]],
 ) -> tuple[list[Finding], set[str]]:
     """Findings for every SEG of a submission, and the SEG paths whose references all resolve.
 
@@ -113,7 +115,8 @@ def check_segmentations(
     matter: a SEG never counts as the images another SEG refers to).
     """
     images = {
-        f["sop_instance_uid"]: f for f in files
+        f["sop_instance_uid"]: f
+        for f in files
         if f.get("sop_instance_uid") and f.get("modality") != "SEG"
     }
     records = {f["path"]: f for f in files}
@@ -138,8 +141,12 @@ def check_segmentations(
 
 
 def _check_references(
-    path: str, seg: dict[str, Any], subject: str | None, images: dict[str, dict[str, Any]],
-    series_slices: dict[str, list[dict[str, Any]]], findings: list[Finding],
+    path: str,
+    seg: dict[str, Any],
+    subject: str | None,
+    images: dict[str, dict[str, Any]],
+    series_slices: dict[str, list[dict[str, Any]]],
+    findings: list[Finding],
 ) -> bool:
     def error(check: str, tag: str, message: str) -> None:
         findings.append(Finding(check, "error", message, path=path, tag=tag))
@@ -147,7 +154,8 @@ def _check_references(
     series_tag = f"{tag_label(REFERENCED_SERIES)} > {tag_label(SERIES_UID)}"
     if not seg["referenced_series"]:
         error(
-            "seg.referenced-series", tag_label(REFERENCED_SERIES),
+            "seg.referenced-series",
+            tag_label(REFERENCED_SERIES),
             "the segmentation names no source series (ReferencedSeriesSequence is missing or "
             "empty): a SEG must say which images it was drawn on",
         )
@@ -157,7 +165,8 @@ def _check_references(
     if missing_series:
         ok = False
         error(
-            "seg.referenced-series", series_tag,
+            "seg.referenced-series",
+            series_tag,
             f"{len(missing_series)} of the {len(seg['referenced_series'])} series the "
             "segmentation references are not in this dataset: send the segmented images with "
             "it (same de-identified UIDs) or leave the segmentation out",
@@ -167,18 +176,20 @@ def _check_references(
     if unknown and len(missing_series) < len(seg["referenced_series"]):
         ok = False
         error(
-            "seg.referenced-image", tag_label(SOURCE_IMAGES),
+            "seg.referenced-image",
+            tag_label(SOURCE_IMAGES),
             f"{len(unknown)} of the {len(refs)} images the segmentation references are not in "
             "this dataset: every referenced image must be sent with the same de-identified "
             "SOPInstanceUID",
         )
-    elsewhere = {
-        images[u].get("series_uid") for u in refs if u in images
-    } - set(seg["referenced_series"])
+    elsewhere = {images[u].get("series_uid") for u in refs if u in images} - set(
+        seg["referenced_series"]
+    )
     if elsewhere:
         ok = False
         error(
-            "seg.referenced-image", series_tag,
+            "seg.referenced-image",
+            series_tag,
             "the segmentation references images of a series its ReferencedSeriesSequence "
             "does not list",
         )
@@ -186,7 +197,8 @@ def _check_references(
     if subjects and subjects != {subject}:
         ok = False
         error(
-            "seg.subject", tag_label(PATIENT_ID),
+            "seg.subject",
+            tag_label(PATIENT_ID),
             "the subject identifier differs from that of the images the segmentation "
             "references: a segmentation must belong to the subject it segments",
         )
@@ -197,7 +209,10 @@ def _check_references(
 
 
 def _check_geometry(
-    path: str, seg: dict[str, Any], slices: list[dict[str, Any]], findings: list[Finding],
+    path: str,
+    seg: dict[str, Any],
+    slices: list[dict[str, Any]],
+    findings: list[Finding],
 ) -> None:
     def error(tag: str, message: str) -> None:
         findings.append(Finding("seg.geometry", "error", message, path=path, tag=tag))
@@ -223,8 +238,12 @@ def _check_geometry(
     if series_spacing and not _close(spacing, series_spacing, rtol=SPACING_RTOL):
         error(
             f"{tag_label(SHARED)} > {tag_label(PIXEL_MEASURES)} > {tag_label(PIXEL_SPACING)}",
-            "segmentation PixelSpacing " + ("is missing" if spacing is None else
-            f"{_fmt(spacing)} mm differs from the series' {_fmt(series_spacing)} mm"),
+            "segmentation PixelSpacing "
+            + (
+                "is missing"
+                if spacing is None
+                else f"{_fmt(spacing)} mm differs from the series' {_fmt(series_spacing)} mm"
+            ),
         )
     series_orientation = _majority(s.get("orientation") for s in slices)
     orientation = seg["orientation"] or _majority(f["orientation"] for f in seg["frames"])
@@ -238,8 +257,10 @@ def _check_geometry(
 
 
 def _check_positions(
-    seg: dict[str, Any], slices: list[dict[str, Any]], spacing: tuple[float, ...] | None,
-    error: Any,  # noqa: ANN401
+    seg: dict[str, Any],
+    slices: list[dict[str, Any]],
+    spacing: tuple[float, ...] | None,
+    error: Any,
 ) -> None:
     by_uid = {s["sop_instance_uid"]: s for s in slices if s.get("sop_instance_uid")}
     positions = np.array([s["position"] for s in slices if s.get("position") is not None])
@@ -255,8 +276,14 @@ def _check_positions(
         here = np.array(frame["position"])
         sources = [by_uid[u] for u in frame["sources"] if u in by_uid]
         if sources:
-            if min(np.linalg.norm(here - np.array(s["position"])) for s in sources
-                   if s.get("position") is not None) > tol:
+            if (
+                min(
+                    np.linalg.norm(here - np.array(s["position"]))
+                    for s in sources
+                    if s.get("position") is not None
+                )
+                > tol
+            ):
                 off_source += 1
         elif np.min(np.linalg.norm(positions - here, axis=1)) > tol:
             off_grid += 1
@@ -348,7 +375,7 @@ def _referenced_uids(ds: Dataset | None) -> set[str]:
     return found
 
 
-def _majority(values: Any) -> Any:  # noqa: ANN401
+def _majority(values: Any) -> Any:
     counts = Counter(v for v in values if v is not None)
     return counts.most_common(1)[0][0] if counts else None
 
@@ -356,8 +383,10 @@ def _majority(values: Any) -> Any:  # noqa: ANN401
 def _close(
     a: tuple[float, ...] | None, b: tuple[float, ...], *, rtol: float = 0.0, atol: float = 0.0
 ) -> bool:
-    return a is not None and len(a) == len(b) and bool(
-        np.allclose(a, b, rtol=rtol, atol=max(atol, 1e-6))
+    return (
+        a is not None
+        and len(a) == len(b)
+        and bool(np.allclose(a, b, rtol=rtol, atol=max(atol, 1e-6)))
     )
 
 

@@ -102,7 +102,9 @@ IDENTIFIER_WORDS = frozenset(
 )
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-PHONE = re.compile(r"\s*(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}\s*")
+PHONE = re.compile(
+    r"\s*(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}\s*"
+)
 SSN = re.compile(r"\s*\d{3}-\d{2}-\d{4}\s*")
 BOOLEAN_WORDS = frozenset({"true", "false", "t", "f", "yes", "no", "y", "n", "0", "1"})
 INTEGER = re.compile(r"\s*[+-]?\d+\s*")
@@ -367,7 +369,7 @@ def _type_phrase(kind: str | None) -> str:
     }.get(kind or "", kind or "")
 
 
-def _column_chunk(values: Any, declared: str | None, stats: _ColumnStats) -> None:  # noqa: ANN401
+def _column_chunk(values: Any, declared: str | None, stats: _ColumnStats) -> None:
     import pandas as pd
 
     nulls = values.isna()
@@ -379,7 +381,7 @@ def _column_chunk(values: Any, declared: str | None, stats: _ColumnStats) -> Non
         stats.bad_type += _count_bad_typed(values[~nulls], declared)
 
 
-def _as_arrow_strings(values: Any, nulls: Any) -> Any:  # noqa: ANN401
+def _as_arrow_strings(values: Any, nulls: Any) -> Any:
     import pyarrow as pa
 
     try:
@@ -390,13 +392,13 @@ def _as_arrow_strings(values: Any, nulls: Any) -> Any:  # noqa: ANN401
         )
 
 
-def _count(mask: Any) -> int:  # noqa: ANN401
+def _count(mask: Any) -> int:
     import pyarrow.compute as pc
 
     return int(pc.sum(mask).as_py() or 0)
 
 
-def _string_chunk(arr: Any, declared: str | None, stats: _ColumnStats) -> None:  # noqa: ANN401
+def _string_chunk(arr: Any, declared: str | None, stats: _ColumnStats) -> None:
     """Counts for a text column, with Arrow's vectorised (RE2) regular expressions."""
     import pyarrow.compute as pc
 
@@ -427,7 +429,7 @@ def _string_chunk(arr: Any, declared: str | None, stats: _ColumnStats) -> None: 
         stats.bad_type += _count_bad_strings(present, declared)
 
 
-def _count_bad_strings(present: Any, declared: str) -> int:  # noqa: ANN401
+def _count_bad_strings(present: Any, declared: str) -> int:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -446,7 +448,7 @@ def _count_bad_strings(present: Any, declared: str) -> int:  # noqa: ANN401
     return 0
 
 
-def _count_bad_typed(present: Any, declared: str) -> int:  # noqa: ANN401
+def _count_bad_typed(present: Any, declared: str) -> int:
     import numpy as np
 
     kind = present.dtype.kind
@@ -530,7 +532,7 @@ def _chunks(file: Path) -> Iterator[Any]:
         raise _Unreadable("the file is empty") from None
 
 
-def load_table(file: Path, spec: TableSpec) -> Any:  # noqa: ANN401
+def load_table(file: Path, spec: TableSpec) -> Any:
     """The whole table as a DataFrame, declared columns converted to their declared types."""
     import pandas as pd
 
@@ -569,7 +571,7 @@ def load_table(file: Path, spec: TableSpec) -> Any:  # noqa: ANN401
 
 
 @functools.cache
-def _gx() -> Any:  # noqa: ANN401
+def _gx() -> Any:
     """Import great_expectations once per process (it takes several seconds)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -608,7 +610,7 @@ def load_suite(file: Path) -> list[tuple[str, dict[str, Any]]]:
             raise ValueError(f"expectation #{i + 1} is not an object")
         kind = item.get("type", item.get("expectation_type"))
         if not isinstance(kind, str) or not kind:
-            raise ValueError(f"expectation #{i + 1} has no \"type\" (or \"expectation_type\")")
+            raise ValueError(f'expectation #{i + 1} has no "type" (or "expectation_type")')
         kwargs = item.get("kwargs", {})
         if not isinstance(kwargs, dict):
             raise ValueError(f"expectation #{i + 1} ({kind}) has kwargs that are not an object")
@@ -619,7 +621,9 @@ def load_suite(file: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _columns_named(kwargs: dict[str, Any]) -> list[str]:
-    names = [kwargs[k] for k in ("column", "column_A", "column_B") if isinstance(kwargs.get(k), str)]
+    names = [
+        kwargs[k] for k in ("column", "column_A", "column_B") if isinstance(kwargs.get(k), str)
+    ]
     if isinstance(kwargs.get("column_list"), list):
         names += [c for c in kwargs["column_list"] if isinstance(c, str)]
     return names
@@ -632,7 +636,9 @@ def run_expectations(root: Path, spec: TableSpec, check: TableCheck) -> list[Fin
     findings: list[Finding] = []
 
     def finding(severity: str, message: str, column: str | None = None) -> None:
-        findings.append(Finding("table.expectation", severity, message, path=suite_path, tag=column))  # type: ignore[arg-type]
+        findings.append(
+            Finding("table.expectation", severity, message, path=suite_path, tag=column)
+        )  # type: ignore[arg-type]
 
     try:
         items = load_suite(root / suite_path)

@@ -40,9 +40,17 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 RESEARCHER, STUDENT = "rhea", "stu"
 GRANTED, NOT_GRANTED = "lung-ct", "restricted-mr"
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1280,900", "--lang=en-US",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+    "--lang=en-US",
 )
 
 
@@ -71,8 +79,10 @@ class Login:
         import onetimepass
 
         now = int(time.time())
-        near = {str(onetimepass.get_totp(self.otp_secret, clock=now + step)).zfill(6)
-                for step in (-60, -30, 0, 30, 60)}
+        near = {
+            str(onetimepass.get_totp(self.otp_secret, clock=now + step)).zfill(6)
+            for step in (-60, -30, 0, 30, 60)
+        }
         candidate = 0
         while f"{candidate:06d}" in near:
             candidate += 1
@@ -98,20 +108,28 @@ def catalog_validated(catalog: Any, folder: Path, key: Any, store_root: Path) ->
 
     transfer_id = f"tr-{uuid.uuid4().hex[:10]}"
     if "test-hospital" not in {p.name for p in catalog.list_providers()}:
-        catalog.add_provider("test-hospital", b"-----BEGIN PUBLIC KEY-----\ntest\n", "fp-test",
-                             actor="test")
+        catalog.add_provider(
+            "test-hospital", b"-----BEGIN PUBLIC KEY-----\ntest\n", "fp-test", actor="test"
+        )
     outcome = validate_dataset(folder, transfer_id=transfer_id)
     assert outcome.report.passed, outcome.report.to_json()
     manifest = _as_dict(outcome.manifest)
-    catalog.record_transfer(transfer_id, "test-hospital", dataset_name=manifest["name"], k=2, n=3,
-                            share_length=1)
+    catalog.record_transfer(
+        transfer_id, "test-hospital", dataset_name=manifest["name"], k=2, n=3, share_length=1
+    )
     stored = write_version(folder, store_root, key, name_hint=transfer_id)
     version = catalog.catalog_version(
-        transfer_id, manifest=manifest, content_hash=outcome.content_hash,
-        size_bytes=stored.size_bytes, store_location=stored.store_location,
-        wrapped_key=stored.wrapped_key, files=_catalog_files(outcome.files),
-        series=list(outcome.series), report_json=outcome.report.to_json(),
-        feature_tables=list(outcome.feature_tables), actor="test",
+        transfer_id,
+        manifest=manifest,
+        content_hash=outcome.content_hash,
+        size_bytes=stored.size_bytes,
+        store_location=stored.store_location,
+        wrapped_key=stored.wrapped_key,
+        files=_catalog_files(outcome.files),
+        series=list(outcome.series),
+        report_json=outcome.report.to_json(),
+        feature_tables=list(outcome.feature_tables),
+        actor="test",
     )
     catalog.publish(manifest["name"], version.version, actor="test")
     return version, manifest
@@ -133,12 +151,21 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
     homes = Path(f"{state_dir}-homes")
     tag = uuid.uuid4().hex[:4]
     settings = HubSettings(
-        state_dir=str(state_dir), public_port=free_port(), proxy_api_port=free_port(),
-        hub_port=free_port(), catalog_port=free_port(), address_range=private_range(),
-        netns_table="enclave_brtest", namespace_prefix=f"encbr{tag}-", veth_prefix="encb-",
-        unix_prefix=f"encb{tag}-", home_root=str(homes),
-        plaintext_root=str(state_dir / "plaintext"), lock_path=str(state_dir / "netns.lock"),
-        managed_services=["catalog"], log_level="INFO",
+        state_dir=str(state_dir),
+        public_port=free_port(),
+        proxy_api_port=free_port(),
+        hub_port=free_port(),
+        catalog_port=free_port(),
+        address_range=private_range(),
+        netns_table="enclave_brtest",
+        namespace_prefix=f"encbr{tag}-",
+        veth_prefix="encb-",
+        unix_prefix=f"encb{tag}-",
+        home_root=str(homes),
+        plaintext_root=str(state_dir / "plaintext"),
+        lock_path=str(state_dir / "netns.lock"),
+        managed_services=["catalog"],
+        log_level="INFO",
     )
     hub = None
     try:
@@ -147,21 +174,33 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
         key = unseal(state_dir, mnemonics)
         samples = tmp_path_factory.mktemp("samples")
         lung = make_sample_dataset(samples, name=GRANTED, subjects=1, slices=4, size=32)
-        other = make_sample_dataset(samples, name=NOT_GRANTED, subjects=1, slices=2, size=16,
-                                    with_segmentation=False)
+        other = make_sample_dataset(
+            samples, name=NOT_GRANTED, subjects=1, slices=2, size=16, with_segmentation=False
+        )
         with open_catalog(settings.catalog_url) as catalog:
             version, manifest = catalog_validated(catalog, lung, key, state_dir / "store")
             catalog.grant(GRANTED, version.version, group="researchers", actor="test")
-            catalog_folder(catalog, other, NOT_GRANTED, key, state_dir / "store",
-                           description="Restricted MR cohort that no group has been granted")
+            catalog_folder(
+                catalog,
+                other,
+                NOT_GRANTED,
+                key,
+                state_dir / "store",
+                description="Restricted MR cohort that no group has been granted",
+            )
             summary = next(d for d in catalog.list_datasets(None) if d.name == GRANTED)
         hub = start_hub(state_dir, settings, mnemonics)
         logins = {}
         for name, role in ((RESEARCHER, "researcher"), (STUDENT, "student")):
             account = add_person(settings, name, role)
             logins[name] = Login(name, account.password, account.otp_secret)
-        yield Enclave(hub=hub, logins=logins, granted_version=version.version, granted=summary,
-                      manifest=manifest)
+        yield Enclave(
+            hub=hub,
+            logins=logins,
+            granted_version=version.version,
+            granted=summary,
+            manifest=manifest,
+        )
     finally:
         if hub is not None:
             stop_hub(hub)

@@ -36,9 +36,9 @@ def wait_until(driver: Any, check: Any, message: str, timeout: float = 30) -> An
     from selenium.webdriver.support.ui import WebDriverWait
 
     # JupyterLab re-renders its listings while loading: an element read mid-render goes stale.
-    return WebDriverWait(driver, timeout, poll_frequency=0.2,
-                         ignored_exceptions=(StaleElementReferenceException,)
-                         ).until(lambda d: check(d), message)
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: check(d), message)
 
 
 def shoot(driver: Any, folder: Path, name: str) -> Path:
@@ -47,14 +47,18 @@ def shoot(driver: Any, folder: Path, name: str) -> Path:
     return path
 
 
-def fill_login(driver: Any, url: str, name: str, password: str, code: str, *,
-               next_path: str = "/hub/home") -> None:
+def fill_login(
+    driver: Any, url: str, name: str, password: str, code: str, *, next_path: str = "/hub/home"
+) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{url}/hub/login?next={next_path}")
     wait_for(driver, "#login_submit")
-    for field, value in (("username_input", name), ("password_input", password),
-                         ("2fa_input", code)):
+    for field, value in (
+        ("username_input", name),
+        ("password_input", password),
+        ("2fa_input", code),
+    ):
         box = driver.find_element(By.ID, field)
         box.clear()
         box.send_keys(value)
@@ -64,8 +68,11 @@ def fill_login(driver: Any, url: str, name: str, password: str, code: str, *,
 def log_in(driver: Any, enclave: Any, name: str, next_path: str = "/hub/home") -> None:
     login = enclave.logins[name]
     fill_login(driver, enclave.hub.url, name, login.password, login.code(), next_path=next_path)
-    wait_until(driver, lambda d: "/hub/login" not in d.current_url,
-               f"{name} was not let in: {driver.current_url}")
+    wait_until(
+        driver,
+        lambda d: "/hub/login" not in d.current_url,
+        f"{name} was not let in: {driver.current_url}",
+    )
 
 
 def fetch_status(driver: Any, path: str) -> int:
@@ -84,8 +91,9 @@ def fetch_status(driver: Any, path: str) -> int:
 # ------------------------------------------------------------------------------ hub login
 
 
-def test_login_page_asks_for_an_authenticator_code_and_offers_no_sign_up(enclave, browser_for,
-                                                                          screenshots):
+def test_login_page_asks_for_an_authenticator_code_and_offers_no_sign_up(
+    enclave, browser_for, screenshots
+):
     from selenium.webdriver.common.by import By
 
     driver = browser_for(RESEARCHER)
@@ -96,8 +104,12 @@ def test_login_page_asks_for_an_authenticator_code_and_offers_no_sign_up(enclave
     code = driver.find_element(By.ID, "2fa_input")
     assert code.get_attribute("required") == "true" and code.get_attribute("pattern") == "[0-9]{6}"
     links = driver.find_elements(By.TAG_NAME, "a")
-    assert not [a for a in links if "sign up" in a.text.lower()
-                or (a.get_attribute("href") or "").rstrip("/").endswith("/signup")]
+    assert not [
+        a
+        for a in links
+        if "sign up" in a.text.lower()
+        or (a.get_attribute("href") or "").rstrip("/").endswith("/signup")
+    ]
     shoot(driver, screenshots, "01-login")
     password, eye = driver.find_element(By.ID, "password_input"), driver.find_element(By.ID, "eye")
     eye.click()
@@ -106,8 +118,9 @@ def test_login_page_asks_for_an_authenticator_code_and_offers_no_sign_up(enclave
     assert password.get_attribute("type") == "password" and eye.text == "show"
 
 
-def test_a_wrong_authenticator_code_is_refused_with_the_reason_shown(enclave, browser_for,
-                                                                     screenshots):
+def test_a_wrong_authenticator_code_is_refused_with_the_reason_shown(
+    enclave, browser_for, screenshots
+):
     from selenium.webdriver.common.by import By
 
     driver = browser_for(RESEARCHER)
@@ -128,8 +141,11 @@ def test_password_and_a_fresh_code_log_the_researcher_in(enclave, browser_for, s
 
     driver = browser_for(RESEARCHER)
     log_in(driver, enclave, RESEARCHER)
-    wait_until(driver, lambda d: d.current_url.rstrip("/").endswith("/hub/home"),
-               f"not sent home: {driver.current_url}")
+    wait_until(
+        driver,
+        lambda d: d.current_url.rstrip("/").endswith("/hub/home"),
+        f"not sent home: {driver.current_url}",
+    )
     assert RESEARCHER in driver.find_element(By.CSS_SELECTOR, "body").text
     assert driver.find_element(By.ID, "start").is_displayed()
     shoot(driver, screenshots, "03-hub-home")
@@ -141,8 +157,10 @@ def test_password_and_a_fresh_code_log_the_researcher_in(enclave, browser_for, s
 def catalog_cards(driver: Any) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
-    return {card.find_element(By.CSS_SELECTOR, "h2 code").text: card
-            for card in driver.find_elements(By.CSS_SELECTOR, "section.card")}
+    return {
+        card.find_element(By.CSS_SELECTOR, "h2 code").text: card
+        for card in driver.find_elements(By.CSS_SELECTOR, "section.card")
+    }
 
 
 def test_catalog_page_shows_the_granted_dataset_and_only_that(enclave, browser_for, screenshots):
@@ -150,9 +168,15 @@ def test_catalog_page_shows_the_granted_dataset_and_only_that(enclave, browser_f
 
     driver = browser_for(RESEARCHER)
     driver.get(f"{enclave.hub.url}/services/catalog/")
-    wait_until(driver, lambda d: "/services/catalog/" in d.current_url and "oauth" not in
-               d.current_url and d.find_elements(By.CSS_SELECTOR, "main"),
-               f"catalog page did not open: {driver.current_url}")
+    wait_until(
+        driver,
+        lambda d: (
+            "/services/catalog/" in d.current_url
+            and "oauth" not in d.current_url
+            and d.find_elements(By.CSS_SELECTOR, "main")
+        ),
+        f"catalog page did not open: {driver.current_url}",
+    )
     header = driver.find_element(By.CSS_SELECTOR, "header .who").text
     assert RESEARCHER in header and "researcher" in header
     cards = catalog_cards(driver)
@@ -203,13 +227,20 @@ def test_a_student_sees_no_researcher_dataset(enclave, browser_for, screenshots)
 
     driver = browser_for(STUDENT)
     log_in(driver, enclave, STUDENT, next_path="/services/catalog/")
-    wait_until(driver, lambda d: "/services/catalog/" in d.current_url and "oauth" not in
-               d.current_url and d.find_elements(By.CSS_SELECTOR, "main"),
-               f"catalog page did not open: {driver.current_url}")
+    wait_until(
+        driver,
+        lambda d: (
+            "/services/catalog/" in d.current_url
+            and "oauth" not in d.current_url
+            and d.find_elements(By.CSS_SELECTOR, "main")
+        ),
+        f"catalog page did not open: {driver.current_url}",
+    )
     assert "student" in driver.find_element(By.CSS_SELECTOR, "header .who").text
     assert catalog_cards(driver) == {}
-    assert "No dataset has been granted to you" in driver.find_element(By.CSS_SELECTOR,
-                                                                       "p.empty").text
+    assert (
+        "No dataset has been granted to you" in driver.find_element(By.CSS_SELECTOR, "p.empty").text
+    )
     assert GRANTED not in driver.page_source and NOT_GRANTED not in driver.page_source
     shoot(driver, screenshots, "05-catalog-student")
 
@@ -220,8 +251,12 @@ def test_a_student_sees_no_researcher_dataset(enclave, browser_for, screenshots)
 def lab_items(driver: Any) -> list[str]:
     from selenium.webdriver.common.by import By
 
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR,
-                                                 ".jp-DirListing-item .jp-DirListing-itemText")]
+    return [
+        e.text
+        for e in driver.find_elements(
+            By.CSS_SELECTOR, ".jp-DirListing-item .jp-DirListing-itemText"
+        )
+    ]
 
 
 def open_lab_at(driver: Any, url: str, wanted: str, timeout: float = 90) -> None:
@@ -235,8 +270,12 @@ def test_jupyterlab_opens_with_the_datasets_folder(enclave, browser_for, screens
     driver = browser_for(RESEARCHER)
     driver.get(f"{enclave.hub.url}/hub/home")
     wait_for(driver, "#start").click()  # "Start My Server", as a person does
-    wait_until(driver, lambda d: f"/user/{RESEARCHER}/lab" in d.current_url,
-               f"lab did not open: {driver.current_url}", timeout=120)
+    wait_until(
+        driver,
+        lambda d: f"/user/{RESEARCHER}/lab" in d.current_url,
+        f"lab did not open: {driver.current_url}",
+        timeout=120,
+    )
     wait_until(driver, lambda d: "datasets" in lab_items(d), "no datasets folder", timeout=60)
     wait_until(driver, lambda d: not d.find_elements(By.ID, "jupyterlab-splash"), "splash stays")
     time.sleep(1)  # let the launcher finish painting before the picture
@@ -265,8 +304,11 @@ def test_jupyterlab_offers_no_download_command(enclave, browser_for, screenshots
     driver = browser_for(RESEARCHER)
     folder = f"datasets/{GRANTED}/{enclave.granted_version}/tables"
     open_lab_at(driver, f"{enclave.hub.url}/user/{RESEARCHER}/lab/tree/{folder}", "clinical.csv")
-    item = next(e for e in driver.find_elements(By.CSS_SELECTOR, ".jp-DirListing-item")
-                if e.find_element(By.CSS_SELECTOR, ".jp-DirListing-itemText").text == "clinical.csv")
+    item = next(
+        e
+        for e in driver.find_elements(By.CSS_SELECTOR, ".jp-DirListing-item")
+        if e.find_element(By.CSS_SELECTOR, ".jp-DirListing-itemText").text == "clinical.csv"
+    )
     ActionChains(driver).context_click(item).perform()
     labels = menu_labels(driver)
     assert "Rename" in labels and "Copy Path" in labels, labels
@@ -275,8 +317,11 @@ def test_jupyterlab_offers_no_download_command(enclave, browser_for, screenshots
     shoot(driver, screenshots, "07-jupyterlab-file-menu")
     ActionChains(driver).send_keys(Keys.ESCAPE).perform()
 
-    file_menu = next(e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel")
-                     if e.text == "File")
+    file_menu = next(
+        e
+        for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel")
+        if e.text == "File"
+    )
     file_menu.click()
     labels = menu_labels(driver)
     assert any(label.startswith("Save") for label in labels), labels
@@ -286,13 +331,15 @@ def test_jupyterlab_offers_no_download_command(enclave, browser_for, screenshots
     exposed = driver.execute_script(
         "const app = window.jupyterapp;"
         "return app ? [app.commands.hasCommand('docmanager:download'),"
-        "              app.commands.hasCommand('filebrowser:download')] : null;")
+        "              app.commands.hasCommand('filebrowser:download')] : null;"
+    )
     if exposed is not None:
         assert exposed == [False, False]
 
 
-def test_the_files_url_of_a_dataset_file_is_refused_in_the_browser(enclave, browser_for,
-                                                                   screenshots):
+def test_the_files_url_of_a_dataset_file_is_refused_in_the_browser(
+    enclave, browser_for, screenshots
+):
     from selenium.webdriver.common.by import By
 
     driver = browser_for(RESEARCHER)

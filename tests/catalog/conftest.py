@@ -106,7 +106,12 @@ def passing_report(warnings: int = 0) -> str:
         {"check": "dicom.conformance", "severity": "warning", "message": "odd slice spacing"}
     ] * warnings
     return json.dumps(
-        {"dataset": "x", "passed": True, "counts": {"warning": warnings} if warnings else {}, "findings": findings}
+        {
+            "dataset": "x",
+            "passed": True,
+            "counts": {"warning": warnings} if warnings else {},
+            "findings": findings,
+        }
     )
 
 
@@ -129,11 +134,13 @@ def ingest(catalog: Catalog, hospital: tuple[Any, str]) -> Callable[..., Any]:
     ) -> Any:
         transfer_id = transfer_id or f"tr-{uuid.uuid4().hex[:10]}"
         provider = provider or hospital[0]
-        catalog.record_transfer(transfer_id, provider, dataset_name=name, k=3, n=5, share_length=4096)
-        files = dicom_files("1.2.3.1", "1.2.3", 4, modality) + dicom_files("1.2.3.2", "1.2.3", 3, modality)
-        files.append(
-            {"path": "clinical.csv", "size": 200, "sha256": "a" * 64, "kind": "table"}
+        catalog.record_transfer(
+            transfer_id, provider, dataset_name=name, k=3, n=5, share_length=4096
         )
+        files = dicom_files("1.2.3.1", "1.2.3", 4, modality) + dicom_files(
+            "1.2.3.2", "1.2.3", 3, modality
+        )
+        files.append({"path": "clinical.csv", "size": 200, "sha256": "a" * 64, "kind": "table"})
         series = [
             {
                 "series_uid": uid,
@@ -168,7 +175,12 @@ def ingest(catalog: Catalog, hospital: tuple[Any, str]) -> Callable[..., Any]:
             series=series,
             report_json=report_json if report_json is not None else passing_report(1),
             feature_tables=[
-                {"name": "radiomics", "path": "features/radiomics.parquet", "rows": 7, "columns": ["a", "b", "c"]}
+                {
+                    "name": "radiomics",
+                    "path": "features/radiomics.parquet",
+                    "rows": 7,
+                    "columns": ["a", "b", "c"],
+                }
             ],
             actor="ingestion:worker",
         )

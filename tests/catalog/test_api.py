@@ -16,7 +16,9 @@ def api(catalog, ingest, hospital):
     catalog.publish("lung-ct", 1, actor="admin:test")
     catalog.grant("lung-ct", 1, group="radiology", actor="admin:test")
     catalog.add_provider("city-hospital", b"pem", "SHA256:city", actor="admin:test")
-    catalog.record_transfer("t-city", "city-hospital", dataset_name="heart-us", k=2, n=3, share_length=9)
+    catalog.record_transfer(
+        "t-city", "city-hospital", dataset_name="heart-us", k=2, n=3, share_length=9
+    )
     tokens = {
         "admin": catalog.create_token("root", "admin", actor="admin:test"),
         "alice": catalog.create_token("alice", "researcher", ["radiology"], actor="admin:test"),
@@ -48,11 +50,19 @@ def test_unauthenticated_is_401(api):
 def test_wrong_role_is_403(api):
     assert api("POST", "/api/datasets/lung-ct/versions/1/publish", "alice").status_code == 403
     assert api("POST", "/api/datasets/brain-mr/versions/1/publish", "sam").status_code == 403
-    assert api("POST", "/api/datasets/lung-ct/versions/1/grants", "bob", json={"user": "bob"}).status_code == 403
+    assert (
+        api(
+            "POST", "/api/datasets/lung-ct/versions/1/grants", "bob", json={"user": "bob"}
+        ).status_code
+        == 403
+    )
     assert api("GET", "/api/datasets", "st-mary").status_code == 403
     assert api("GET", "/api/transfers", "alice").status_code == 403
     assert api("GET", "/api/audit", "sam").status_code == 403
-    assert "needs admin" in api("PATCH", "/api/datasets/lung-ct", "alice", json={"title": "x"}).json()["detail"]
+    assert (
+        "needs admin"
+        in api("PATCH", "/api/datasets/lung-ct", "alice", json={"title": "x"}).json()["detail"]
+    )
 
 
 def test_provider_sees_only_its_own_transfers(api):
@@ -64,7 +74,11 @@ def test_provider_sees_only_its_own_transfers(api):
     assert api("GET", "/api/transfers/t-city", "st-mary").status_code == 404
     assert api("GET", "/api/transfers/t-lung", "st-mary").json()["dataset_version"] == 1
     assert len(api("GET", "/api/transfers", "admin").json()) == 3
-    assert api("GET", "/api/me", "st-mary").json() == {"name": "st-mary", "role": "provider", "groups": []}
+    assert api("GET", "/api/me", "st-mary").json() == {
+        "name": "st-mary",
+        "role": "provider",
+        "groups": [],
+    }
 
 
 def test_researcher_sees_only_granted_versions(api):
@@ -87,14 +101,21 @@ def test_researcher_sees_only_granted_versions(api):
 
 
 def test_admin_curates_publish_grant_edit_revoke(api):
-    assert [d["name"] for d in api("GET", "/api/datasets", "admin").json()] == ["brain-mr", "lung-ct"]
+    assert [d["name"] for d in api("GET", "/api/datasets", "admin").json()] == [
+        "brain-mr",
+        "lung-ct",
+    ]
     assert api("GET", "/api/datasets/brain-mr/versions/1", "admin").json()["store_location"]
-    early = api("POST", "/api/datasets/brain-mr/versions/1/grants", "admin", json={"group": "cardiology"})
+    early = api(
+        "POST", "/api/datasets/brain-mr/versions/1/grants", "admin", json={"group": "cardiology"}
+    )
     assert early.status_code == 409 and "only published versions" in early.json()["detail"]
     published = api("POST", "/api/datasets/brain-mr/versions/1/publish", "admin")
     assert published.status_code == 200 and published.json()["status"] == "published"
     granted = api(
-        "POST", "/api/datasets/brain-mr/versions/1/grants", "admin",
+        "POST",
+        "/api/datasets/brain-mr/versions/1/grants",
+        "admin",
         json={"group": "cardiology", "expires": "2099-12-31"},
     )
     assert granted.status_code == 201 and granted.json()["expires_at"].startswith("2100-01-01")
@@ -105,7 +126,9 @@ def test_admin_curates_publish_grant_edit_revoke(api):
     revoked = api("DELETE", "/api/datasets/brain-mr/versions/1/grants?group=cardiology", "admin")
     assert revoked.status_code == 200
     assert api("GET", "/api/datasets", "bob").json() == []
-    retired = api("POST", "/api/datasets/lung-ct/versions/1/retire", "admin", json={"reason": "superseded"})
+    retired = api(
+        "POST", "/api/datasets/lung-ct/versions/1/retire", "admin", json={"reason": "superseded"}
+    )
     assert retired.json()["status"] == "retired"
     assert api("GET", "/api/datasets", "alice").json() == []
     actions = [e["action"] for e in api("GET", "/api/audit?limit=5", "admin").json()]
@@ -115,9 +138,16 @@ def test_admin_curates_publish_grant_edit_revoke(api):
 def test_clear_errors_over_the_api(api):
     assert api("GET", "/api/datasets/nope", "admin").json() == {"detail": "unknown dataset 'nope'"}
     assert api("POST", "/api/datasets/lung-ct/versions/9/publish", "admin").status_code == 404
-    bad = api("POST", "/api/datasets/lung-ct/versions/1/grants", "admin", json={"group": "a", "user": "b"})
+    bad = api(
+        "POST", "/api/datasets/lung-ct/versions/1/grants", "admin", json={"group": "a", "user": "b"}
+    )
     assert bad.status_code == 400 and "exactly one" in bad.json()["detail"]
-    past = api("POST", "/api/datasets/lung-ct/versions/1/grants", "admin", json={"user": "b", "expires": "2001-01-01"})
+    past = api(
+        "POST",
+        "/api/datasets/lung-ct/versions/1/grants",
+        "admin",
+        json={"user": "b", "expires": "2001-01-01"},
+    )
     assert past.status_code == 400 and "in the past" in past.json()["detail"]
     assert api("GET", "/api/search?modality=C%20T", "admin").status_code == 400
 
@@ -179,7 +209,7 @@ def test_page_session_stays_under_the_mount_prefix(catalog, ingest):
     assert "Mounted catalog dataset" in client.get("/services/catalog/").text
     out = client.post("/services/catalog/logout", follow_redirects=False)
     assert out.headers["location"] == "/hub/logout"
-    assert 'path=/services/catalog/' in out.headers["set-cookie"].lower()
+    assert "path=/services/catalog/" in out.headers["set-cookie"].lower()
     assert client.get("/services/catalog/").status_code == 401
 
 

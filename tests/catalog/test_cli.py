@@ -38,7 +38,9 @@ def test_list_show_publish_grant_revoke_retire(enclave, ingest):
     assert entry["versions"][0]["file_count"] == 8 and "wrapped_key" not in out
 
     assert enclave("publish", "lung-ct", "--version", "1")[1] == "published lung-ct v1\n"
-    code, out, _ = enclave("grant", "lung-ct", "--version", "1", "--group", "radiology", "--expires", "2099-06-30")
+    code, out, _ = enclave(
+        "grant", "lung-ct", "--version", "1", "--group", "radiology", "--expires", "2099-06-30"
+    )
     assert code == 0 and out == "granted lung-ct v1 to group radiology until 2099-07-01 00:00 UTC\n"
     code, out, _ = enclave("show", "lung-ct", "--version", "1")
     assert code == 0 and "group radiology" in out and "1 studies, 2 series, 8 files" in out
@@ -62,7 +64,9 @@ def test_search_and_edit(enclave, ingest):
     assert [d["name"] for d in json.loads(out)] == ["brain-mr"]
     code, out, _ = enclave("search", "lung", "--modality", "MR")
     assert code == 0 and "no dataset matches 'lung' with modality MR" in out
-    code, out, _ = enclave("edit", "brain-mr", "--title", "Glioma MRI v2", "--tag", "neuro", "--tag", "tumour")
+    code, out, _ = enclave(
+        "edit", "brain-mr", "--title", "Glioma MRI v2", "--tag", "neuro", "--tag", "tumour"
+    )
     assert code == 0
     shown = json.loads(enclave("show", "brain-mr", "--json")[1])
     assert shown["title"] == "Glioma MRI v2" and shown["tags"] == ["neuro", "tumour"]
@@ -74,11 +78,23 @@ def test_search_and_edit(enclave, ingest):
         (("show", "nope"), "error: unknown dataset 'nope'"),
         (("publish", "lung-ct", "--version", "3"), "error: dataset 'lung-ct' has no version 3"),
         (("publish", "lung-ct", "--version", "three"), "error: bad version 'three'"),
-        (("grant", "lung-ct", "--version", "1", "--group", "g"), "only published versions can be granted"),
-        (("grant", "lung-ct", "--version", "1", "--group", "g", "--expires", "31/12/2030"), "bad expiry date '31/12/2030'"),
-        (("revoke", "lung-ct", "--version", "1", "--user", "zoe"), "error: dataset 'lung-ct' version 1 is not granted to user zoe"),
+        (
+            ("grant", "lung-ct", "--version", "1", "--group", "g"),
+            "only published versions can be granted",
+        ),
+        (
+            ("grant", "lung-ct", "--version", "1", "--group", "g", "--expires", "31/12/2030"),
+            "bad expiry date '31/12/2030'",
+        ),
+        (
+            ("revoke", "lung-ct", "--version", "1", "--user", "zoe"),
+            "error: dataset 'lung-ct' version 1 is not granted to user zoe",
+        ),
         (("retire", "nope", "--version", "1"), "error: unknown dataset 'nope'"),
-        (("token", "x", "--role", "researcher", "--group", "bad group"), "error: bad group name 'bad group'"),
+        (
+            ("token", "x", "--role", "researcher", "--group", "bad group"),
+            "error: bad group name 'bad group'",
+        ),
     ],
 )
 def test_errors_are_one_clear_line(enclave, ingest, args, message):
@@ -100,7 +116,11 @@ def test_token_prints_once_and_works(enclave, catalog):
     token = out.strip()
     assert code == 0 and token.startswith("enc_") and "not shown again" in err
     principal = catalog.resolve_principal(token)
-    assert (principal.name, principal.role, principal.groups) == ("alice", "researcher", frozenset({"radiology"}))
+    assert (principal.name, principal.role, principal.groups) == (
+        "alice",
+        "researcher",
+        frozenset({"radiology"}),
+    )
     code, _, err = enclave("token", "alice", "--role", "admin")
     assert code == 1 and "exists with role researcher" in err
 

@@ -35,8 +35,12 @@ def test_the_token_is_stored_only_as_its_hash(catalog, hospital):
 def test_record_transfer_is_idempotent_per_provider(catalog, hospital):
     provider, _ = hospital
     other, _ = catalog.add_provider("city-hospital", PEM, "SHA256:city", actor="admin:test")
-    first = catalog.record_transfer("t-1", provider, dataset_name="lung-ct", k=3, n=5, share_length=10)
-    again = catalog.record_transfer("t-1", "st-mary", dataset_name="lung-ct", k=3, n=5, share_length=10)
+    first = catalog.record_transfer(
+        "t-1", provider, dataset_name="lung-ct", k=3, n=5, share_length=10
+    )
+    again = catalog.record_transfer(
+        "t-1", "st-mary", dataset_name="lung-ct", k=3, n=5, share_length=10
+    )
     assert first.id == again.id and again.state == "receiving"
     with pytest.raises(Conflict, match="belongs to another provider"):
         catalog.record_transfer("t-1", other, dataset_name="lung-ct", k=3, n=5, share_length=10)
@@ -45,7 +49,9 @@ def test_record_transfer_is_idempotent_per_provider(catalog, hospital):
     with pytest.raises(InvalidInput, match="1 <= k <= n"):
         catalog.record_transfer("t-2", provider, dataset_name="lung-ct", k=4, n=3, share_length=10)
     with pytest.raises(InvalidInput, match="bad transfer id"):
-        catalog.record_transfer("../etc", provider, dataset_name="lung-ct", k=1, n=1, share_length=10)
+        catalog.record_transfer(
+            "../etc", provider, dataset_name="lung-ct", k=1, n=1, share_length=10
+        )
     assert [t.transfer_id for t in catalog.transfers_for_provider(provider)] == ["t-1"]
     assert catalog.transfers_for_provider(other) == []
 
@@ -56,9 +62,17 @@ def test_transfer_states(catalog, hospital):
     catalog.set_transfer_state("t-1", "reconstructing", actor="ingestion:worker")
     assert [t.transfer_id for t in catalog.transfers_in_state("reconstructing")] == ["t-1"]
     t = catalog.set_transfer_state(
-        "t-1", "quarantined", reason="2 errors: deid.private-tag", report_json="{}", actor="ingestion:worker"
+        "t-1",
+        "quarantined",
+        reason="2 errors: deid.private-tag",
+        report_json="{}",
+        actor="ingestion:worker",
     )
-    assert (t.state, t.reason, t.provider.name) == ("quarantined", "2 errors: deid.private-tag", "st-mary")
+    assert (t.state, t.reason, t.provider.name) == (
+        "quarantined",
+        "2 errors: deid.private-tag",
+        "st-mary",
+    )
     with pytest.raises(InvalidInput, match="unknown transfer state 'done'"):
         catalog.set_transfer_state("t-1", "done", actor="x")
     with pytest.raises(UnknownTransfer):
@@ -71,7 +85,11 @@ def test_transfer_states(catalog, hospital):
 
 def test_catalog_version_records_content_in_one_go(catalog, ingest):
     version = ingest(transfer_id="t-1")
-    assert (version.dataset.name, version.version, version.status) == ("lung-ct", 1, "pending-review")
+    assert (version.dataset.name, version.version, version.status) == (
+        "lung-ct",
+        1,
+        "pending-review",
+    )
     assert (version.file_count, version.series_count, version.study_count) == (8, 2, 1)
     assert version.modality_list == ["CT"]
     assert version.report.passed and version.report.warning_count == 1
@@ -133,13 +151,17 @@ def test_cataloging_refuses_what_it_must_not_accept(catalog, ingest, hospital):
     with pytest.raises(Conflict, match="is quarantined"):
         catalog.catalog_version("t-3", manifest={"name": "brain-mr"}, **kwargs)
     catalog.record_transfer("t-4", hospital[0], dataset_name="brain-mr", k=1, n=1, share_length=1)
-    with pytest.raises(Conflict, match="announced for dataset 'brain-mr' but its manifest names 'lung-ct'"):
+    with pytest.raises(
+        Conflict, match="announced for dataset 'brain-mr' but its manifest names 'lung-ct'"
+    ):
         catalog.catalog_version("t-4", manifest={"name": "lung-ct"}, **kwargs)
     with pytest.raises(UnknownTransfer):
         catalog.catalog_version("t-404", manifest={"name": "brain-mr"}, **kwargs)
     bad_file = {"path": "a.dcm", "size": 1, "sha256": "0" * 64, "kind": "video"}
     with pytest.raises(InvalidInput, match="file a.dcm has kind 'video'"):
-        catalog.catalog_version("t-4", manifest={"name": "brain-mr"}, **{**kwargs, "files": [bad_file]})
+        catalog.catalog_version(
+            "t-4", manifest={"name": "brain-mr"}, **{**kwargs, "files": [bad_file]}
+        )
     twice = [{"path": "a.dcm", "size": 1, "sha256": "0" * 64, "kind": "dicom"}] * 2
     with pytest.raises(InvalidInput, match="file a.dcm is listed twice"):
         catalog.catalog_version("t-4", manifest={"name": "brain-mr"}, **{**kwargs, "files": twice})
@@ -177,7 +199,7 @@ def test_concurrent_cataloging_of_one_new_dataset_numbers_versions_once(catalog,
                     actor="ingestion:worker",
                 ).version
             )
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(tid,)) for tid in ("t-a", "t-b")]

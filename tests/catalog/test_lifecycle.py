@@ -66,7 +66,9 @@ def test_full_lifecycle_for_a_group_grant(catalog, ingest):
     assert catalog.visible_versions(ALICE) == []
     with pytest.raises(NotFound, match="not granted to group radiology"):
         catalog.revoke("lung-ct", 1, group="radiology", actor="admin:root")
-    assert [g.revoked_at is not None for g in catalog.grants("lung-ct", 1, include_revoked=True)] == [True]
+    assert [
+        g.revoked_at is not None for g in catalog.grants("lung-ct", 1, include_revoked=True)
+    ] == [True]
 
 
 def test_user_grant_and_renewal(catalog, ingest):
@@ -140,7 +142,9 @@ def test_unknown_dataset_and_version_are_named(catalog, ingest):
 
 def test_edit_survives_the_next_version(catalog, ingest):
     ingest()
-    catalog.edit("lung-ct", title="Screening CT (curated)", tags=["lung", "curated"], actor="admin:root")
+    catalog.edit(
+        "lung-ct", title="Screening CT (curated)", tags=["lung", "curated"], actor="admin:root"
+    )
     ingest(title="Provider title again", content_hash="e" * 64)
     d = catalog.get_dataset("lung-ct")
     assert d.title == "Screening CT (curated)"
@@ -156,9 +160,21 @@ def test_edit_survives_the_next_version(catalog, ingest):
 
 def test_search_words_modality_and_visibility(catalog, ingest):
     ingest()
-    ingest("brain-mr", title="Glioma MRI", description="Pre-operative brain MR", modality="MR", tags=("brain",),
-           body_part="HEAD")
-    ingest("chest-xr", title="Chest radiographs 100%", description="Frontal CXR", modality="DX", tags=("chest",))
+    ingest(
+        "brain-mr",
+        title="Glioma MRI",
+        description="Pre-operative brain MR",
+        modality="MR",
+        tags=("brain",),
+        body_part="HEAD",
+    )
+    ingest(
+        "chest-xr",
+        title="Chest radiographs 100%",
+        description="Frontal CXR",
+        modality="DX",
+        tags=("chest",),
+    )
     assert names(catalog.search("brain")) == ["brain-mr"]
     assert names(catalog.search("CHEST", modality="DX")) == ["chest-xr"]
     assert names(catalog.search("chest")) == ["chest-xr", "lung-ct"]  # title hit ranks first

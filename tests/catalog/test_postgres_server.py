@@ -17,8 +17,10 @@ def test_databases_on_the_session_server(postgres_server):
     try:
         assert url.startswith("postgresql+psycopg://")
         with psycopg.connect(
-            host=str(postgres_server.socket_dir), port=postgres_server.port,
-            user=postgres_server.user, dbname="scratch_db",
+            host=str(postgres_server.socket_dir),
+            port=postgres_server.port,
+            user=postgres_server.user,
+            dbname="scratch_db",
         ) as conn:
             assert conn.execute("select current_database()").fetchone() == ("scratch_db",)
     finally:

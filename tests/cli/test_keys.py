@@ -15,7 +15,9 @@ from enclave import custody
 def sealed_enclave(tmp_path, run_enclave):
     """An enclave with a 3-of-5 master key; returns (state_dir, mnemonics)."""
     state = tmp_path / "state"
-    result = run_enclave("keys", "init", "--state-dir", str(state), "--custodians", "5", "--threshold", "3")
+    result = run_enclave(
+        "keys", "init", "--state-dir", str(state), "--custodians", "5", "--threshold", "3"
+    )
     assert result.exit_code == 0, result.stderr
     mnemonics = result.stdout.strip().splitlines()
     return state, mnemonics
@@ -33,7 +35,14 @@ def test_state_dir_keeps_only_a_check_value(sealed_enclave):
     files = sorted(p.name for p in state.iterdir())
     assert files == ["custody.json"]
     record = json.loads((state / "custody.json").read_text())
-    assert set(record) == {"version", "identifier", "threshold", "custodians", "check", "created_at"}
+    assert set(record) == {
+        "version",
+        "identifier",
+        "threshold",
+        "custodians",
+        "check",
+        "created_at",
+    }
     assert stat.S_IMODE(os.stat(state / "custody.json").st_mode) == 0o600
     master = custody.unseal(state, mnemonics[:3])
     # The record holds neither the key nor the derived wrapping key.
@@ -86,7 +95,9 @@ def test_share_from_another_key_set_is_refused(sealed_enclave, run_enclave, tmp_
 
 def test_too_few_shares_are_refused(sealed_enclave, run_enclave):
     state, mnemonics = sealed_enclave
-    result = run_enclave("keys", "unseal", "--state-dir", str(state), stdin=mnemonics[0] + "\n" + mnemonics[1] + "\n")
+    result = run_enclave(
+        "keys", "unseal", "--state-dir", str(state), stdin=mnemonics[0] + "\n" + mnemonics[1] + "\n"
+    )
     assert result.exit_code == 1
     assert "2 distinct mnemonic share(s) given, 3 needed" in result.stderr
 
@@ -117,19 +128,33 @@ def test_tampered_check_value_is_detected(sealed_enclave):
 
 def test_init_refuses_to_replace_an_existing_key(sealed_enclave, run_enclave):
     state, _ = sealed_enclave
-    result = run_enclave("keys", "init", "--state-dir", str(state), "--custodians", "3", "--threshold", "2")
+    result = run_enclave(
+        "keys", "init", "--state-dir", str(state), "--custodians", "3", "--threshold", "2"
+    )
     assert result.exit_code == 1
     assert "already exists" in result.stderr
 
 
 @pytest.mark.parametrize(
     ("custodians", "threshold", "message"),
-    [(3, 4, "--threshold must be between 1 and --custodians"), (17, 2, "--custodians must be between"),
-     (3, 1, "threshold of 1"), (0, 0, "--custodians must be between")],
+    [
+        (3, 4, "--threshold must be between 1 and --custodians"),
+        (17, 2, "--custodians must be between"),
+        (3, 1, "threshold of 1"),
+        (0, 0, "--custodians must be between"),
+    ],
 )
 def test_bad_custodian_counts(tmp_path, run_enclave, custodians, threshold, message):
-    result = run_enclave("keys", "init", "--state-dir", str(tmp_path / "s"),
-                         "--custodians", str(custodians), "--threshold", str(threshold))
+    result = run_enclave(
+        "keys",
+        "init",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--custodians",
+        str(custodians),
+        "--threshold",
+        str(threshold),
+    )
     assert result.exit_code == 1
     assert message in result.stderr
     assert not (tmp_path / "s" / "custody.json").exists()
@@ -144,4 +169,7 @@ def test_unseal_without_init_says_what_to_run(tmp_path, run_enclave):
 def test_status(sealed_enclave, run_enclave, tmp_path):
     state, _ = sealed_enclave
     assert "3 of 5" in run_enclave("keys", "status", "--state-dir", str(state)).stdout
-    assert "no master key" in run_enclave("keys", "status", "--state-dir", str(tmp_path / "none")).stdout
+    assert (
+        "no master key"
+        in run_enclave("keys", "status", "--state-dir", str(tmp_path / "none")).stdout
+    )

@@ -32,7 +32,9 @@ class Enclave:
     catalog: object
     service: object = None
 
-    def add_provider(self, name: str, keys_dir: Path, *, quota_bytes: int | None = None) -> Provider:
+    def add_provider(
+        self, name: str, keys_dir: Path, *, quota_bytes: int | None = None
+    ) -> Provider:
         from secret_sharing import key_fingerprint, load_verify_key, write_keypair
 
         signing, verify = write_keypair(keys_dir)

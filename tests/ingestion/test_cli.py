@@ -27,8 +27,17 @@ def test_providers_add_prints_a_token_that_authenticates(enclave, tmp_path, caps
 
     _, verify = write_keypair(tmp_path / "keys")
     code, out, err = run_cli(
-        ["providers", "add", "north-hospital", "--verify-key", str(verify),
-         "--state-dir", str(enclave.state_dir), "--quota-gb", "2"],
+        [
+            "providers",
+            "add",
+            "north-hospital",
+            "--verify-key",
+            str(verify),
+            "--state-dir",
+            str(enclave.state_dir),
+            "--quota-gb",
+            "2",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -38,8 +47,15 @@ def test_providers_add_prints_a_token_that_authenticates(enclave, tmp_path, caps
     assert token not in (enclave.state_dir / "catalog.sqlite").read_bytes().decode("latin-1")
 
     code, _, err = run_cli(
-        ["providers", "add", "north-hospital", "--verify-key", str(verify),
-         "--state-dir", str(enclave.state_dir)],
+        [
+            "providers",
+            "add",
+            "north-hospital",
+            "--verify-key",
+            str(verify),
+            "--state-dir",
+            str(enclave.state_dir),
+        ],
         capsys,
     )
     assert code != 0 and "already exists" in err
@@ -49,8 +65,15 @@ def test_providers_add_refuses_a_file_that_is_not_a_key(enclave, tmp_path, capsy
     bogus = tmp_path / "verify.key"
     bogus.write_text("not a key\n")
     code, _, err = run_cli(
-        ["providers", "add", "x-hospital", "--verify-key", str(bogus),
-         "--state-dir", str(enclave.state_dir)],
+        [
+            "providers",
+            "add",
+            "x-hospital",
+            "--verify-key",
+            str(bogus),
+            "--state-dir",
+            str(enclave.state_dir),
+        ],
         capsys,
     )
     assert code != 0 and err.startswith("error:") and "Traceback" not in err
@@ -61,8 +84,15 @@ def test_share_send_then_status_through_the_cli(
 ):
     shares = split(sample_dataset, provider)
     code, out, err = run_cli(
-        ["share", "send", *map(str, shares.share_paths), "--to", service.coordinator_url,
-         "--token", provider.token],
+        [
+            "share",
+            "send",
+            *map(str, shares.share_paths),
+            "--to",
+            service.coordinator_url,
+            "--token",
+            provider.token,
+        ],
         capsys,
     )
     assert code == 0, err
@@ -74,8 +104,15 @@ def test_share_send_then_status_through_the_cli(
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "cataloged", transfer.reason
     code, out, err = run_cli(
-        ["share", "status", shares.transfer_id, "--to", service.coordinator_url,
-         "--token", provider.token],
+        [
+            "share",
+            "status",
+            shares.transfer_id,
+            "--to",
+            service.coordinator_url,
+            "--token",
+            provider.token,
+        ],
         capsys,
     )
     assert code == 0, err
@@ -93,8 +130,15 @@ def test_share_status_of_an_unknown_transfer_is_an_error(provider, service, caps
 def test_share_send_with_a_bad_token_says_refused(provider, service, sample_dataset, split, capsys):
     shares = split(sample_dataset, provider)
     code, _, err = run_cli(
-        ["share", "send", str(shares.share_paths[0]), "--to", service.coordinator_url,
-         "--token", "wrong"],
+        [
+            "share",
+            "send",
+            str(shares.share_paths[0]),
+            "--to",
+            service.coordinator_url,
+            "--token",
+            "wrong",
+        ],
         capsys,
     )
     assert code != 0 and "401" in err and "token" in err
@@ -102,6 +146,10 @@ def test_share_send_with_a_bad_token_says_refused(provider, service, sample_data
 
 @pytest.mark.parametrize("group", ["ingest", "providers"])
 def test_groups_are_registered(group):
-    proc = subprocess.run([sys.executable, "-m", "enclave", group, "--help"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "enclave", group, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "Usage" in proc.stdout

@@ -31,8 +31,19 @@ class ServeProcess:
         with contextlib.suppress(FileNotFoundError):
             self.paths.service_file.unlink()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enclave", "ingest", "serve", "--state-dir", str(state_dir),
-             "--port", "0", "--receivers", str(receivers)],
+            [
+                sys.executable,
+                "-m",
+                "enclave",
+                "ingest",
+                "serve",
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                "0",
+                "--receivers",
+                str(receivers),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -102,8 +113,9 @@ def test_killed_during_reconstruction_completes_after_restart_with_one_version(
     from enclave.samples import make_sample_dataset
 
     # DICOM only: keeps table and radiomics imports out of the two fresh service processes.
-    dataset = make_sample_dataset(tmp_path / "src", subjects=1, slices=6, size=32,
-                                  with_segmentation=False, with_table=False)
+    dataset = make_sample_dataset(
+        tmp_path / "src", subjects=1, slices=6, size=32, with_segmentation=False, with_table=False
+    )
     first = serve(ENCLAVE_INGEST_STAGE_DELAY="3")
     shares = split(dataset, provider, k=2, n=3)
     # Every share at once: an on-demand client would wait through the reconstruction that
@@ -112,16 +124,18 @@ def test_killed_during_reconstruction_completes_after_restart_with_one_version(
     enclave.wait_for_state(shares.transfer_id, ("reconstructing",), timeout=60)
     paths = IngestPaths(enclave.state_dir)
     deadline = time.monotonic() + 3
-    while not any(any((root / shares.transfer_id).rglob("*.dcm"))
-                  for root in paths.staging_roots()):
+    while not any(
+        any((root / shares.transfer_id).rglob("*.dcm")) for root in paths.staging_roots()
+    ):
         assert time.monotonic() < deadline, "no reconstructed plaintext in staging"
         time.sleep(0.05)
     first.kill()
 
     assert enclave.catalog.get_transfer(shares.transfer_id).state == "reconstructing"
     second = serve()
-    transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "failed", "quarantined"),
-                                      timeout=90)
+    transfer = enclave.wait_for_state(
+        shares.transfer_id, ("cataloged", "failed", "quarantined"), timeout=90
+    )
     assert transfer.state == "cataloged", transfer.reason
     assert len(enclave.catalog.get_dataset("demo-ct").versions) == 1
     assert [p.name for p in paths.store.iterdir()] == [Path(transfer.version.store_location).name]
@@ -131,9 +145,21 @@ def test_killed_during_reconstruction_completes_after_restart_with_one_version(
 
 def test_serve_refuses_to_start_sealed_and_says_how_to_unseal(enclave):
     proc = subprocess.run(
-        [sys.executable, "-m", "enclave", "ingest", "serve", "--state-dir",
-         str(enclave.state_dir), "--port", "0"],
-        input="", capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "enclave",
+            "ingest",
+            "serve",
+            "--state-dir",
+            str(enclave.state_dir),
+            "--port",
+            "0",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "sealed" in proc.stderr and "mnemonic" in proc.stderr
@@ -142,8 +168,20 @@ def test_serve_refuses_to_start_sealed_and_says_how_to_unseal(enclave):
 
 def test_serve_without_a_master_key_points_at_keys_init(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "enclave", "ingest", "serve", "--state-dir",
-         str(tmp_path / "empty"), "--port", "0"],
-        input="", capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "enclave",
+            "ingest",
+            "serve",
+            "--state-dir",
+            str(tmp_path / "empty"),
+            "--port",
+            "0",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0 and "enclave keys init" in proc.stderr

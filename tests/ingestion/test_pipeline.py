@@ -62,7 +62,13 @@ def test_the_encryption_backlog_blocks_the_unpacker_until_bytes_are_released():
 
 
 def test_a_transfer_staged_on_disk_with_files_read_back_from_staging_catalogs_identically(
-    enclave, provider, make_service, sample_dataset, split, tmp_path, monkeypatch,
+    enclave,
+    provider,
+    make_service,
+    sample_dataset,
+    split,
+    tmp_path,
+    monkeypatch,
     staging_choices,
 ):
     """The path for datasets too large for memory: staging under STATE/staging, and files
@@ -90,7 +96,5 @@ def test_a_small_transfer_is_staged_on_tmpfs_and_leaves_nothing_there(
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "cataloged", transfer.reason
     paths = IngestPaths(enclave.state_dir)
-    assert staging_choices and all(
-        p.parent == paths.memory_staging for p in staging_choices
-    )
+    assert staging_choices and all(p.parent == paths.memory_staging for p in staging_choices)
     assert not paths.memory_staging.exists()  # not even an empty folder stays on the tmpfs

@@ -20,8 +20,12 @@ def ct_share(tmp_path, provider) -> Path:
     scan = tmp_path / "ct-volume.raw"
     scan.write_bytes(random.Random(11).randbytes(2 * MIB + 300_000))
     result = split_dataset(
-        scan, tmp_path / "outbox", k=3, n=5,
-        signing_key=load_signing_key(provider.signing_key_path), segment_size=MIB,
+        scan,
+        tmp_path / "outbox",
+        k=3,
+        n=5,
+        signing_key=load_signing_key(provider.signing_key_path),
+        segment_size=MIB,
     )
     return result.share_paths[0]
 
@@ -114,9 +118,9 @@ def test_block_damaged_in_transit_after_a_restart_is_rejected_naming_its_segment
     after = start_receiver()
     resp = _put(after, ct_share, provider.token, cut, data[cut:])
     assert resp.status_code == 422
-    assert f"data block of segment {segment} does not match its signed hash" in resp.json()[
-        "detail"
-    ]
+    assert (
+        f"data block of segment {segment} does not match its signed hash" in resp.json()["detail"]
+    )
     progress = after.get(_share_url(ct_share), headers=_auth(provider.token)).json()
     assert progress["state"] == "rejected" and f"segment {segment}" in progress["reason"]
     # Sent again, intact, the same share is taken from the first byte.

@@ -40,12 +40,14 @@ def _auth(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-
 def test_receiver_refuses_a_body_at_the_wrong_offset(provider, service, sample_dataset, split):
     shares = split(sample_dataset, provider)
     path = shares.share_paths[0]
     url = f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1"
-    assert httpx.post(url, content=read_prologue(path), headers=_auth(provider.token)).status_code == 200
+    assert (
+        httpx.post(url, content=read_prologue(path), headers=_auth(provider.token)).status_code
+        == 200
+    )
     resp = httpx.put(url, params={"offset": 100}, content=b"x" * 10, headers=_auth(provider.token))
     assert resp.status_code == 409 and resp.json()["received"] == 0
 
@@ -77,8 +79,9 @@ def test_other_provider_cannot_see_or_extend_a_transfer(
     other = enclave.add_provider(f"city-{uuid.uuid4().hex[:6]}", tmp_path / "city-keys")
     shares = split(sample_dataset, provider)
     send_shares(shares.share_paths[:1], [service.coordinator_url], provider.token)
-    resp = httpx.get(f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}",
-                     headers=_auth(other.token))
+    resp = httpx.get(
+        f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}", headers=_auth(other.token)
+    )
     assert resp.status_code == 403
 
 
@@ -87,8 +90,9 @@ def test_garbage_body_is_refused_before_it_is_stored(enclave, provider, service)
     url = f"{_receiver(service, 1)}/v1/transfers/{tid}/shares/1"
     resp = httpx.post(url, content=os.urandom(100_000), headers=_auth(provider.token))
     assert resp.status_code == 422 and "not a share" in resp.json()["detail"]
-    resp = httpx.put(url, params={"offset": 0}, content=os.urandom(100_000),
-                     headers=_auth(provider.token))
+    resp = httpx.put(
+        url, params={"offset": 0}, content=os.urandom(100_000), headers=_auth(provider.token)
+    )
     assert resp.status_code == 409  # no data before a valid prologue
     assert not (IngestPaths(enclave.state_dir).receiver_store(1) / tid).exists()
 
@@ -102,8 +106,9 @@ def test_prologue_larger_than_any_share_header_is_refused(provider, service):
 def test_share_over_the_providers_quota_is_refused(
     enclave, service, sample_dataset, split, tmp_path
 ):
-    small = enclave.add_provider(f"tiny-{uuid.uuid4().hex[:6]}", tmp_path / "tiny-keys",
-                                 quota_bytes=10_000)
+    small = enclave.add_provider(
+        f"tiny-{uuid.uuid4().hex[:6]}", tmp_path / "tiny-keys", quota_bytes=10_000
+    )
     shares = split(sample_dataset, small)
     with pytest.raises(UploadError, match="413.*bytes in flight"):
         send_shares(shares.share_paths[:1], [service.coordinator_url], small.token)
@@ -115,8 +120,12 @@ def test_bytes_beyond_the_declared_length_are_refused(provider, service, sample_
     path = shares.share_paths[0]
     url = f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1"
     httpx.post(url, content=read_prologue(path), headers=_auth(provider.token))
-    resp = httpx.put(url, params={"offset": 0}, content=path.read_bytes() + b"\0" * 4096,
-                     headers=_auth(provider.token))
+    resp = httpx.put(
+        url,
+        params={"offset": 0},
+        content=path.read_bytes() + b"\0" * 4096,
+        headers=_auth(provider.token),
+    )
     assert resp.status_code == 413 and "beyond" in resp.json()["detail"]
     progress = httpx.get(url, headers=_auth(provider.token)).json()
     assert progress["received"] <= path.stat().st_size
@@ -126,16 +135,18 @@ def test_body_that_is_not_the_announced_share_is_refused(provider, service, samp
     shares = split(sample_dataset, provider)
     url = f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1"
     httpx.post(url, content=read_prologue(shares.share_paths[0]), headers=_auth(provider.token))
-    resp = httpx.put(url, params={"offset": 0}, content=os.urandom(4096),
-                     headers=_auth(provider.token))
+    resp = httpx.put(
+        url, params={"offset": 0}, content=os.urandom(4096), headers=_auth(provider.token)
+    )
     assert resp.status_code == 422
 
 
 def test_share_sent_to_the_wrong_receiver_is_refused(provider, service, sample_dataset, split):
     shares = split(sample_dataset, provider)
     url = f"{_receiver(service, 2)}/v1/transfers/{shares.transfer_id}/shares/1"
-    resp = httpx.post(url, content=read_prologue(shares.share_paths[0]),
-                      headers=_auth(provider.token))
+    resp = httpx.post(
+        url, content=read_prologue(shares.share_paths[0]), headers=_auth(provider.token)
+    )
     assert resp.status_code == 409 and "takes share 2 only" in resp.json()["detail"]
 
 
@@ -149,6 +160,8 @@ def test_openapi_describes_the_upload_and_status_api(service):
 
 def test_internal_api_needs_the_worker_token(service):
     assert httpx.get(f"{_receiver(service, 1)}/internal/shares").status_code == 403
-    ok = httpx.get(f"{_receiver(service, 1)}/internal/shares",
-                   headers={"x-enclave-worker-token": service.worker_token})
+    ok = httpx.get(
+        f"{_receiver(service, 1)}/internal/shares",
+        headers={"x-enclave-worker-token": service.worker_token},
+    )
     assert ok.status_code == 200

@@ -52,7 +52,12 @@ def test_sample_dataset_is_cataloged_and_materializes_identically(
     result = send_shares(shares.share_paths, [service.coordinator_url], provider.token)
     # On demand: the first k are sent, the spares only if the enclave found one corrupt.
     assert {u.index: u.outcome for u in result.uploads} == {
-        1: "sent", 2: "sent", 3: "sent", 4: "not-needed", 5: "not-needed"}
+        1: "sent",
+        2: "sent",
+        3: "sent",
+        4: "not-needed",
+        5: "not-needed",
+    }
     assert result.state in ("validating", "cataloged")
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "cataloged", transfer.reason
@@ -77,8 +82,11 @@ def test_sample_dataset_is_cataloged_and_materializes_identically(
     # No plaintext or shares left behind.
     paths = IngestPaths(enclave.state_dir)
     assert no_plaintext_left(paths)
-    _eventually(lambda: not any((paths.receiver_store(j) / shares.transfer_id).exists()
-                                for j in range(1, 6)))
+    _eventually(
+        lambda: (
+            not any((paths.receiver_store(j) / shares.transfer_id).exists() for j in range(1, 6))
+        )
+    )
 
 
 def test_duplicate_send_is_harmless(enclave, provider, service, sample_dataset, split):
@@ -108,16 +116,18 @@ def test_interrupted_upload_resumes_at_receiver_offset(
             raise ConnectionLost
 
     with pytest.raises(ConnectionLost):
-        send_shares([first], [service.coordinator_url], provider.token, progress=cut,
-                    chunk_bytes=8192)
+        send_shares(
+            [first], [service.coordinator_url], provider.token, progress=cut, chunk_bytes=8192
+        )
     progress = httpx.get(
         f"{_receiver(service, 1)}/v1/transfers/{shares.transfer_id}/shares/1",
         headers=_auth(provider.token),
     ).json()
     assert 0 < progress["received"] < length and not progress["complete"]
 
-    result = send_shares(shares.share_paths, [service.coordinator_url], provider.token,
-                         chunk_bytes=8192)
+    result = send_shares(
+        shares.share_paths, [service.coordinator_url], provider.token, chunk_bytes=8192
+    )
     resumed = next(u for u in result.uploads if u.index == 1)
     assert resumed.resumed_from == progress["received"]
     assert resumed.sent_bytes == length - progress["received"]
@@ -170,11 +180,13 @@ def test_the_first_k_shares_go_before_the_spares_and_late_spares_are_not_needed(
         with lock:
             events.append((index, done, length))
 
-    send_shares(shares.share_paths, [service.coordinator_url], provider.token, progress=record,
-                spares="all")
+    send_shares(
+        shares.share_paths, [service.coordinator_url], provider.token, progress=record, spares="all"
+    )
     k = 3
-    last_primary = max(i for i, (index, done, length) in enumerate(events)
-                       if index <= k and done == length)
+    last_primary = max(
+        i for i, (index, done, length) in enumerate(events) if index <= k and done == length
+    )
     first_spare = min(i for i, (index, _, _) in enumerate(events) if index > k)
     assert last_primary < first_spare, events
 
@@ -185,10 +197,11 @@ def test_the_first_k_shares_go_before_the_spares_and_late_spares_are_not_needed(
     worker.recover()
     worker.run_once()
     assert enclave.catalog.get_transfer(again.transfer_id).state == "cataloged"
-    late = send_shares(again.share_paths, [service.coordinator_url], provider.token,
-                       spares="all")
+    late = send_shares(again.share_paths, [service.coordinator_url], provider.token, spares="all")
     assert {u.index: u.outcome for u in late.uploads if u.index > k} == {
-        4: "already-cataloged", 5: "already-cataloged"}
+        4: "already-cataloged",
+        5: "already-cataloged",
+    }
     assert all(u.sent_bytes == 0 for u in late.uploads)
 
 
@@ -204,9 +217,13 @@ def test_spares_go_on_demand_when_the_enclave_finds_a_primary_corrupt(
 
     def send() -> None:
         try:
-            outcome["result"] = send_shares(shares.share_paths, [service.coordinator_url],
-                                            provider.token, poll_interval=0.05,
-                                            pickup_timeout=60)
+            outcome["result"] = send_shares(
+                shares.share_paths,
+                [service.coordinator_url],
+                provider.token,
+                poll_interval=0.05,
+                pickup_timeout=60,
+            )
         except Exception as exc:  # surfaced below
             outcome["error"] = exc
 
@@ -234,8 +251,13 @@ def test_spares_go_anyway_when_the_enclave_does_not_start_on_the_transfer(
     service = make_service(run_worker=False)  # an enclave busy elsewhere, in effect
     shares = split(sample_dataset, provider)
     started = time.monotonic()
-    result = send_shares(shares.share_paths, [service.coordinator_url], provider.token,
-                         pickup_timeout=0.5, poll_interval=0.05)
+    result = send_shares(
+        shares.share_paths,
+        [service.coordinator_url],
+        provider.token,
+        pickup_timeout=0.5,
+        poll_interval=0.05,
+    )
     assert time.monotonic() - started >= 0.5
     assert {u.outcome for u in result.uploads} == {"sent"}
     assert result.state == "receiving"
@@ -299,8 +321,9 @@ def test_too_few_good_shares_of_all_n_fails_the_transfer_with_a_reason(
     assert transfer.state == "failed", transfer.reason
     assert "share-2" in transfer.reason and "segment" in transfer.reason
     assert transfer.version is None
-    assert [p for p in IngestPaths(enclave.state_dir).store.iterdir()
-            if not p.name.startswith(".")] == []
+    assert [
+        p for p in IngestPaths(enclave.state_dir).store.iterdir() if not p.name.startswith(".")
+    ] == []
 
 
 def _worker(enclave, service):
@@ -323,8 +346,9 @@ def test_phi_in_a_dicom_header_quarantines_with_a_report_naming_the_tag(
 ):
     from enclave.samples import PHI_VALUES, make_sample_dataset
 
-    dataset = make_sample_dataset(tmp_path / "phi", name="phi-ct", subjects=1, slices=4,
-                                  size=32, phi=("patient-name",))
+    dataset = make_sample_dataset(
+        tmp_path / "phi", name="phi-ct", subjects=1, slices=4, size=32, phi=("patient-name",)
+    )
     shares = split(dataset, provider)
     send_shares(shares.share_paths, [service.coordinator_url], provider.token)
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
@@ -339,41 +363,48 @@ def test_phi_in_a_dicom_header_quarantines_with_a_report_naming_the_tag(
     # Quarantined data is deleted: no plaintext, no shares, nothing stored.
     paths = IngestPaths(enclave.state_dir)
     assert no_plaintext_left(paths)
-    _eventually(lambda: not any((paths.receiver_store(j) / shares.transfer_id).exists()
-                                for j in range(1, 6)))
+    _eventually(
+        lambda: (
+            not any((paths.receiver_store(j) / shares.transfer_id).exists() for j in range(1, 6))
+        )
+    )
     assert not any(p for p in paths.store.glob("*") if p.name.startswith(shares.transfer_id))
     status = transfer_status(shares.transfer_id, [service.coordinator_url], provider.token)
     assert status["state"] == "quarantined" and status["reason"]
-    report = httpx.get(f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}/report",
-                       headers=_auth(provider.token)).json()
+    report = httpx.get(
+        f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}/report",
+        headers=_auth(provider.token),
+    ).json()
     assert report["passed"] is False
 
 
 def test_manifest_that_is_not_yaml_quarantines(enclave, provider, service, split, tmp_path):
     from enclave.samples import make_sample_dataset
 
-    dataset = make_sample_dataset(tmp_path / "bad", name="bad-yaml", subjects=1, slices=4,
-                                  size=32)
+    dataset = make_sample_dataset(tmp_path / "bad", name="bad-yaml", subjects=1, slices=4, size=32)
     (dataset / "dataset.yaml").write_text("name: [unclosed\n  title: {{{\n")
     shares = split(dataset, provider)
     send_shares(shares.share_paths, [service.coordinator_url], provider.token)
     transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
     assert transfer.state == "quarantined"
-    assert "dataset.yaml" in (IngestPaths(enclave.state_dir).quarantine / shares.transfer_id
-                              / "report.json").read_text()
+    assert (
+        "dataset.yaml"
+        in (
+            IngestPaths(enclave.state_dir).quarantine / shares.transfer_id / "report.json"
+        ).read_text()
+    )
 
 
 # --- concurrency -------------------------------------------------------------------------
 
 
-def test_two_concurrent_transfers_are_both_cataloged(
-    enclave, provider, service, split, tmp_path
-):
+def test_two_concurrent_transfers_are_both_cataloged(enclave, provider, service, split, tmp_path):
     from enclave.samples import make_sample_dataset
 
     datasets = [
-        make_sample_dataset(tmp_path / f"c{i}", name=f"concurrent-{i}", subjects=1, slices=4,
-                            size=32, seed=i)
+        make_sample_dataset(
+            tmp_path / f"c{i}", name=f"concurrent-{i}", subjects=1, slices=4, size=32, seed=i
+        )
         for i in range(2)
     ]
     splits = [split(d, provider) for d in datasets]
@@ -427,7 +458,8 @@ def test_a_version_stored_but_never_cataloged_is_removed_when_the_worker_restart
     assert restarted.run_once() == [shares.transfer_id]
     version = enclave.catalog.get_transfer(shares.transfer_id).version
     assert [p for p in store_root.iterdir() if not p.name.startswith(".")] == [
-        Path(version.store_location)]
+        Path(version.store_location)
+    ]
     # Restarting again keeps what the catalog points to.
     _worker(enclave, service).recover()
     assert Path(version.store_location).is_dir()

@@ -79,7 +79,11 @@ def test_wrong_master_key_is_refused(tmp_path, dataset, master_key):
 def _object_bytes(version, opened, path: str) -> tuple[Path, int, int]:
     """(pack file, offset, length) of one stored file's encrypted object."""
     entry = opened.files[path]
-    return Path(version.store_location) / "packs" / f"{entry.pack:06d}.pack", entry.offset, entry.length
+    return (
+        Path(version.store_location) / "packs" / f"{entry.pack:06d}.pack",
+        entry.offset,
+        entry.length,
+    )
 
 
 def test_objects_are_packed_not_one_file_each(tmp_path, dataset, master_key):
@@ -141,25 +145,40 @@ def test_a_segment_cut_out_of_the_pack_is_detected(tmp_path, dataset, master_key
 
 def test_a_version_in_the_one_file_per_object_format_still_reads(tmp_path, dataset, master_key):
     """enclave-store/1 (objects/000001.enc, no pack fields in the index) stays readable."""
-    writer = store.VersionWriter(tmp_path / "store", master_key, name_hint="legacy",
-                                 segment_size=1024 * 1024)
+    writer = store.VersionWriter(
+        tmp_path / "store", master_key, name_hint="legacy", segment_size=1024 * 1024
+    )
     root = writer.tmp
     (root / "objects").mkdir()
     entries = []
     for number, (rel, data) in enumerate(sorted(_files(dataset).items()), start=1):
         with open(root / "objects" / f"{number:06d}.enc", "wb") as dst:
-            size, sha = store._encrypt_stream(writer._aead, writer.store_id, number, rel,
-                                              io.BytesIO(data), dst, 1024 * 1024)
+            size, sha = store._encrypt_stream(
+                writer._aead, writer.store_id, number, rel, io.BytesIO(data), dst, 1024 * 1024
+            )
         entries.append({"path": rel, "object": number, "size": size, "sha256": sha})
     with open(root / "index.enc", "wb") as dst:
-        store._encrypt_stream(writer._aead, writer.store_id, 0, "",
-                              io.BytesIO(json.dumps(entries).encode()), dst, 1024 * 1024)
-    (root / "store.json").write_text(json.dumps({"format": "enclave-store/1",
-                                                 "store_id": writer.store_id}))
+        store._encrypt_stream(
+            writer._aead,
+            writer.store_id,
+            0,
+            "",
+            io.BytesIO(json.dumps(entries).encode()),
+            dst,
+            1024 * 1024,
+        )
+    (root / "store.json").write_text(
+        json.dumps({"format": "enclave-store/1", "store_id": writer.store_id})
+    )
     shutil.rmtree(root / "packs")
     root.rename(writer.final)
-    version = StoredVersion(str(writer.final), master_key.wrap(
-        writer._data_key, store.key_context(writer.store_id)), writer.store_id, 0, 0)
+    version = StoredVersion(
+        str(writer.final),
+        master_key.wrap(writer._data_key, store.key_context(writer.store_id)),
+        writer.store_id,
+        0,
+        0,
+    )
     assert _files(store.materialize(version, tmp_path / "out", master_key)) == _files(dataset)
 
 

@@ -49,8 +49,11 @@ def as_root() -> None:
     if not CAN_ISOLATE:
         # Egress isolation is tested for real or not at all: a silent skip would hide a
         # machine where it cannot be enforced. `make test` runs as root with these installed.
-        pytest.fail("isolation tests need root with iproute2, nftables and util-linux "
-                    "(run `make system-deps` as root)", pytrace=False)
+        pytest.fail(
+            "isolation tests need root with iproute2, nftables and util-linux "
+            "(run `make system-deps` as root)",
+            pytrace=False,
+        )
 
 
 def isolation_test_config() -> NetnsConfig:
@@ -118,8 +121,10 @@ def enclave_test_user(as_root: None) -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(TEST_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", TEST_USER], check=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True,
+        )
         entry = pwd.getpwnam(TEST_USER)
     return entry.pw_uid, entry.pw_gid
 
@@ -145,13 +150,17 @@ def hub(namespace_manager: NamespaceManager) -> Iterator[Listener]:
 
 
 @pytest.fixture(scope="session")
-def host_services(namespace_manager: NamespaceManager, hub: Listener) -> Iterator[dict[str, Listener]]:
+def host_services(
+    namespace_manager: NamespaceManager, hub: Listener
+) -> Iterator[dict[str, Listener]]:
     """Host services a user server must NOT reach: same address other port, any
     address (0.0.0.0), host loopback."""
     service = str(namespace_manager.config.service_address)
-    with listening(service, OTHER_PORT, b"other\n") as other, \
-            listening("0.0.0.0", 0, b"wildcard\n") as wildcard, \
-            listening("127.0.0.1", 0, b"loopback\n") as loopback:
+    with (
+        listening(service, OTHER_PORT, b"other\n") as other,
+        listening("0.0.0.0", 0, b"wildcard\n") as wildcard,
+        listening("127.0.0.1", 0, b"loopback\n") as loopback,
+    ):
         yield {"other": other, "wildcard": wildcard, "loopback": loopback}
 
 
@@ -166,7 +175,19 @@ def outside_host(as_root: None) -> Iterator[OutsideHost]:
     _sh("ip", "netns", "del", OUTSIDE_NS, check=False)
     _sh("ip", "link", "del", OUTSIDE_VETH, check=False)
     _sh("ip", "netns", "add", OUTSIDE_NS)
-    _sh("ip", "link", "add", OUTSIDE_VETH, "type", "veth", "peer", "name", "eth0", "netns", OUTSIDE_NS)
+    _sh(
+        "ip",
+        "link",
+        "add",
+        OUTSIDE_VETH,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        OUTSIDE_NS,
+    )
     _sh("ip", "addr", "add", f"{OUTSIDE_HOST_ADDR}/30", "dev", OUTSIDE_VETH)
     _sh("ip", "link", "set", OUTSIDE_VETH, "up")
     _sh("ip", "-n", OUTSIDE_NS, "addr", "add", f"{OUTSIDE_ADDR}/30", "dev", "eth0")
@@ -175,9 +196,18 @@ def outside_host(as_root: None) -> Iterator[OutsideHost]:
     _sh("ip", "-n", OUTSIDE_NS, "route", "add", "default", "via", OUTSIDE_HOST_ADDR)
     log = Path(tempfile.mkdtemp(prefix="enclave-outside-")) / "peers.log"
     server = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{OUTSIDE_NS}", SYSTEM_PYTHON, str(PROBE), "serve",
-         OUTSIDE_ADDR, str(OUTSIDE_PORT), str(log)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            "nsenter",
+            f"--net=/run/netns/{OUTSIDE_NS}",
+            SYSTEM_PYTHON,
+            str(PROBE),
+            "serve",
+            OUTSIDE_ADDR,
+            str(OUTSIDE_PORT),
+            str(log),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert server.stdout is not None
     assert server.stdout.readline().strip() == "listening"
@@ -219,9 +249,15 @@ def run_probe(enclave_test_user: tuple[int, int]):
 
     def run(net: IsolatedNetwork, *args: str, timeout: float = 20) -> dict:
         proc = popen_in_namespace(
-            net, [SYSTEM_PYTHON, str(PROBE), *args], uid=uid, gid=gid,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd="/",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            net,
+            [SYSTEM_PYTHON, str(PROBE), *args],
+            uid=uid,
+            gid=gid,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            cwd="/",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         out, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, f"probe failed: {err}"
@@ -235,4 +271,3 @@ def set_ip_forward(value: str) -> str:
     old = path.read_text().strip()
     path.write_text(value)
     return old
-

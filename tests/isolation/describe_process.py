@@ -17,8 +17,18 @@ def main() -> None:
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("NoNewPrivs", "CapInh", "CapEff", "CapPrm", "CapBnd", "CapAmb", "Uid",
-                       "Gid", "Groups", "Seccomp"):
+            if key in (
+                "NoNewPrivs",
+                "CapInh",
+                "CapEff",
+                "CapPrm",
+                "CapBnd",
+                "CapAmb",
+                "Uid",
+                "Gid",
+                "Groups",
+                "Seccomp",
+            ):
                 status[key] = value.strip()
     with open("/proc/self/cgroup") as f:
         cgroups = sorted(line.strip() for line in f)

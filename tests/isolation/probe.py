@@ -60,7 +60,16 @@ def status() -> dict:
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("NoNewPrivs", "CapEff", "CapPrm", "CapBnd", "CapAmb", "Uid", "Gid", "Groups"):
+            if key in (
+                "NoNewPrivs",
+                "CapEff",
+                "CapPrm",
+                "CapBnd",
+                "CapAmb",
+                "Uid",
+                "Gid",
+                "Groups",
+            ):
                 fields[key] = value.strip()
     return fields
 

@@ -43,8 +43,10 @@ def test_plain_user_names_stay_readable():
     assert namespace_name("dr.smith-2") == "enclave-dr.smith-2"
 
 
-@pytest.mark.parametrize("a, b", [("a.b", "a_b"), ("Alice", "alice"), ("x@y.org", "x_y.org"),
-                                  ("ä", "_"), ("../etc", ".._etc")])
+@pytest.mark.parametrize(
+    "a, b",
+    [("a.b", "a_b"), ("Alice", "alice"), ("x@y.org", "x_y.org"), ("ä", "_"), ("../etc", ".._etc")],
+)
 def test_names_that_clean_up_alike_still_get_different_namespaces(a, b):
     assert namespace_name(a) != namespace_name(b)
     assert veth_name(namespace_name(a)) != veth_name(namespace_name(b))
@@ -76,17 +78,34 @@ def test_slots_probe_past_used_ones_and_report_a_full_range():
         choose_slot("enclave-a", net, {1, 2, 3})
 
 
-@pytest.mark.parametrize("bad", ["8.8.8.0/24", "127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/30",
-                                 "10.213.0.1/16", "not-a-net", "fd00::/64"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "8.8.8.0/24",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "10.0.0.0/30",
+        "10.213.0.1/16",
+        "not-a-net",
+        "fd00::/64",
+    ],
+)
 def test_ranges_that_are_public_tiny_or_malformed_are_refused(bad):
     with pytest.raises(IsolationError):
         parse_range(bad)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"service_ports": ()}, {"service_ports": (70000,)}, {"server_port": 0},
-    {"table": "bad table"}, {"veth_prefix": "toolongprefix-"}, {"namespace_prefix": "x"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"service_ports": ()},
+        {"service_ports": (70000,)},
+        {"server_port": 0},
+        {"table": "bad table"},
+        {"veth_prefix": "toolongprefix-"},
+        {"namespace_prefix": "x"},
+    ],
+)
 def test_bad_config_is_refused(kwargs):
     with pytest.raises(IsolationError):
         NetnsConfig(**kwargs)
@@ -104,9 +123,12 @@ def test_host_ruleset_fails_closed_on_every_user_veth():
 
 def test_per_user_change_is_three_element_lines():
     text = user_elements(
-        "add", table="enclave", host_interface="enc-0123456789",
+        "add",
+        table="enclave",
+        host_interface="enc-0123456789",
         guest_address=ipaddress.IPv4Address("10.213.0.6"),
-        service_address=ipaddress.IPv4Address("10.213.0.1"), service_ports=(8081, 8000),
+        service_address=ipaddress.IPv4Address("10.213.0.1"),
+        service_ports=(8081, 8000),
         server_port=8888,
     )
     assert text.splitlines() == [
@@ -126,28 +148,45 @@ def test_policy_files_are_what_the_code_loads():
 
 
 def test_namespace_ruleset_allows_only_the_service_ports_and_server_port():
-    text = namespace_ruleset(service_address=ipaddress.IPv4Address("10.213.0.1"),
-                             service_ports=(8081,), guest_address=ipaddress.IPv4Address("10.213.0.6"),
-                             server_port=8888)
+    text = namespace_ruleset(
+        service_address=ipaddress.IPv4Address("10.213.0.1"),
+        service_ports=(8081,),
+        guest_address=ipaddress.IPv4Address("10.213.0.6"),
+        server_port=8888,
+    )
     assert "policy drop" in text
     assert "ip daddr 10.213.0.1 tcp dport { 8081 } accept" in text
     assert "ip daddr 10.213.0.6 tcp dport 8888 accept" in text
 
 
 def test_command_chain_drops_privileges_and_joins_cgroups_first():
-    applied = AppliedLimits("cgroup2", ResourceLimits(memory_max=1 << 30),
-                            cgroup_dirs=(Path("/sys/fs/cgroup/enclave/enclave-a"),))
-    argv = namespace_command("/run/netns/enclave-a", ["jupyterhub-singleuser"], uid=1000,
-                             gid=1000, applied=applied)
-    assert argv[:2] == ["/bin/sh", "-c"] and "/sys/fs/cgroup/enclave/enclave-a/cgroup.procs" in argv[2]
+    applied = AppliedLimits(
+        "cgroup2",
+        ResourceLimits(memory_max=1 << 30),
+        cgroup_dirs=(Path("/sys/fs/cgroup/enclave/enclave-a"),),
+    )
+    argv = namespace_command(
+        "/run/netns/enclave-a", ["jupyterhub-singleuser"], uid=1000, gid=1000, applied=applied
+    )
+    assert (
+        argv[:2] == ["/bin/sh", "-c"] and "/sys/fs/cgroup/enclave/enclave-a/cgroup.procs" in argv[2]
+    )
     assert "--net=/run/netns/enclave-a" in argv
     setpriv = argv.index("setpriv")
-    assert {"--reuid=1000", "--regid=1000", "--no-new-privs", "--bounding-set=-all"} <= set(argv[setpriv:])
+    assert {"--reuid=1000", "--regid=1000", "--no-new-privs", "--bounding-set=-all"} <= set(
+        argv[setpriv:]
+    )
     assert argv[-1] == "jupyterhub-singleuser"
-    rl = AppliedLimits("rlimit", ResourceLimits(memory_max=1 << 30, pids_max=64, cpu_max=1.0),
-                       prlimit_args=("--as=1073741824", "--nproc=64"))
+    rl = AppliedLimits(
+        "rlimit",
+        ResourceLimits(memory_max=1 << 30, pids_max=64, cpu_max=1.0),
+        prlimit_args=("--as=1073741824", "--nproc=64"),
+    )
     argv = namespace_command("/run/netns/enclave-a", ["x"], uid=1000, gid=1000, applied=rl)
-    assert argv[argv.index("prlimit") + 1: argv.index("prlimit") + 3] == ["--as=1073741824", "--nproc=64"]
+    assert argv[argv.index("prlimit") + 1 : argv.index("prlimit") + 3] == [
+        "--as=1073741824",
+        "--nproc=64",
+    ]
     assert rl.unenforced == ("cpu_max",) and "NOT enforced" in rl.describe()
 
 
@@ -192,8 +231,9 @@ def test_cgroup2_is_chosen_and_written_in_kernel_format(tmp_path):
 
     root = fake_cgroup2_root(tmp_path)
     assert limit_backend(root) == "cgroup2"
-    applied = apply_limits("enclave-ada", ResourceLimits(memory_max=2 << 30, cpu_max=1.5,
-                                                         pids_max=512), root=root)
+    applied = apply_limits(
+        "enclave-ada", ResourceLimits(memory_max=2 << 30, cpu_max=1.5, pids_max=512), root=root
+    )
     leaf = root / "enclave" / "enclave-ada"
     assert applied.cgroup_dirs == (leaf,) and applied.procs_files == (leaf / "cgroup.procs",)
     assert (leaf / "memory.max").read_text() == str(2 << 30)
@@ -206,8 +246,9 @@ def test_without_writable_cgroups_rlimits_are_used(tmp_path):
     from enclave.isolation import apply_limits, limit_backend
 
     assert limit_backend(tmp_path) == "rlimit"
-    applied = apply_limits("enclave-ada", ResourceLimits(memory_max=1 << 30, cpu_max=1.0),
-                           root=tmp_path)
+    applied = apply_limits(
+        "enclave-ada", ResourceLimits(memory_max=1 << 30, cpu_max=1.0), root=tmp_path
+    )
     assert applied.backend == "rlimit" and applied.prlimit_args == ("--as=1073741824",)
     assert applied.unenforced == ("cpu_max",)
 

@@ -42,8 +42,9 @@ def assert_blocked_fast(result):
 
 
 def ns(net, *argv):
-    return subprocess.run(["ip", "-n", net.namespace, *argv], capture_output=True, text=True,
-                          check=True)
+    return subprocess.run(
+        ["ip", "-n", net.namespace, *argv], capture_output=True, text=True, check=True
+    )
 
 
 @contextmanager
@@ -58,8 +59,10 @@ def ip_forwarding_on():
 @contextmanager
 def inner_table_removed(net):
     """Simulate a compromised namespace: its own nft table is gone."""
-    subprocess.run(["nsenter", f"--net={net.netns_path}", "nft", "delete", "table", "inet",
-                    "enclave_ns"], check=True)
+    subprocess.run(
+        ["nsenter", f"--net={net.netns_path}", "nft", "delete", "table", "inet", "enclave_ns"],
+        check=True,
+    )
     yield
 
 
@@ -74,8 +77,9 @@ def host_table_removed(manager: NamespaceManager):
 
 
 def test_hub_port_answers_and_sees_the_guest_address(user_network, hub, run_probe):
-    [result] = probe_connect(run_probe, user_network,
-                             ("tcp", str(user_network.service_address), HUB_PORT))
+    [result] = probe_connect(
+        run_probe, user_network, ("tcp", str(user_network.service_address), HUB_PORT)
+    )
     assert result["ok"] and result["data"] == "hub\n"
     assert user_network.guest_address in hub.peers
 
@@ -88,9 +92,14 @@ def test_other_host_ports_and_addresses_are_refused(user_network, host_services,
     assert host_connect(gateway, wildcard) == b"wildcard\n"
     assert host_connect("127.0.0.1", loopback) == b"loopback\n"
     results = probe_connect(
-        run_probe, user_network,
-        ("tcp", service, OTHER_PORT), ("tcp", service, wildcard), ("tcp", gateway, wildcard),
-        ("tcp", gateway, HUB_PORT), ("tcp", service, loopback), ("tcp", gateway, loopback),
+        run_probe,
+        user_network,
+        ("tcp", service, OTHER_PORT),
+        ("tcp", service, wildcard),
+        ("tcp", gateway, wildcard),
+        ("tcp", gateway, HUB_PORT),
+        ("tcp", service, loopback),
+        ("tcp", gateway, loopback),
     )
     for result in results:
         assert_blocked_fast(result)
@@ -99,8 +108,12 @@ def test_other_host_ports_and_addresses_are_refused(user_network, host_services,
 def test_host_loopback_services_are_out_of_reach(user_network, host_services, run_probe):
     loopback = host_services["loopback"]
     before = list(loopback.peers)
-    results = probe_connect(run_probe, user_network, ("tcp", "127.0.0.1", loopback.port),
-                            ("tcp", "127.0.0.2", loopback.port))
+    results = probe_connect(
+        run_probe,
+        user_network,
+        ("tcp", "127.0.0.1", loopback.port),
+        ("tcp", "127.0.0.2", loopback.port),
+    )
     for result in results:
         # 127.0.0.0/8 inside the namespace is the namespace's own loopback.
         assert result["error"] == "ECONNREFUSED"
@@ -112,8 +125,12 @@ def test_only_layer_the_host_table_still_refuses(user_network, host_services, ru
     service, wildcard = str(user_network.service_address), host_services["wildcard"].port
     with inner_table_removed(user_network):
         ok, *blocked = probe_connect(
-            run_probe, user_network, ("tcp", service, HUB_PORT), ("tcp", service, OTHER_PORT),
-            ("tcp", user_network.host_address, wildcard), ("udp", service, 53),
+            run_probe,
+            user_network,
+            ("tcp", service, HUB_PORT),
+            ("tcp", service, OTHER_PORT),
+            ("tcp", user_network.host_address, wildcard),
+            ("udp", service, 53),
         )
     assert ok["ok"]
     for result in blocked:
@@ -128,8 +145,12 @@ def test_no_default_route_and_no_ipv6_inside(user_network, run_probe):
     assert len(routes) == 2, routes
     addrs = ns(user_network, "-6", "-o", "addr").stdout
     assert "fe80" not in addrs and "scope global" not in addrs
-    host_side = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", user_network.host_interface],
-                               capture_output=True, text=True, check=True).stdout
+    host_side = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", user_network.host_interface],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert host_side.strip() == ""
 
 
@@ -139,9 +160,14 @@ def test_dns_fails_fast_everywhere(user_network, run_probe):
     assert not any(r.startswith("default") for r in run_probe(user_network, "routes"))
     service, gateway = str(user_network.service_address), user_network.host_address
     results = probe_connect(
-        run_probe, user_network,
-        ("udp", service, 53), ("tcp", service, 53), ("udp", gateway, 53), ("tcp", gateway, 53),
-        ("udp", PUBLIC_LOOKING, 53), ("tcp", PUBLIC_LOOKING, 53),
+        run_probe,
+        user_network,
+        ("udp", service, 53),
+        ("tcp", service, 53),
+        ("udp", gateway, 53),
+        ("tcp", gateway, 53),
+        ("udp", PUBLIC_LOOKING, 53),
+        ("tcp", PUBLIC_LOOKING, 53),
     )
     for result in results:
         assert_blocked_fast(result)
@@ -182,8 +208,12 @@ def test_inner_table_alone_refuses_when_the_host_table_is_flushed(
     seen_before = outside_host.peers.count(user_network.guest_address)
     with ip_forwarding_on(), host_table_removed(namespace_manager):
         hub, *blocked = probe_connect(
-            run_probe, user_network, ("tcp", service, HUB_PORT), ("tcp", service, OTHER_PORT),
-            ("tcp", outside_host.address, outside_host.port), ("udp", service, 53),
+            run_probe,
+            user_network,
+            ("tcp", service, HUB_PORT),
+            ("tcp", service, OTHER_PORT),
+            ("tcp", outside_host.address, outside_host.port),
+            ("udp", service, 53),
         )
     assert hub["ok"]
     for result in blocked:
@@ -200,10 +230,14 @@ def test_users_cannot_reach_each_other_but_the_hub_reaches_both(
     server = None
     try:
         server = popen_in_namespace(
-            bob, [SYSTEM_PYTHON, "-m", "http.server", "--bind", bob.guest_address,
-                  str(bob.server_port)],
-            uid=uid, gid=gid, env={"PATH": "/usr/bin:/bin"}, cwd="/",
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            bob,
+            [SYSTEM_PYTHON, "-m", "http.server", "--bind", bob.guest_address, str(bob.server_port)],
+            uid=uid,
+            gid=gid,
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:  # the hub (root on the host) reaches bob's server
@@ -224,10 +258,19 @@ def test_users_cannot_reach_each_other_but_the_hub_reaches_both(
         assert not routed["ok"] and not host_only["ok"]
         # A host process that is not the hub (uid nobody) cannot connect either.
         other = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-c",
-             f"import socket; socket.create_connection(('{bob.guest_address}', "
-             f"{bob.server_port}), timeout=0.5)"],
-            capture_output=True, text=True, timeout=10,
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                SYSTEM_PYTHON,
+                "-c",
+                f"import socket; socket.create_connection(('{bob.guest_address}', "
+                f"{bob.server_port}), timeout=0.5)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         assert other.returncode != 0 and "No route to host" in other.stderr  # rejected
     finally:
@@ -245,13 +288,30 @@ def test_the_user_cannot_change_routes_or_rules(user_network, enclave_test_user,
         "addr": ["ip", "addr", "add", "10.214.255.254/32", "dev", "eth0"],
         "nft-add": ["nft", "add", "table", "inet", "mine"],
         "nft-flush": ["nft", "flush", "ruleset"],
-        "unshare-user": ["unshare", "--user", "--map-root-user", "ip", "route", "add",
-                         "default", "via", user_network.host_address],
+        "unshare-user": [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            user_network.host_address,
+        ],
     }
     for what, argv in attempts.items():
-        proc = popen_in_namespace(user_network, argv, uid=uid, gid=gid,
-                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd="/",
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = popen_in_namespace(
+            user_network,
+            argv,
+            uid=uid,
+            gid=gid,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            cwd="/",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _, err = proc.communicate(timeout=10)
         assert proc.returncode != 0, f"{what} succeeded as the user"
         assert "permitted" in err.lower() or "denied" in err.lower(), (what, err)
@@ -269,12 +329,14 @@ def test_namespace_cannot_reach_its_own_gateway_on_random_ports(user_network, ru
     assert_blocked_fast(result)
 
 
-def test_the_hubs_environment_does_not_leak_into_the_server(user_network, enclave_test_user,
-                                                            monkeypatch):
+def test_the_hubs_environment_does_not_leak_into_the_server(
+    user_network, enclave_test_user, monkeypatch
+):
     monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "hub-secret")
     uid, gid = enclave_test_user
-    proc = popen_in_namespace(user_network, ["env"], uid=uid, gid=gid, cwd="/",
-                              stdout=subprocess.PIPE, text=True)
+    proc = popen_in_namespace(
+        user_network, ["env"], uid=uid, gid=gid, cwd="/", stdout=subprocess.PIPE, text=True
+    )
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "hub-secret" not in out and out.startswith("PATH=")

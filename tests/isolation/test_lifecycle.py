@@ -18,15 +18,22 @@ from .conftest import HUB_PORT, isolation_test_config
 
 
 def links(prefix: str) -> list[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                         check=True).stdout
-    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
-            if line.split(":")[1].strip().startswith(prefix)]
+    out = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line.split(":")[1].strip().split("@")[0]
+        for line in out.splitlines()
+        if line.split(":")[1].strip().startswith(prefix)
+    ]
 
 
 def set_elements(manager: NamespaceManager, name: str) -> list:
-    proc = subprocess.run(["nft", "-j", "list", "set", "inet", manager.config.table, name],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["nft", "-j", "list", "set", "inet", manager.config.table, name],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return []
     for item in json.loads(proc.stdout)["nftables"]:
@@ -36,13 +43,13 @@ def set_elements(manager: NamespaceManager, name: str) -> list:
 
 
 def lo_addresses() -> str:
-    return subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def reaches_hub(net, run_probe) -> bool:
-    [result] = run_probe(net, "connect",
-                         json.dumps([["tcp", str(net.service_address), HUB_PORT]]))
+    [result] = run_probe(net, "connect", json.dumps([["tcp", str(net.service_address), HUB_PORT]]))
     return result["ok"]
 
 
@@ -69,12 +76,14 @@ def test_last_teardown_drops_the_table_but_keeps_the_hub_address(namespace_manag
     namespace_manager.teardown(again)
 
 
-def test_a_crashed_spawners_namespace_is_replaced(namespace_manager, hub, enclave_test_user,
-                                                  run_probe):
+def test_a_crashed_spawners_namespace_is_replaced(
+    namespace_manager, hub, enclave_test_user, run_probe
+):
     uid, gid = enclave_test_user
     old = namespace_manager.create("researcher-dan")
-    straggler = popen_in_namespace(old, ["sleep", "60"], uid=uid, gid=gid,
-                                   env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    straggler = popen_in_namespace(
+        old, ["sleep", "60"], uid=uid, gid=gid, env={"PATH": "/usr/bin:/bin"}, cwd="/"
+    )
     # Crash only once the straggler really runs inside (nsenter and setpriv have exec'd into
     # sleep); before that it is not in the namespace yet and would join the replacement.
     deadline = time.monotonic() + 10
@@ -103,8 +112,9 @@ def test_a_half_made_namespace_is_replaced(namespace_manager, hub, run_probe):
         namespace_manager.teardown(net)
 
 
-def test_a_table_flushed_by_someone_else_is_reloaded_on_the_next_spawn(namespace_manager, hub,
-                                                                       run_probe):
+def test_a_table_flushed_by_someone_else_is_reloaded_on_the_next_spawn(
+    namespace_manager, hub, run_probe
+):
     first = namespace_manager.create("researcher-fay")
     subprocess.run(["nft", "delete", "table", "inet", namespace_manager.config.table], check=True)
     second = namespace_manager.create("researcher-gus")
@@ -140,9 +150,13 @@ def test_thirty_users_spawn_in_parallel(namespace_manager, hub, run_probe):
 @pytest.fixture
 def small_manager(as_root):
     """A separate table, prefixes and a /28 (three user slots) for cleanup tests."""
-    config = replace(isolation_test_config(), address_range="10.216.0.0/28",
-                     table="enclave_cleanup", namespace_prefix="enclaveclean-",
-                     veth_prefix="encc-")
+    config = replace(
+        isolation_test_config(),
+        address_range="10.216.0.0/28",
+        table="enclave_cleanup",
+        namespace_prefix="enclaveclean-",
+        veth_prefix="encc-",
+    )
     manager = NamespaceManager(config)
     yield manager
     manager.cleanup_all()
@@ -159,8 +173,10 @@ def test_a_full_range_is_a_clear_error(small_manager):
 def test_cleanup_all_leaves_nothing_behind(small_manager):
     for name in ("a", "b"):
         small_manager.create(name)
-    subprocess.run(["ip", "link", "add", "encc-stray", "type", "veth", "peer", "name",
-                    "encc-stray-p"], check=True)
+    subprocess.run(
+        ["ip", "link", "add", "encc-stray", "type", "veth", "peer", "name", "encc-stray-p"],
+        check=True,
+    )
     removed = small_manager.cleanup_all()
     assert "encc-stray" in removed and "table inet enclave_cleanup" in removed
     assert small_manager.namespaces() == []

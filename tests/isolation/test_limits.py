@@ -17,9 +17,18 @@ BACKENDS = [b for b in ("cgroup2", "cgroup1") if b == limit_backend()] + ["rlimi
 
 def run_limited(net, user, limits, *args, timeout=30):
     uid, gid = user
-    proc = popen_in_namespace(net, [SYSTEM_PYTHON, str(PROBE), *args], uid=uid, gid=gid,
-                              env={"PATH": "/usr/bin:/bin"}, cwd="/", limits=limits,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_in_namespace(
+        net,
+        [SYSTEM_PYTHON, str(PROBE), *args],
+        uid=uid,
+        gid=gid,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd="/",
+        limits=limits,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=timeout)
     if proc.limits is not None:
         proc.limits.remove()
@@ -38,8 +47,9 @@ def test_the_backend_in_force_is_reported():
 def test_allocating_past_the_memory_cap_fails(user_network, enclave_test_user, backend):
     rc, out, _ = run_limited(user_network, enclave_test_user, None, "alloc", str(256 * MiB))
     assert rc == 0 and json.loads(out)["allocated"] == 256 * MiB  # control: no cap, it works
-    applied = apply_limits(f"{user_network.namespace}-mem", ResourceLimits(memory_max=96 * MiB),
-                           backend=backend)
+    applied = apply_limits(
+        f"{user_network.namespace}-mem", ResourceLimits(memory_max=96 * MiB), backend=backend
+    )
     rc, out, err = run_limited(user_network, enclave_test_user, applied, "alloc", str(256 * MiB))
     assert rc != 0 and "allocated" not in out
     if backend.startswith("cgroup"):
@@ -50,8 +60,9 @@ def test_allocating_past_the_memory_cap_fails(user_network, enclave_test_user, b
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_process_cap_stops_a_fork_storm(user_network, enclave_test_user, backend):
-    applied = apply_limits(f"{user_network.namespace}-pids", ResourceLimits(pids_max=12),
-                           backend=backend)
+    applied = apply_limits(
+        f"{user_network.namespace}-pids", ResourceLimits(pids_max=12), backend=backend
+    )
     rc, out, _ = run_limited(user_network, enclave_test_user, applied, "spawn", "40")
     result = json.loads(out)
     assert rc == 0 and result["started"] < 12 and result["error"] == "EAGAIN"

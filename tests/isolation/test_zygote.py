@@ -68,22 +68,38 @@ def outbox(server_files, enclave_test_user) -> Path:
 
 
 def environment(token: str = "") -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/",
-            "JUPYTERHUB_API_TOKEN": token or secrets.token_hex(16)}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/",
+        "JUPYTERHUB_API_TOKEN": token or secrets.token_hex(16),
+    }
 
 
 def describe_via_exec(python, net, user, out: Path, env, applied=None) -> dict:
-    proc = popen_in_namespace(net, [python, str(DESCRIBE), str(out), *hub_args(net)],
-                              uid=user[0], gid=user[1], env=env, cwd="/", limits=applied,
-                              start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = popen_in_namespace(
+        net,
+        [python, str(DESCRIBE), str(out), *hub_args(net)],
+        uid=user[0],
+        gid=user[1],
+        env=env,
+        cwd="/",
+        limits=applied,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.wait(60) == 0
     return json.loads(out.read_text())
 
 
 def describe_via_zygote(zygote, python, net, user, out: Path, env, applied=None) -> dict:
     request = SpawnRequest(
-        argv=[python, str(DESCRIBE), str(out), *hub_args(net)], env=env, cwd="/", uid=user[0],
-        gid=user[1], netns_path=net.netns_path,
+        argv=[python, str(DESCRIBE), str(out), *hub_args(net)],
+        env=env,
+        cwd="/",
+        uid=user[0],
+        gid=user[1],
+        netns_path=net.netns_path,
         cgroup_procs=[str(f) for f in applied.procs_files] if applied else [],
         rlimits=rlimits_from_prlimit_args(applied.prlimit_args) if applied else {},
     )
@@ -99,7 +115,10 @@ def hub_args(net) -> list[str]:
 
 def test_only_the_server_interpreter_with_a_module_or_file_is_forked(python):
     assert entry_point([python, "-m", "enclave.workspace.singleuser", "--x"], python) == (
-        "module", "enclave.workspace.singleuser", ["--x"])
+        "module",
+        "enclave.workspace.singleuser",
+        ["--x"],
+    )
     assert entry_point([python, "/srv/probe.py", "a"], python) == ("path", "/srv/probe.py", ["a"])
     assert entry_point(["/usr/bin/perl", "-m", "x"], python) is None
     assert entry_point([python, "-c", "print(1)"], python) is None
@@ -107,13 +126,27 @@ def test_only_the_server_interpreter_with_a_module_or_file_is_forked(python):
 
 
 def test_a_forked_process_is_in_the_state_the_exec_chain_leaves(
-        zygote, python, user_network, enclave_test_user, outbox, hub):
+    zygote, python, user_network, enclave_test_user, outbox, hub
+):
     env = environment()
     via_exec = describe_via_exec(python, user_network, enclave_test_user, outbox / "exec.json", env)
-    via_zygote = describe_via_zygote(zygote, python, user_network, enclave_test_user,
-                                     outbox / "zygote.json", env)
-    for key in ("status", "netns", "cgroups", "session_leader", "cwd", "env", "fds", "stdin",
-                "rlimit_as", "rlimit_nproc", "umask", "hub"):
+    via_zygote = describe_via_zygote(
+        zygote, python, user_network, enclave_test_user, outbox / "zygote.json", env
+    )
+    for key in (
+        "status",
+        "netns",
+        "cgroups",
+        "session_leader",
+        "cwd",
+        "env",
+        "fds",
+        "stdin",
+        "rlimit_as",
+        "rlimit_nproc",
+        "umask",
+        "hub",
+    ):
         assert via_zygote[key] == via_exec[key], key
     # ... and that state is the isolated one.
     status = via_zygote["status"]
@@ -129,8 +162,9 @@ def test_a_forked_process_is_in_the_state_the_exec_chain_leaves(
     assert via_zygote["hub"] == "hub\n"
 
 
-def test_limits_are_the_same_on_both_paths(zygote, python, user_network, enclave_test_user,
-                                           outbox, hub):
+def test_limits_are_the_same_on_both_paths(
+    zygote, python, user_network, enclave_test_user, outbox, hub
+):
     backends = [b for b in ("cgroup2", "cgroup1") if b == limit_backend()] + ["rlimit"]
     for backend in backends:
         limits = ResourceLimits(memory_max=512 * MiB, pids_max=64)
@@ -140,15 +174,28 @@ def test_limits_are_the_same_on_both_paths(zygote, python, user_network, enclave
             try:
                 out = outbox / f"{backend}-{path}.json"
                 if describe is not None:
-                    results.append(describe(python, user_network, enclave_test_user, out,
-                                            environment(), applied))
+                    results.append(
+                        describe(
+                            python, user_network, enclave_test_user, out, environment(), applied
+                        )
+                    )
                 else:
-                    results.append(describe_via_zygote(zygote, python, user_network,
-                                                       enclave_test_user, out, environment(),
-                                                       applied))
+                    results.append(
+                        describe_via_zygote(
+                            zygote,
+                            python,
+                            user_network,
+                            enclave_test_user,
+                            out,
+                            environment(),
+                            applied,
+                        )
+                    )
                 if backend.startswith("cgroup"):
-                    assert any(f"enclave/{user_network.namespace}-{path}" in line
-                               for line in results[-1]["cgroups"]), results[-1]["cgroups"]
+                    assert any(
+                        f"enclave/{user_network.namespace}-{path}" in line
+                        for line in results[-1]["cgroups"]
+                    ), results[-1]["cgroups"]
             finally:
                 applied.remove()
         via_exec, via_zygote = results
@@ -158,12 +205,14 @@ def test_limits_are_the_same_on_both_paths(zygote, python, user_network, enclave
             assert via_zygote["rlimit_as"] == [512 * MiB, 512 * MiB]
 
 
-def test_the_zygote_never_holds_a_users_token(zygote, python, user_network, enclave_test_user,
-                                              outbox, hub):
+def test_the_zygote_never_holds_a_users_token(
+    zygote, python, user_network, enclave_test_user, outbox, hub
+):
     """The parent forks before the request is read: later children cannot find it in memory."""
     token = secrets.token_hex(24)
-    describe_via_zygote(zygote, python, user_network, enclave_test_user, outbox / "t.json",
-                        environment(token))
+    describe_via_zygote(
+        zygote, python, user_network, enclave_test_user, outbox / "t.json", environment(token)
+    )
     pid = zygote.process.pid
     needle = token.encode()
     found = False
@@ -184,13 +233,19 @@ def test_the_zygote_never_holds_a_users_token(zygote, python, user_network, encl
 
 
 def test_signals_reach_the_forked_process_and_its_status_comes_back(
-        zygote, python, user_network, enclave_test_user, server_files):
+    zygote, python, user_network, enclave_test_user, server_files
+):
     script = server_files / "sleeper.py"
     script.write_text("import time\ntime.sleep(60)\n")
     os.chmod(script, 0o644)
-    request = SpawnRequest(argv=[python, str(script)], env=environment(), cwd="/",
-                           uid=enclave_test_user[0], gid=enclave_test_user[1],
-                           netns_path=user_network.netns_path)
+    request = SpawnRequest(
+        argv=[python, str(script)],
+        env=environment(),
+        cwd="/",
+        uid=enclave_test_user[0],
+        gid=enclave_test_user[1],
+        netns_path=user_network.netns_path,
+    )
     proc = zygote.spawn(request)
     try:
         assert proc.poll() is None
@@ -205,25 +260,42 @@ def test_signals_reach_the_forked_process_and_its_status_comes_back(
 
 
 def test_a_failed_setup_is_reported_and_runs_nothing(zygote, python, enclave_test_user, outbox):
-    request = SpawnRequest(argv=[python, str(DESCRIBE), str(outbox / "never.json")],
-                           env=environment(), cwd="/", uid=enclave_test_user[0],
-                           gid=enclave_test_user[1], netns_path="/run/netns/enclave-no-such-ns")
+    request = SpawnRequest(
+        argv=[python, str(DESCRIBE), str(outbox / "never.json")],
+        env=environment(),
+        cwd="/",
+        uid=enclave_test_user[0],
+        gid=enclave_test_user[1],
+        netns_path="/run/netns/enclave-no-such-ns",
+    )
     with pytest.raises(ZygoteError, match="No such file"):
         zygote.spawn(request)
-    root = SpawnRequest(argv=[python, str(DESCRIBE), str(outbox / "root.json")],
-                        env=environment(), cwd="/", uid=0, gid=0, netns_path="/proc/self/ns/net")
+    root = SpawnRequest(
+        argv=[python, str(DESCRIBE), str(outbox / "root.json")],
+        env=environment(),
+        cwd="/",
+        uid=0,
+        gid=0,
+        netns_path="/proc/self/ns/net",
+    )
     with pytest.raises(ZygoteError, match="root"):
         zygote.spawn(root)
     time.sleep(0.2)
     assert not (outbox / "never.json").exists() and not (outbox / "root.json").exists()
 
 
-def test_without_a_running_zygote_spawn_asks_for_the_exec_path(python, user_network,
-                                                                enclave_test_user):
+def test_without_a_running_zygote_spawn_asks_for_the_exec_path(
+    python, user_network, enclave_test_user
+):
     client = ZygoteClient(python)
-    request = SpawnRequest(argv=[python, str(DESCRIBE), "/nonexistent"], env=environment(),
-                           cwd="/", uid=enclave_test_user[0], gid=enclave_test_user[1],
-                           netns_path=user_network.netns_path)
+    request = SpawnRequest(
+        argv=[python, str(DESCRIBE), "/nonexistent"],
+        env=environment(),
+        cwd="/",
+        uid=enclave_test_user[0],
+        gid=enclave_test_user[1],
+        netns_path=user_network.netns_path,
+    )
     with pytest.raises(ZygoteUnavailable):
         client.spawn(request)  # never started
     client.start()
@@ -235,7 +307,13 @@ def test_without_a_running_zygote_spawn_asks_for_the_exec_path(python, user_netw
             client.spawn(request)
     finally:
         client.stop()
-    other = SpawnRequest(argv=["/usr/bin/python3", "-c", "pass"], env={}, cwd="/", uid=1, gid=1,
-                         netns_path=user_network.netns_path)
+    other = SpawnRequest(
+        argv=["/usr/bin/python3", "-c", "pass"],
+        env={},
+        cwd="/",
+        uid=1,
+        gid=1,
+        netns_path=user_network.netns_path,
+    )
     with pytest.raises(ZygoteUnavailable):
         client.spawn(other)

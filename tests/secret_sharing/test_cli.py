@@ -42,21 +42,46 @@ def test_keygen_writes_a_private_key_with_mode_0600(keys, capsys):
 def test_split_verify_combine(tmp_path, keys, radiology_study, capsys):
     shares = tmp_path / "outbox"
     code, out, err = run(
-        capsys, "share", "split", str(radiology_study), "--k", "2", "--n", "3",
-        "--out", str(shares), "--sign-key", str(keys / "signing.key"), "--segment-mib", "1",
+        capsys,
+        "share",
+        "split",
+        str(radiology_study),
+        "--k",
+        "2",
+        "--n",
+        "3",
+        "--out",
+        str(shares),
+        "--sign-key",
+        str(keys / "signing.key"),
+        "--segment-mib",
+        "1",
     )
     assert code == 0, err
     transfer_id = out.strip()
     assert re.fullmatch(r"[0-9a-f]{32}", transfer_id)
     assert sorted(os.listdir(shares)) == ["share-1", "share-2", "share-3"]
 
-    code, out, err = run(capsys, "share", "verify", str(shares / "share-2"), "--verify-key", str(keys / "verify.key"))
-    assert code == 0 and out.startswith(f"ok: {shares / 'share-2'} is share 2 of 3") and transfer_id in out
+    code, out, err = run(
+        capsys, "share", "verify", str(shares / "share-2"), "--verify-key", str(keys / "verify.key")
+    )
+    assert (
+        code == 0
+        and out.startswith(f"ok: {shares / 'share-2'} is share 2 of 3")
+        and transfer_id in out
+    )
 
     inbox = tmp_path / "inbox"
     code, out, err = run(
-        capsys, "share", "combine", str(shares / "share-3"), str(shares / "share-1"),
-        "--out", str(inbox), "--verify-key", str(keys / "verify.key"),
+        capsys,
+        "share",
+        "combine",
+        str(shares / "share-3"),
+        str(shares / "share-1"),
+        "--out",
+        str(inbox),
+        "--verify-key",
+        str(keys / "verify.key"),
     )
     assert code == 0, err
     assert out == f"{inbox / 'study-0042'}\n"
@@ -72,11 +97,35 @@ def one_error_line(err):
 def test_errors_are_one_line(tmp_path, keys, radiology_study, capsys):
     sign = str(keys / "signing.key")
     verify = str(keys / "verify.key")
-    code, out, err = run(capsys, "share", "split", str(radiology_study), "--k", "4", "--n", "3",
-                         "--out", str(tmp_path / "o"), "--sign-key", sign)
+    code, out, err = run(
+        capsys,
+        "share",
+        "split",
+        str(radiology_study),
+        "--k",
+        "4",
+        "--n",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+        "--sign-key",
+        sign,
+    )
     assert code == 1 and "2 <= k <= n <= 255" in one_error_line(err)
-    code, out, err = run(capsys, "share", "split", str(radiology_study), "--k", "2", "--n", "3",
-                         "--out", str(tmp_path / "o"), "--sign-key", verify)
+    code, out, err = run(
+        capsys,
+        "share",
+        "split",
+        str(radiology_study),
+        "--k",
+        "2",
+        "--n",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+        "--sign-key",
+        verify,
+    )
     assert code == 1 and "is a public verify key" in one_error_line(err)
     not_a_key = tmp_path / "notes.txt"
     not_a_key.write_text("hello")
@@ -85,39 +134,102 @@ def test_errors_are_one_line(tmp_path, keys, radiology_study, capsys):
     code, out, err = run(capsys, "share", "verify", str(not_a_key), "--verify-key", verify)
     assert code == 1 and f"{not_a_key}: not an enclave share" in one_error_line(err)
     (radiology_study / "link").symlink_to("README.txt")
-    code, out, err = run(capsys, "share", "split", str(radiology_study), "--k", "2", "--n", "3",
-                         "--out", str(tmp_path / "o"), "--sign-key", sign)
+    code, out, err = run(
+        capsys,
+        "share",
+        "split",
+        str(radiology_study),
+        "--k",
+        "2",
+        "--n",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+        "--sign-key",
+        sign,
+    )
     assert code == 1 and f"{radiology_study / 'link'} is a symbolic link" in one_error_line(err)
     assert out == ""
 
 
 def test_combine_with_too_few_shares_names_them(tmp_path, keys, radiology_study, capsys):
     shares = tmp_path / "outbox"
-    run(capsys, "share", "split", str(radiology_study), "--k", "3", "--n", "4",
-        "--out", str(shares), "--sign-key", str(keys / "signing.key"))
+    run(
+        capsys,
+        "share",
+        "split",
+        str(radiology_study),
+        "--k",
+        "3",
+        "--n",
+        "4",
+        "--out",
+        str(shares),
+        "--sign-key",
+        str(keys / "signing.key"),
+    )
     with open(shares / "share-1", "r+b") as handle:  # damage a data block of share 1
         handle.seek(100)
         handle.write(b"\xff\xff")
     inbox = tmp_path / "inbox"
-    code, out, err = run(capsys, "share", "combine", str(shares / "share-1"), str(shares / "share-4"),
-                         "--out", str(inbox), "--verify-key", str(keys / "verify.key"))
+    code, out, err = run(
+        capsys,
+        "share",
+        "combine",
+        str(shares / "share-1"),
+        str(shares / "share-4"),
+        "--out",
+        str(inbox),
+        "--verify-key",
+        str(keys / "verify.key"),
+    )
     assert code == 1 and "needs 3 good shares of 4, have 2" in one_error_line(err)
-    code, out, err = run(capsys, "share", "combine", *(str(shares / f"share-{j}") for j in (1, 2, 3)),
-                         "--out", str(inbox), "--verify-key", str(keys / "verify.key"))
+    code, out, err = run(
+        capsys,
+        "share",
+        "combine",
+        *(str(shares / f"share-{j}") for j in (1, 2, 3)),
+        "--out",
+        str(inbox),
+        "--verify-key",
+        str(keys / "verify.key"),
+    )
     line = one_error_line(err)
     assert code == 1 and f"{shares / 'share-1'}: data block of segment 0 does not match" in line
     assert not inbox.exists()
     # with a spare the damaged share is reported as a warning, the dataset still arrives
-    code, out, err = run(capsys, "share", "combine", *(str(shares / f"share-{j}") for j in (4, 1, 2, 3)),
-                         "--out", str(inbox), "--verify-key", str(keys / "verify.key"))
+    code, out, err = run(
+        capsys,
+        "share",
+        "combine",
+        *(str(shares / f"share-{j}") for j in (4, 1, 2, 3)),
+        "--out",
+        str(inbox),
+        "--verify-key",
+        str(keys / "verify.key"),
+    )
     assert code == 0 and out == f"{inbox / 'study-0042'}\n"
     assert f"warning: did not use {shares / 'share-1'}: data block of segment 0" in err
 
 
 def test_subprocess_exit_codes_and_streams(tmp_path, keys, radiology_study):
     """The installed entry point: stdout carries only the transfer id."""
-    command = [sys.executable, "-m", "enclave", "share", "split", str(radiology_study),
-               "--k", "2", "--n", "2", "--out", str(tmp_path / "s"), "--sign-key", str(keys / "signing.key")]
+    command = [
+        sys.executable,
+        "-m",
+        "enclave",
+        "share",
+        "split",
+        str(radiology_study),
+        "--k",
+        "2",
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "s"),
+        "--sign-key",
+        str(keys / "signing.key"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"[0-9a-f]{32}\n", done.stdout)

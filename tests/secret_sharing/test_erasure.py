@@ -16,7 +16,8 @@ from secret_sharing import erasure
 from secret_sharing.erasure import ParityEncoder, isal_available, zfec_coefficients
 
 needs_isal = pytest.mark.skipif(
-    not isal_available(), reason="ISA-L (Debian libisal2, installed by `make system-deps`) is missing"
+    not isal_available(),
+    reason="ISA-L (Debian libisal2, installed by `make system-deps`) is missing",
 )
 
 SHAPES = [(1, 2), (2, 3), (3, 5), (4, 6), (5, 12), (10, 20), (17, 255), (200, 255), (254, 255)]
@@ -28,7 +29,10 @@ def primary_blocks(k: int, length: int, seed: int) -> list[bytearray]:
 
 
 def zfec_parity(k: int, n: int, primaries: list) -> list[bytes]:
-    return [bytes(b) for b in zfec.Encoder(k, n).encode([bytes(p) for p in primaries], list(range(k, n)))]
+    return [
+        bytes(b)
+        for b in zfec.Encoder(k, n).encode([bytes(p) for p in primaries], list(range(k, n)))
+    ]
 
 
 @needs_isal

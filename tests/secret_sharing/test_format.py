@@ -52,9 +52,12 @@ def test_header_corruption_is_named(offset, value, message):
 
 def test_manifest_is_canonical_and_round_trips():
     manifest, raw = fmt.solve_share_length(lambda length: make_manifest(share_length=length))
-    assert raw == json.dumps(
-        json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    ).encode()
+    assert (
+        raw
+        == json.dumps(
+            json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        ).encode()
+    )
     assert b"\\u00fc" in raw  # non-ASCII escaped, the bytes are pure ASCII
     assert fmt.Manifest.decode(raw) == manifest
     assert manifest.layout(len(raw)).share_length == manifest.share_length
@@ -89,7 +92,9 @@ def test_bad_manifest_fields_are_refused(change, message):
 
 
 def test_layout_arithmetic():
-    layout = fmt.Layout(k=3, segment_size=fmt.MIB, plaintext_length=2 * fmt.MIB + 5, manifest_length=100)
+    layout = fmt.Layout(
+        k=3, segment_size=fmt.MIB, plaintext_length=2 * fmt.MIB + 5, manifest_length=100
+    )
     assert layout.segment_count == 3
     assert layout.full_block_length == -(-(fmt.MIB + 16) // 3)
     assert layout.block_length(2) == 7  # (5 + 16) / 3

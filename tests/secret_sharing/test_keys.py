@@ -44,7 +44,9 @@ def test_files_that_are_not_the_right_key(tmp_path):
     ec_private = tmp_path / "ec.key"
     ec_private.write_bytes(
         ecdsa.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )
     ec_public = tmp_path / "ec.pub"

@@ -24,7 +24,9 @@ from .conftest import pseudo_random_bytes, tree_of, write_tree
 
 
 @pytest.mark.parametrize("k,n", [(2, 2), (2, 3), (3, 4), (3, 5)])
-def test_every_k_subset_rebuilds_the_study(tmp_path, radiology_study, split_transfer, provider_key, k, n):
+def test_every_k_subset_rebuilds_the_study(
+    tmp_path, radiology_study, split_transfer, provider_key, k, n
+):
     transfer = split_transfer(radiology_study, k, n)
     expected = tree_of(radiology_study)
     for number, subset in enumerate(itertools.combinations(transfer.shares, k)):
@@ -36,13 +38,17 @@ def test_every_k_subset_rebuilds_the_study(tmp_path, radiology_study, split_tran
         assert os.listdir(out) == ["study-0042"]  # no staging folder left
 
 
-def test_every_subset_of_a_multi_segment_transfer(tmp_path, multi_segment_study, split_transfer, provider_key):
+def test_every_subset_of_a_multi_segment_transfer(
+    tmp_path, multi_segment_study, split_transfer, provider_key
+):
     transfer = split_transfer(multi_segment_study, 2, 4)
     info = read_share_info(transfer.shares[0])
     assert info.manifest.segment_count == 3
     expected = tree_of(multi_segment_study)
     for number, subset in enumerate(itertools.combinations(transfer.shares, 2)):
-        result = combine_shares(list(reversed(subset)), tmp_path / f"in-{number}", verify_key=provider_key.public_key())
+        result = combine_shares(
+            list(reversed(subset)), tmp_path / f"in-{number}", verify_key=provider_key.public_key()
+        )
         assert tree_of(result.output_path) == expected
 
 
@@ -60,7 +66,9 @@ def test_single_file_dataset(tmp_path, split_transfer, provider_key):
     transfer = split_transfer(source, 2, 3)
     info = read_share_info(transfer.shares[1])
     assert (info.dataset_name, info.dataset_kind, info.index) == ("labs.csv", "file", 2)
-    result = combine_shares(transfer.shares[1:], tmp_path / "in", verify_key=provider_key.public_key())
+    result = combine_shares(
+        transfer.shares[1:], tmp_path / "in", verify_key=provider_key.public_key()
+    )
     assert result.output_path.read_bytes() == source.read_bytes()
     assert result.output_path.stat().st_mtime == int(source.stat().st_mtime)
 
@@ -91,7 +99,9 @@ def test_tar_stream_is_what_tarfile_writes(radiology_study):
     expected = io.BytesIO()
     with tarfile.open(fileobj=expected, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for path in [radiology_study, *sorted(radiology_study.rglob("*"), key=lambda p: p.parts)]:
-            info = archive.gettarinfo(str(path), arcname=str(path.relative_to(radiology_study.parent)))
+            info = archive.gettarinfo(
+                str(path), arcname=str(path.relative_to(radiology_study.parent))
+            )
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.mtime = int(info.mtime)
@@ -122,12 +132,16 @@ def test_bad_parameters_are_refused(tmp_path, radiology_study, provider_key):
         with pytest.raises(ShareParameterError, match="2 <= k <= n <= 255"):
             split_dataset(radiology_study, tmp_path / "out", k=k, n=n, signing_key=provider_key)
     with pytest.raises(ShareParameterError, match="segment size"):
-        split_dataset(radiology_study, tmp_path / "o", k=2, n=3, signing_key=provider_key, segment_size=512)
+        split_dataset(
+            radiology_study, tmp_path / "o", k=2, n=3, signing_key=provider_key, segment_size=512
+        )
     with pytest.raises(DatasetError, match="does not exist"):
         split_dataset(tmp_path / "missing", tmp_path / "o", k=2, n=3, signing_key=provider_key)
 
 
-def test_existing_outputs_are_not_overwritten(tmp_path, radiology_study, split_transfer, provider_key):
+def test_existing_outputs_are_not_overwritten(
+    tmp_path, radiology_study, split_transfer, provider_key
+):
     transfer = split_transfer(radiology_study, 2, 3)
     outbox = transfer.shares[0].parent
     with pytest.raises(OutputExistsError, match="share-1 already exists"):
@@ -143,7 +157,9 @@ def test_many_small_files(tmp_path, split_transfer, provider_key):
     tree = {f"slice-{i:04d}.dcm": pseudo_random_bytes(i % 700, i) for i in range(400)}
     source = write_tree(tmp_path / "many", {"a": tree, "b": {"c": {"d": {"e.txt": b"deep"}}}})
     transfer = split_transfer(source, 2, 3)
-    result = combine_shares(transfer.shares[:2], tmp_path / "in", verify_key=provider_key.public_key())
+    result = combine_shares(
+        transfer.shares[:2], tmp_path / "in", verify_key=provider_key.public_key()
+    )
     assert tree_of(result.output_path) == tree_of(source)
 
 
@@ -158,25 +174,37 @@ trees = st.recursive(
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(tree=st.dictionaries(names, trees, max_size=4), k=st.integers(2, 4), extra=st.integers(0, 2))
 def test_round_trip_property(tmp_path_factory, provider_key, tree, k, extra):
     work = tmp_path_factory.mktemp("prop")
     source = write_tree(work / "dataset", tree)
-    result = split_dataset(source, work / "out", k=k, n=k + extra, signing_key=provider_key, segment_size=MIB)
-    chosen = result.share_paths[extra:]  # the last k shares: never just the primary blocks when extra > 0
+    result = split_dataset(
+        source, work / "out", k=k, n=k + extra, signing_key=provider_key, segment_size=MIB
+    )
+    chosen = result.share_paths[
+        extra:
+    ]  # the last k shares: never just the primary blocks when extra > 0
     combined = combine_shares(chosen, work / "in", verify_key=provider_key.public_key())
     assert tree_of(combined.output_path) == tree_of(source)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(size=sizes, k=st.integers(2, 5))
 def test_single_file_sizes_property(tmp_path_factory, provider_key, size, k):
     work = tmp_path_factory.mktemp("single")
     source = work / "scan.bin"
     source.write_bytes(pseudo_random_bytes(size, size))
-    result = split_dataset(source, work / "out", k=k, n=k + 1, signing_key=provider_key, segment_size=MIB)
-    combined = combine_shares(result.share_paths[1:], work / "in", verify_key=provider_key.public_key())
+    result = split_dataset(
+        source, work / "out", k=k, n=k + 1, signing_key=provider_key, segment_size=MIB
+    )
+    combined = combine_shares(
+        result.share_paths[1:], work / "in", verify_key=provider_key.public_key()
+    )
     assert combined.output_path.read_bytes() == source.read_bytes()
 
 
@@ -190,5 +218,7 @@ def test_the_largest_n(tmp_path, radiology_study, split_transfer, provider_key):
 
 def test_output_folder_inside_the_dataset_is_refused(radiology_study, provider_key):
     with pytest.raises(DatasetError, match="inside the dataset"):
-        split_dataset(radiology_study, radiology_study / "shares", k=2, n=3, signing_key=provider_key)
+        split_dataset(
+            radiology_study, radiology_study / "shares", k=2, n=3, signing_key=provider_key
+        )
     assert not (radiology_study / "shares").exists()

@@ -45,7 +45,9 @@ def part_offsets(path):
         "key share x": layout.key_share_offset,
         "key share y": layout.key_share_offset + 7,
         "manifest": layout.manifest_offset + 30,
-        "manifest digit": layout.manifest_offset + info.manifest_bytes.index(b'"share_length":') + 16,
+        "manifest digit": layout.manifest_offset
+        + info.manifest_bytes.index(b'"share_length":')
+        + 16,
         "signature": layout.signature_offset + 5,
         "footer offsets": layout.footer_offset + 7,
         "footer transfer id": layout.footer_offset + 64,
@@ -103,7 +105,9 @@ def test_bit_flip_with_exactly_k_shares_names_the_share(tmp_path, transfer, prov
 def test_bit_flip_with_a_spare_share_still_rebuilds(tmp_path, transfer, provider_key, part):
     victim = transfer.shares[1]
     flip_bit(victim, part_offsets(victim)[part])
-    result = combine_shares(transfer.shares[:4], tmp_path / "in", verify_key=provider_key.public_key())
+    result = combine_shares(
+        transfer.shares[:4], tmp_path / "in", verify_key=provider_key.public_key()
+    )
     assert tree_of(result.output_path) == tree_of(transfer.source)
     assert list(result.rejected) == [victim]
     assert victim not in result.used_shares and len(result.used_shares) == 3
@@ -146,13 +150,19 @@ def test_empty_and_foreign_files(tmp_path, transfer, provider_key):
         read_share_info(tmp_path / "missing")
 
 
-def test_share_from_another_transfer(tmp_path, transfer, split_transfer, provider_key, radiology_study):
+def test_share_from_another_transfer(
+    tmp_path, transfer, split_transfer, provider_key, radiology_study
+):
     other = split_transfer(radiology_study, 3, 5)
     foreign = other.shares[3]
     with pytest.raises(NotEnoughSharesError) as caught:
-        combine_shares([*transfer.shares[:2], foreign], tmp_path / "in", verify_key=provider_key.public_key())
+        combine_shares(
+            [*transfer.shares[:2], foreign], tmp_path / "in", verify_key=provider_key.public_key()
+        )
     message = str(caught.value)
-    assert f"{foreign}: belongs to transfer {other.transfer_id}, not {transfer.transfer_id}" in message
+    assert (
+        f"{foreign}: belongs to transfer {other.transfer_id}, not {transfer.transfer_id}" in message
+    )
     assert_nothing_written(tmp_path / "in")
     result = combine_shares(
         [foreign, *transfer.shares[:3]], tmp_path / "in2", verify_key=provider_key.public_key()
@@ -174,7 +184,9 @@ def test_duplicated_share(tmp_path, transfer, provider_key):
         assert_nothing_written(tmp_path / "in")
 
 
-def test_wrong_signer(tmp_path, transfer, split_transfer, provider_key, other_provider_key, radiology_study):
+def test_wrong_signer(
+    tmp_path, transfer, split_transfer, provider_key, other_provider_key, radiology_study
+):
     with pytest.raises(ShareSignatureError, match="not signed by the given verify key"):
         verify_share(transfer.shares[0], other_provider_key.public_key())
     with pytest.raises(NotEnoughSharesError, match="not signed by the given verify key"):
@@ -183,7 +195,9 @@ def test_wrong_signer(tmp_path, transfer, split_transfer, provider_key, other_pr
     # an impostor's share with a valid structure among the real ones
     impostor = split_transfer(radiology_study, 3, 5, key=other_provider_key).shares[2]
     with pytest.raises(NotEnoughSharesError, match=f"{impostor}: not signed"):
-        combine_shares([*transfer.shares[:2], impostor], tmp_path / "in", verify_key=provider_key.public_key())
+        combine_shares(
+            [*transfer.shares[:2], impostor], tmp_path / "in", verify_key=provider_key.public_key()
+        )
 
 
 def test_too_few_shares(tmp_path, transfer, provider_key):
@@ -258,12 +272,17 @@ def _tar_bytes(*members):
         (lambda: _tar_bytes(("scan.bin", "file", b"ok")) + b"\x01trailing", "data follows the end"),
         (lambda: _tar_bytes(("other.bin", "file", b"x")), "outside the dataset"),
         (lambda: _tar_bytes(("scan.bin/inner", "file", b"x")), "does not start with the dataset"),
-        (lambda: _tar_bytes(("scan.bin", "file", b"x"), ("../evil", "file", b"x")), "outside the dataset"),
+        (
+            lambda: _tar_bytes(("scan.bin", "file", b"x"), ("../evil", "file", b"x")),
+            "outside the dataset",
+        ),
         (lambda: _tar_bytes(("scan.bin", "link", b"")), "not a file or folder"),
         (lambda: _tar_bytes(("scan.bin", "file", b"abc"))[:700], "ends early|invalid"),
     ],
 )
-def test_signed_but_malformed_archives_are_refused(tmp_path, provider_key, monkeypatch, stream, message):
+def test_signed_but_malformed_archives_are_refused(
+    tmp_path, provider_key, monkeypatch, stream, message
+):
     shares = _split_with_stream(tmp_path, provider_key, monkeypatch, stream)
     inbox = tmp_path / "inbox"
     with pytest.raises(ShareIntegrityError, match=message):
@@ -280,7 +299,9 @@ def test_re_signed_manifest_that_differs_is_refused(tmp_path, transfer, provider
     data = bytearray(victim.read_bytes())
     offset = info.layout.manifest_offset
     data[offset : offset + len(altered)] = altered
-    data[info.layout.signature_offset : info.layout.signature_offset + 64] = provider_key.sign(altered)
+    data[info.layout.signature_offset : info.layout.signature_offset + 64] = provider_key.sign(
+        altered
+    )
     victim.write_bytes(bytes(data))
     verify_share(victim, provider_key.public_key())  # on its own it is a valid share
     with pytest.raises(NotEnoughSharesError, match=f"{victim}: its signed manifest differs"):

@@ -58,7 +58,8 @@ def test_the_packers_stream_unpacks_to_the_same_tree_at_any_segment_size(
     # Every file is announced once, with its bytes still in memory.
     on_disk = {
         p.relative_to(radiology_study).as_posix(): p.read_bytes()
-        for p in radiology_study.rglob("*") if p.is_file()
+        for p in radiology_study.rglob("*")
+        if p.is_file()
     }
     assert announced == on_disk
 
@@ -66,7 +67,9 @@ def test_the_packers_stream_unpacks_to_the_same_tree_at_any_segment_size(
 def test_a_file_over_the_in_memory_limit_is_announced_by_path_only(tmp_path, monkeypatch):
     monkeypatch.setattr(unpacking, "IN_MEMORY_LIMIT", 1000)
     big, small = pseudo_random_bytes(5000, 3), b"small"
-    stream = _tar(("scan", "dir", b""), ("scan/big.raw", "file", big), ("scan/a.txt", "file", small))
+    stream = _tar(
+        ("scan", "dir", b""), ("scan/big.raw", "file", big), ("scan/a.txt", "file", small)
+    )
     announced = _unpack(stream, tmp_path / "staging", "scan")
     assert announced == {"big.raw": None, "a.txt": small}
     assert (tmp_path / "staging" / "scan" / "big.raw").read_bytes() == big
@@ -100,13 +103,18 @@ def test_permissions_are_limited_like_the_data_filter(tmp_path):
 @pytest.mark.parametrize(
     "stream,message",
     [
-        (lambda: _tar(("scan", "dir", b""), ("scan/a", "file", b"1"), ("scan/a", "file", b"2")),
-         "'scan/a': it appears twice"),
+        (
+            lambda: _tar(("scan", "dir", b""), ("scan/a", "file", b"1"), ("scan/a", "file", b"2")),
+            "'scan/a': it appears twice",
+        ),
         (lambda: _tar(("scan", "dir", b""), ("scan/./a", "file", b"1")), "outside the dataset"),
         (lambda: _tar(("scan", "dir", b""), ("/etc/passwd", "file", b"1")), "outside the dataset"),
-        (lambda: _tar(("scan", "dir", b""), ("scan/a", "file", b"1"),
-                      pax={"GNU.sparse.major": "1"}),
-         "unsupported pax key 'GNU.sparse.major'"),
+        (
+            lambda: _tar(
+                ("scan", "dir", b""), ("scan/a", "file", b"1"), pax={"GNU.sparse.major": "1"}
+            ),
+            "unsupported pax key 'GNU.sparse.major'",
+        ),
         (lambda: b"\x01" + _tar(("scan", "dir", b""))[1:], "invalid: bad checksum"),
         (lambda: _tar(("scan", "dir", b""), ("scan/a", "file", b"1" * 600))[:1800], "ends early"),
         (lambda: b"\0" * 1024, "the archive is empty"),

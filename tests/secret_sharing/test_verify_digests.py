@@ -59,8 +59,10 @@ def test_good_share_fed_in_random_pieces_verifies_like_reading_it(transfer, prov
             info.header.transfer_id,
             info.index,
             segment,
-            data[layout.block_offset(segment) : layout.block_offset(segment)
-                 + layout.block_length(segment)],
+            data[
+                layout.block_offset(segment) : layout.block_offset(segment)
+                + layout.block_length(segment)
+            ],
         )
         for segment in range(layout.segment_count)
     ]
@@ -132,13 +134,17 @@ def test_incomplete_or_foreign_digester_falls_back_to_reading_the_blocks(
     partial = BlockDigester.for_share(info)
     partial.feed(0, share.read_bytes()[: info.layout.block_offset(2)])
     other_layout = fmt.Layout(
-        info.k, info.manifest.segment_size, info.manifest.plaintext_length + 1,
+        info.k,
+        info.manifest.segment_size,
+        info.manifest.plaintext_length + 1,
         len(info.manifest_bytes),
     )
-    foreign = fed(BlockDigester(other_layout, info.header.transfer_id, info.index),
-                  share.read_bytes(), seed=2)
-    other_index = fed(BlockDigester(info.layout, info.header.transfer_id, 1),
-                      share.read_bytes(), seed=2)
+    foreign = fed(
+        BlockDigester(other_layout, info.header.transfer_id, info.index), share.read_bytes(), seed=2
+    )
+    other_index = fed(
+        BlockDigester(info.layout, info.header.transfer_id, 1), share.read_bytes(), seed=2
+    )
     for digester in (partial, foreign, other_index):
         assert digester.digests_for(info) is None
         assert verify_share_digests(share, key, digester) == verify_share(share, key)

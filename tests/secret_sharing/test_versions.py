@@ -28,7 +28,10 @@ from secret_sharing.verify import BlockDigester
 
 from .conftest import pseudo_random_bytes, tree_of, write_tree
 
-SPEC_HASH = {1: lambda data: hashlib.sha256(data).digest(), 2: lambda data: blake3.blake3(data).digest()}
+SPEC_HASH = {
+    1: lambda data: hashlib.sha256(data).digest(),
+    2: lambda data: blake3.blake3(data).digest(),
+}
 
 
 @pytest.fixture
@@ -69,7 +72,9 @@ def test_block_and_index_hashes_follow_the_specification(version, study, tmp_pat
         offset = layout.block_offset(segment)
         block = raw[offset : offset + layout.block_length(segment)]
         prefix = f"enclave-share/v{version}/block".encode() + b"\x00"
-        digests.append(SPEC_HASH[version](prefix + tid + bytes((j,)) + segment.to_bytes(8, "big") + block))
+        digests.append(
+            SPEC_HASH[version](prefix + tid + bytes((j,)) + segment.to_bytes(8, "big") + block)
+        )
     index = raw[layout.index_offset : layout.index_offset + layout.index_length]
     assert index == b"".join(digests)
     manifest = json.loads(info.manifest_bytes)

@@ -33,19 +33,21 @@ def granted_mounts(tmp_path_factory: pytest.TempPathFactory) -> GrantedMounts:
 
     base = tmp_path_factory.mktemp("enclave-training")
     root = base / "datasets"
-    source1 = make_sample_dataset(base / "provider-v1", subjects=SUBJECTS, slices=SLICES,
-                                  size=SIZE, seed=0)
+    source1 = make_sample_dataset(
+        base / "provider-v1", subjects=SUBJECTS, slices=SLICES, size=SIZE, seed=0
+    )
     v1 = stage_dataset(source1, root, version=1, store_root=base / "store")
-    source2 = make_sample_dataset(base / "provider-v2", subjects=3, slices=16, size=48, seed=1,
-                                  with_segmentation=False)
-    v2 = stage_dataset(source2, root, version=2, store_root=base / "store",
-                       version_info=False)
+    source2 = make_sample_dataset(
+        base / "provider-v2", subjects=3, slices=16, size=48, seed=1, with_segmentation=False
+    )
+    v2 = stage_dataset(source2, root, version=2, store_root=base / "store", version_info=False)
     return GrantedMounts(root, v1.path, v2.path, v1.content_hash, v2.content_hash, source1)
 
 
 @pytest.fixture
-def researcher_env(granted_mounts: GrantedMounts, tmp_path: Path,
-                   monkeypatch: pytest.MonkeyPatch) -> Path:
+def researcher_env(
+    granted_mounts: GrantedMounts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """A user server's environment: the granted mounts and an empty ``~/outputs``."""
     outputs = tmp_path / "outputs"
     outputs.mkdir()

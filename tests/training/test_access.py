@@ -97,9 +97,11 @@ def test_content_hash_changes_with_content(tmp_path, granted_mounts):
 
 
 def test_import_is_light():
-    code = ("import sys, enclave.data; "
-            "print([m for m in ('torch', 'monai', 'pandas', 'numpy', 'pydicom') "
-            "if m in sys.modules])")
+    code = (
+        "import sys, enclave.data; "
+        "print([m for m in ('torch', 'monai', 'pandas', 'numpy', 'pydicom') "
+        "if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -115,14 +117,20 @@ def test_hub_version_info_from_a_catalog_version(tmp_path, monkeypatch, granted_
     shutil.copytree(granted_mounts.v1, folder)
     (folder / ".enclave-version.json").unlink()
     version = SimpleNamespace(  # the attributes catalog.models.DatasetVersion has
-        dataset=SimpleNamespace(name="demo-ct", title="Demo", description="d"), version=4,
-        content_hash=granted_mounts.v1_content_hash, manifest={"modality": "CT"},
+        dataset=SimpleNamespace(name="demo-ct", title="Demo", description="d"),
+        version=4,
+        content_hash=granted_mounts.v1_content_hash,
+        manifest={"modality": "CT"},
         expires_at=datetime(2027, 1, 31, tzinfo=UTC),
     )
     path = write_version_info(folder, version)
     assert json.loads(path.read_text()) == {
-        "name": "demo-ct", "version": 4, "content_hash": granted_mounts.v1_content_hash,
-        "title": "Demo", "description": "d", "modality": "CT",
+        "name": "demo-ct",
+        "version": 4,
+        "content_hash": granted_mounts.v1_content_hash,
+        "title": "Demo",
+        "description": "d",
+        "modality": "CT",
         "expires_at": "2027-01-31T00:00:00+00:00",
     }
     monkeypatch.setenv("ENCLAVE_DATASETS_DIR", str(tmp_path / "datasets"))

@@ -77,8 +77,11 @@ def test_clinical_rows_are_joined_by_subject(demo_ct, granted_mounts):
         rows = {r["subject_id"]: r for r in csv.DictReader(fh)}
     for item in demo_ct:
         row = rows[item.subject_id]
-        assert item.clinical == {"age": int(row["age"]), "sex": row["sex"],
-                                 "outcome": int(row["outcome"])}
+        assert item.clinical == {
+            "age": int(row["age"]),
+            "sex": row["sex"],
+            "outcome": int(row["outcome"]),
+        }
     table = demo_ct.table("clinical")
     assert list(table.columns) == ["subject_id", "age", "sex", "outcome"]
     with pytest.raises(ed.DatasetAccessError, match="no table 'labs'; tables: clinical"):
@@ -92,9 +95,12 @@ def test_radiomics_rows_per_series_and_label(demo_ct):
     for item in demo_ct:
         assert set(item.radiomics) == {"body", "lesion"}
         volume = item.radiomics["lesion"]["original_shape_VoxelVolume"]
-        assert volume == pytest.approx((item.label()[0].numpy() == 2).sum()
-                                       * (FIELD_OF_VIEW_MM / SIZE) ** 2 * SLICE_SPACING_MM,
-                                       rel=0.05)
+        assert volume == pytest.approx(
+            (item.label()[0].numpy() == 2).sum()
+            * (FIELD_OF_VIEW_MM / SIZE) ** 2
+            * SLICE_SPACING_MM,
+            rel=0.05,
+        )
     features = demo_ct.features("lesion")
     assert list(features["subject_id"]) == demo_ct.subjects
     assert {"age", "outcome", "original_shape_MeshVolume"} <= set(features.columns)

@@ -13,8 +13,9 @@ import enclave.data as ed
 
 
 def train_and_save(outputs, dataset, code=None, name="baseline"):
-    with ed.training_run(name, params={"epochs": 2, "lr": 1e-3, "patch": (32, 32, 16)},
-                         datasets=[dataset], code=code) as run:
+    with ed.training_run(
+        name, params={"epochs": 2, "lr": 1e-3, "patch": (32, 32, 16)}, datasets=[dataset], code=code
+    ) as run:
         run.log(epoch=0, loss=1.5)
         run.log(epoch=1, loss=0.75)
         model = run.save(b"weights", "models/unet.pt")
@@ -23,8 +24,7 @@ def train_and_save(outputs, dataset, code=None, name="baseline"):
     return run, model
 
 
-def test_run_records_data_code_parameters_environment_outputs(researcher_env, demo_ct,
-                                                              tmp_path):
+def test_run_records_data_code_parameters_environment_outputs(researcher_env, demo_ct, tmp_path):
     script = tmp_path / "train.py"
     script.write_text("print('training')\n")
     run, model = train_and_save(researcher_env, demo_ct, code=script)
@@ -32,9 +32,14 @@ def test_run_records_data_code_parameters_environment_outputs(researcher_env, de
     record = json.loads(record_path.read_text())
     assert record["format"] == "enclave-lineage/1"
     assert record["status"] == "succeeded" and record["error"] is None
-    assert record["datasets"] == [{"name": "demo-ct", "version": 1,
-                                   "content_hash": demo_ct.content_hash,
-                                   "path": str(demo_ct.path)}]
+    assert record["datasets"] == [
+        {
+            "name": "demo-ct",
+            "version": 1,
+            "content_hash": demo_ct.content_hash,
+            "path": str(demo_ct.path),
+        }
+    ]
     import hashlib
 
     assert record["code"]["kind"] == "script" and record["code"]["how"] == "explicit"
@@ -85,8 +90,7 @@ def test_failed_run_is_recorded_as_failed(researcher_env, demo_ct):
     record = run.record
     assert record["status"] == "failed"
     assert record["error"] == "RuntimeError: CUDA out of memory"
-    assert record["outputs"] == [{"path": "half.pt", "sha256": None, "size": None,
-                                  "missing": True}]
+    assert record["outputs"] == [{"path": "half.pt", "sha256": None, "size": None, "missing": True}]
 
 
 def test_outputs_outside_outputs_folder_are_refused(researcher_env, demo_ct, tmp_path):
@@ -111,15 +115,16 @@ def test_datasets_by_name_and_refusals(researcher_env):
     with ed.training_run("by-name", datasets=["demo-ct@1", ("demo-ct", 2)]) as run:
         pass
     assert [(d["name"], d["version"]) for d in run.record["datasets"]] == [
-        ("demo-ct", 1), ("demo-ct", 2)]
+        ("demo-ct", 1),
+        ("demo-ct", 2),
+    ]
     with pytest.raises(ed.DatasetNotGranted):
         ed.training_run("x", datasets=["demo-ct@7"])
     with pytest.raises(ed.LineageError, match="needs a name"):
         ed.training_run("")
 
 
-def test_notebook_found_through_jupyter_session(researcher_env, demo_ct, tmp_path,
-                                                monkeypatch):
+def test_notebook_found_through_jupyter_session(researcher_env, demo_ct, tmp_path, monkeypatch):
     import nbformat
 
     notebook = tmp_path / "analysis.ipynb"
@@ -145,14 +150,15 @@ def test_notebook_found_through_jupyter_session(researcher_env, demo_ct, tmp_pat
 
 def test_script_found_through_main(researcher_env, tmp_path, granted_mounts):
     script = tmp_path / "train_script.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import enclave.data as ed
         with ed.training_run("script", datasets=["demo-ct@1"]) as run:
             run.save({"dice": 0.9}, "metrics.json")
         print(run.path)
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         check=True)
+    """)
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
     record = json.loads(open(out.stdout.strip()).read())
     assert record["code"]["path"] == str(script.resolve())
     assert record["code"]["how"] == "__main__"

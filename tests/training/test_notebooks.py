@@ -34,23 +34,34 @@ def execute(notebook: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, **ex
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("JPY_SESSION_NAME", str(copy))  # what Jupyter Server tells a kernel
     nb = nbformat.read(copy, as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3",
-                   resources={"metadata": {"path": str(workdir)}}).execute()
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    ).execute()
     return nb
 
 
 def outputs_of(nb, kind: str) -> list:
-    return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
-            if o.output_type == kind or (kind == "image" and "image/png" in o.get("data", {}))]
+    return [
+        o
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if o.output_type == kind or (kind == "image" and "image/png" in o.get("data", {}))
+    ]
 
 
 @pytest.mark.slow
-def test_segmentation_notebook_trains_and_records_lineage(researcher_env, tmp_path,
-                                                          monkeypatch, demo_ct):
+def test_segmentation_notebook_trains_and_records_lineage(
+    researcher_env, tmp_path, monkeypatch, demo_ct
+):
     nb = execute(examples_source() / "segmentation-unet.ipynb", tmp_path, monkeypatch)
     out = researcher_env / "unet-segmentation"
     assert {p.name for p in out.iterdir()} == {
-        "model.pt", "history.json", "training-curve.png", "prediction.png"}
+        "model.pt",
+        "history.json",
+        "training-curve.png",
+        "prediction.png",
+    }
     assert len(outputs_of(nb, "image")) == 2  # the curve and the predicted slice
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == 2 and set(history["dice"][-1]) == {"body", "lesion"}
@@ -70,13 +81,22 @@ def test_segmentation_notebook_trains_and_records_lineage(researcher_env, tmp_pa
 
 
 @pytest.mark.slow
-def test_classification_notebook_trains_and_records_lineage(researcher_env, tmp_path,
-                                                            monkeypatch, demo_ct):
-    nb = execute(examples_source() / "outcome-classification.ipynb", tmp_path, monkeypatch,
-                 EXAMPLE_EPOCHS="50")
+def test_classification_notebook_trains_and_records_lineage(
+    researcher_env, tmp_path, monkeypatch, demo_ct
+):
+    nb = execute(
+        examples_source() / "outcome-classification.ipynb",
+        tmp_path,
+        monkeypatch,
+        EXAMPLE_EPOCHS="50",
+    )
     out = researcher_env / "outcome-classifier"
     assert {p.name for p in out.iterdir()} == {
-        "training.png", "weights.csv", "model.pt", "results.json"}
+        "training.png",
+        "weights.csv",
+        "model.pt",
+        "results.json",
+    }
     assert outputs_of(nb, "image")
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["train_accuracy"] <= 1.0

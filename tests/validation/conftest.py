@@ -37,9 +37,7 @@ def make_series(tmp_path) -> Callable[..., list[Path]]:
 
 
 def _assert_no_phi(*texts: object) -> None:
-    blob = "\n".join(
-        json.dumps(t, default=str) if not isinstance(t, str) else t for t in texts
-    )
+    blob = "\n".join(json.dumps(t, default=str) if not isinstance(t, str) else t for t in texts)
     for kind, value in PHI_VALUES.items():
         if value:
             assert value not in blob, f"planted {kind} value leaked"

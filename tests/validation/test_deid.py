@@ -41,12 +41,19 @@ def test_generated_slice_is_clean(clean_slice):
         ("overlay", "deid.repeating-group", "(6000,0010) OverlayRows", "error"),
         ("patient-address", "deid.basic-profile", "(0010,1040) PatientAddress", "error"),
         ("institution", "deid.dummy-value", "(0008,0080) InstitutionName", "warning"),
-        ("identity-removed-missing", "deid.identity-removed",
-         "(0012,0062) PatientIdentityRemoved", "error"),
-        ("burned-in-yes", "deid.burned-in-annotation", "(0028,0301) BurnedInAnnotation",
-         "error"),
-        ("sequence", "deid.person-name",
-         "(0018,A001) ContributingEquipmentSequence[0] > (0008,1070) OperatorsName", "error"),
+        (
+            "identity-removed-missing",
+            "deid.identity-removed",
+            "(0012,0062) PatientIdentityRemoved",
+            "error",
+        ),
+        ("burned-in-yes", "deid.burned-in-annotation", "(0028,0301) BurnedInAnnotation", "error"),
+        (
+            "sequence",
+            "deid.person-name",
+            "(0018,A001) ContributingEquipmentSequence[0] > (0008,1070) OperatorsName",
+            "error",
+        ),
     ],
 )
 def test_each_planted_identifier_is_found_by_tag_without_its_value(
@@ -75,7 +82,9 @@ def test_written_and_reread_phi_is_found_in_raw_elements(make_series, assert_no_
     ds = dcmread(paths[0])
     findings = check_deidentification(ds, "0001.dcm")
     assert {f.check for f in findings} == {
-        "deid.person-name", "deid.patient-attribute", "deid.private-tag",
+        "deid.person-name",
+        "deid.patient-attribute",
+        "deid.private-tag",
         "deid.repeating-group",
     }
     assert_no_phi(findings)
@@ -159,14 +168,34 @@ def test_burned_in_annotation_missing_holds_images_but_not_other_objects(clean_s
 
 def test_consistency_finds_reused_sop_uid_and_mixed_subjects():
     c = DeidConsistency()
-    c.add_identifiers("a.dcm", study_uid="1.2.1", series_uid="1.2.1.1", sop_instance_uid="1.2.9",
-                      patient_id="SUBJ-0001")
-    c.add_identifiers("b.dcm", study_uid="1.2.1", series_uid="1.2.1.1", sop_instance_uid="1.2.9",
-                      patient_id="SUBJ-0001")
-    c.add_identifiers("c.dcm", study_uid="1.2.1", series_uid="1.2.1.2", sop_instance_uid="1.2.10",
-                      patient_id="SUBJ-0002")
-    c.add_identifiers("d.dcm", study_uid="1.2.2", series_uid="1.2.1.1", sop_instance_uid="1.2.11",
-                      patient_id="SUBJ-0003")
+    c.add_identifiers(
+        "a.dcm",
+        study_uid="1.2.1",
+        series_uid="1.2.1.1",
+        sop_instance_uid="1.2.9",
+        patient_id="SUBJ-0001",
+    )
+    c.add_identifiers(
+        "b.dcm",
+        study_uid="1.2.1",
+        series_uid="1.2.1.1",
+        sop_instance_uid="1.2.9",
+        patient_id="SUBJ-0001",
+    )
+    c.add_identifiers(
+        "c.dcm",
+        study_uid="1.2.1",
+        series_uid="1.2.1.2",
+        sop_instance_uid="1.2.10",
+        patient_id="SUBJ-0002",
+    )
+    c.add_identifiers(
+        "d.dcm",
+        study_uid="1.2.2",
+        series_uid="1.2.1.1",
+        sop_instance_uid="1.2.11",
+        patient_id="SUBJ-0003",
+    )
     found = [(f.path, f.tag) for f in c.findings()]
     assert found == [
         ("b.dcm", "(0008,0018) SOPInstanceUID"),

@@ -88,8 +88,12 @@ def test_file_truncated_inside_the_header(ct_series, tmp_path):
     ct_series[2].write_bytes(data[:cut])
     result = validate(tmp_path)
     checks = {c for c, path, _ in found(result) if path == "series/0003.dcm"}
-    assert checks == {"dicom.truncated", "dicom.required-attribute", "dicom.pixel-data",
-                      "dicom.series-geometry"}  # its position is cut short too
+    assert checks == {
+        "dicom.truncated",
+        "dicom.required-attribute",
+        "dicom.pixel-data",
+        "dicom.series-geometry",
+    }  # its position is cut short too
     assert all(path == "series/0003.dcm" for _, path, _ in found(result))
 
 
@@ -151,12 +155,16 @@ def test_value_invalid_for_its_vr(ct_series, tmp_path, keyword, value, vr):
 def test_value_in_a_sequence_is_checked(ct_series, tmp_path):
     def bad_code(ds):
         ds.DeidentificationMethodCodeSequence[0].CodeMeaning = "x" * 70  # LO: 64 at most
+
     edit(ct_series[0], bad_code)
     result = validate(tmp_path)
-    assert found(result) == [(
-        "dicom.value", "series/0001.dcm",
-        "(0012,0064) DeidentificationMethodCodeSequence[0] > (0008,0104) CodeMeaning",
-    )]
+    assert found(result) == [
+        (
+            "dicom.value",
+            "series/0001.dcm",
+            "(0012,0064) DeidentificationMethodCodeSequence[0] > (0008,0104) CodeMeaning",
+        )
+    ]
 
 
 def test_pixel_data_shorter_than_the_header_says(ct_series, tmp_path):
@@ -176,8 +184,13 @@ def test_decoded_pixels_match_pydicom(ct_series):
     assert np.array_equal(ours[0, :, :, 0], ds.pixel_array)
 
 
-COMPRESSED = ["MR_small_RLE.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm",
-              "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+COMPRESSED = [
+    "MR_small_RLE.dcm",
+    "JPEG2000.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPGExtended.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+]
 
 
 def test_compressed_pixel_data_decodes(tmp_path):
@@ -194,7 +207,7 @@ def test_corrupt_compressed_pixel_data_is_found(tmp_path):
     ds = dcmread(target)
     data = bytearray(ds.PixelData)
     start = data.find(b"\xff\x4f\xff\x51")  # JPEG 2000 codestream: SOC then SIZ
-    data[start + 4:start + 40] = b"\xff" * 36  # the image size marker is now garbage
+    data[start + 4 : start + 40] = b"\xff" * 36  # the image size marker is now garbage
     ds.PixelData = bytes(data)
     ds.save_as(target)
     result = validate(tmp_path)
@@ -206,7 +219,9 @@ def test_corrupt_compressed_pixel_data_is_found(tmp_path):
 def test_series_with_a_missing_slice(ct_series, tmp_path):
     ct_series[3].unlink()
     result = validate(tmp_path)
-    assert found(result) == [("dicom.series-geometry", "series/0005.dcm", "(0020,0032) ImagePositionPatient")]
+    assert found(result) == [
+        ("dicom.series-geometry", "series/0005.dcm", "(0020,0032) ImagePositionPatient")
+    ]
     assert "1 slice(s) missing between series/0003.dcm and this one" in result.findings[0].message
     assert result.series[0]["spacing"][2] is None
 
@@ -215,6 +230,7 @@ def test_series_with_a_slice_shifted_along_the_normal(ct_series, tmp_path):
     def shift(ds):
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
         ds.ImagePositionPatient = [x, y, z + 2.0]
+
     edit(ct_series[3], shift)
     result = validate(tmp_path)
     paths = [p for _, p, _ in found(result, "dicom.series-geometry")]
@@ -227,9 +243,12 @@ def test_series_with_a_slice_shifted_within_its_plane(ct_series, tmp_path):
     def shift(ds):
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
         ds.ImagePositionPatient = [x + 10.0, y, z]
+
     edit(ct_series[5], shift)
     result = validate(tmp_path)
-    assert found(result) == [("dicom.series-geometry", "series/0006.dcm", "(0020,0032) ImagePositionPatient")]
+    assert found(result) == [
+        ("dicom.series-geometry", "series/0006.dcm", "(0020,0032) ImagePositionPatient")
+    ]
     assert "within its plane" in result.findings[0].message
 
 
@@ -251,6 +270,7 @@ def test_series_with_a_slice_of_another_size(ct_series, tmp_path):
     def shrink(ds):
         ds.Rows = ds.Columns = 8
         ds.PixelData = np.zeros((8, 8), "<i2").tobytes()
+
     edit(ct_series[2], shrink)
     result = validate(tmp_path)
     assert found(result) == [("dicom.series-geometry", "series/0003.dcm", "(0028,0010) Rows")]
@@ -261,16 +281,23 @@ def test_series_with_a_slice_of_another_size(ct_series, tmp_path):
 def test_duplicated_sop_instance_uid(ct_series, tmp_path):
     shutil.copy(ct_series[1], tmp_path / "series" / "0002-again.dcm")
     result = validate(tmp_path)
-    assert ("deid.uid-consistency", "series/0002.dcm", "(0008,0018) SOPInstanceUID") in found(result)
-    assert ("dicom.series-geometry", "series/0002.dcm", "(0020,0032) ImagePositionPatient") in found(result)
+    assert ("deid.uid-consistency", "series/0002.dcm", "(0008,0018) SOPInstanceUID") in found(
+        result
+    )
+    assert (
+        "dicom.series-geometry",
+        "series/0002.dcm",
+        "(0020,0032) ImagePositionPatient",
+    ) in found(result)
     sop = next(f for f in result.findings if f.check == "deid.uid-consistency")
     assert "also used by series/0002-again.dcm" in sop.message
 
 
 def test_same_study_with_two_subjects(make_series, tmp_path):
     first = make_series("a", subject_id="SUBJ-0001", study_uid="1.2.826.0.1.3680043.8.498.1")
-    make_series("b", subject_id="SUBJ-0002", study_uid="1.2.826.0.1.3680043.8.498.1",
-                series_number=2)
+    make_series(
+        "b", subject_id="SUBJ-0002", study_uid="1.2.826.0.1.3680043.8.498.1", series_number=2
+    )
     result = validate(tmp_path)
     mixed = found(result, "deid.uid-consistency")
     assert mixed and all(p.startswith("b/") and t == "(0010,0020) PatientID" for _, p, t in mixed)
@@ -282,8 +309,11 @@ PHI_CASES = [
     ("birth-date", "deid.patient-attribute", "(0010,0030) PatientBirthDate"),
     ("private-tag", "deid.private-tag", "(0011,0010) PrivateCreator"),
     ("overlay", "deid.repeating-group", "(6000,0010) OverlayRows"),
-    ("sequence", "deid.person-name",
-     "(0018,A001) ContributingEquipmentSequence[0] > (0008,1070) OperatorsName"),
+    (
+        "sequence",
+        "deid.person-name",
+        "(0018,A001) ContributingEquipmentSequence[0] > (0008,1070) OperatorsName",
+    ),
     ("identity-removed-missing", "deid.identity-removed", "(0012,0062) PatientIdentityRemoved"),
     ("burned-in-yes", "deid.burned-in-annotation", "(0028,0301) BurnedInAnnotation"),
 ]
@@ -298,8 +328,15 @@ def test_planted_phi_is_found_in_every_file_without_its_value(
     assert found(result) == [(check, f"series/{i:04d}.dcm", tag) for i in range(1, 5)]
     report = ValidationReport(dataset="demo", findings=result.findings)
     captured = capsys.readouterr()
-    assert_no_phi(result.findings, result.files, result.series, report.to_json(),
-                  report.to_html(), captured.out, captured.err)
+    assert_no_phi(
+        result.findings,
+        result.files,
+        result.series,
+        report.to_json(),
+        report.to_html(),
+        captured.out,
+        captured.err,
+    )
 
 
 def test_repeated_warnings_are_collapsed_with_a_count(make_series, tmp_path, assert_no_phi):
@@ -341,6 +378,7 @@ def test_unknown_sop_class_is_a_warning(ct_series, tmp_path):
     def unknown(ds):
         ds.SOPClassUID = "1.2.826.0.1.3680043.8.498.999"
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+
     edit(ct_series[0], unknown)
     result = validate(tmp_path)
     assert found(result) == [("dicom.sop-class", "series/0001.dcm", "(0008,0016) SOPClassUID")]
@@ -397,10 +435,14 @@ def test_standard_sample_files_are_checked_without_crashing():
     checks = {(f.path, f.check) for f in result.findings}
     assert ("CT_small.dcm", "deid.private-tag") in checks
     assert ("MR_truncated.dcm", "dicom.truncated") in checks
-    assert not any(c == "dicom.parse" and "malformed" in f.message
-                   for f in result.findings for c in [f.check])
-    sr = {f.tag for f in result.findings if f.path == "reportsi.dcm"
-          and f.check == "dicom.required-attribute"}
+    assert not any(
+        c == "dicom.parse" and "malformed" in f.message for f in result.findings for c in [f.check]
+    )
+    sr = {
+        f.tag
+        for f in result.findings
+        if f.path == "reportsi.dcm" and f.check == "dicom.required-attribute"
+    }
     assert "(0070,0022) GraphicData" not in sr  # content-item attributes are not top-level
 
 
@@ -417,6 +459,7 @@ def test_zero_copy_parse_agrees_with_a_plain_parse(make_series, tmp_path):
 
     def hide_tag_bytes(ds):
         ds.private_block(0x0013, "DECOY", create=True).add_new(0x01, "OB", b"\xe0\x7f\x10\x00" * 2)
+
     edit(decoy, hide_tag_bytes)
     from ingestion.validators.dicom import _map_file, _parse_fast
 
@@ -454,8 +497,10 @@ def test_process_pool_in_a_threaded_caller_uses_forkserver(demo_dataset):
 def test_empty_and_unreadable_files(ct_series, tmp_path):
     (tmp_path / "series" / "empty.dcm").write_bytes(b"")
     (tmp_path / "series" / "folder.dcm").mkdir()
-    result = validate_dicom_files(tmp_path, [tmp_path / "series" / "empty.dcm",
-                                             tmp_path / "series" / "folder.dcm", ct_series[0]])
+    result = validate_dicom_files(
+        tmp_path,
+        [tmp_path / "series" / "empty.dcm", tmp_path / "series" / "folder.dcm", ct_series[0]],
+    )
     assert found(result) == [
         ("dicom.parse", "series/empty.dcm", None),
         ("dicom.read", "series/folder.dcm", None),

@@ -35,17 +35,25 @@ def edit(path: Path, change, **save) -> None:
 
 def header_of(path: Path) -> bytes:
     data = path.read_bytes()
-    return data[:data.find(_PIXEL_TAG_LE, 132)]
+    return data[: data.find(_PIXEL_TAG_LE, 132)]
 
 
 def snapshot(ds: Dataset) -> tuple:
     """Everything a check can see of a parsed header."""
-    attrs = {k: v for k, v in vars(ds).items()
-             if k not in ("_dict", "file_meta", "buffer", "fileobj_type", "timestamp")}
+    attrs = {
+        k: v
+        for k, v in vars(ds).items()
+        if k not in ("_dict", "file_meta", "buffer", "fileobj_type", "timestamp")
+    }
     return (
-        type(ds), [(int(t), e) for t, e in ds._dict.items()],
-        type(ds.file_meta), [(int(t), e) for t, e in ds.file_meta._dict.items()],
-        ds.is_implicit_VR, ds.is_little_endian, ds.original_character_set, attrs,
+        type(ds),
+        [(int(t), e) for t, e in ds._dict.items()],
+        type(ds.file_meta),
+        [(int(t), e) for t, e in ds.file_meta._dict.items()],
+        ds.is_implicit_VR,
+        ds.is_little_endian,
+        ds.original_character_set,
+        attrs,
         ds.buffer.tell(),
     )
 
@@ -60,8 +68,12 @@ def test_lean_header_reader_gives_what_dcmread_gives(make_series):
     clean = make_series("clean", slices=1)[0]
     phi = make_series("phi", slices=1, phi=list(PHI_VALUES))[0]
     implicit = make_series("implicit", slices=1)[0]
-    edit(implicit, lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", ImplicitVRLittleEndian),
-         implicit_vr=True, little_endian=True)
+    edit(
+        implicit,
+        lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", ImplicitVRLittleEndian),
+        implicit_vr=True,
+        little_endian=True,
+    )
     latin = make_series("latin", slices=1)[0]
     edit(latin, lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 100"))
     for path in (clean, phi, implicit, latin):
@@ -77,6 +89,7 @@ def test_lean_header_reader_leaves_unusual_files_to_dcmread(make_series):
     def undefined_length_sequence(ds):
         ds.DeidentificationMethodCodeSequence[0].CodeValue = "113100"
         ds["DeidentificationMethodCodeSequence"].is_undefined_length = True
+
     edit(undefined, undefined_length_sequence)
     big = Path(get_testdata_file("MR_small_bigendian.dcm", download=False))
     (trailing,) = make_series("trailing", slices=1)
@@ -100,7 +113,7 @@ def test_every_standard_sample_header_reads_the_same():
             continue
         try:
             lean = _read_plain_header(data[:pos])
-        except Exception:  # noqa: BLE001 - then dcmread must fail too
+        except Exception:
             with pytest.raises(Exception):  # noqa: B017
                 plain_read(data[:pos])
             continue
@@ -117,11 +130,13 @@ def test_replayed_sequences_give_the_same_findings_as_a_fresh_walk(make_series, 
 
     def codes_only(ds):  # the code sequence is the only de-identification method
         del ds.DeidentificationMethod
+
     for path in series[1:]:
         edit(path, codes_only)
 
     def empty_codes(ds):  # ... and holds no item
         ds.DeidentificationMethodCodeSequence = Sequence([])
+
     edit(series[2], empty_codes)
     rels = [p.relative_to(tmp_path).as_posix() for p in series]
     deid._SEQUENCE_OUTCOMES.clear()
@@ -129,8 +144,7 @@ def test_replayed_sequences_give_the_same_findings_as_a_fresh_walk(make_series, 
     assert deid._SEQUENCE_OUTCOMES  # remembered
     replayed = [_check_file(str(tmp_path), rel, frozenset(), "PatientID") for rel in rels]
     deid._SEQUENCE_OUTCOMES.clear()
-    plain = [_check_file(str(tmp_path), rel, frozenset(), "PatientID", fast=False)
-             for rel in rels]
+    plain = [_check_file(str(tmp_path), rel, frozenset(), "PatientID", fast=False) for rel in rels]
     assert first == replayed == plain
     sequence_phi = [f for f in replayed[1].findings if f.check == "deid.person-name"]
     assert sequence_phi and all(f.path == rels[1] for f in sequence_phi)
@@ -144,6 +158,7 @@ def test_replay_depends_on_the_allow_list(make_series, tmp_path):
     def private_in_an_item(ds):
         item = ds.DeidentificationMethodCodeSequence[0]
         item.private_block(0x0011, "ACME_HOSPITAL_1", create=True).add_new(0x01, "LO", "x")
+
     for path in series:
         edit(path, private_in_an_item)
     allow = {("ACME_HOSPITAL_1", 0x0011, 0x01)}
@@ -151,8 +166,7 @@ def test_replay_depends_on_the_allow_list(make_series, tmp_path):
     def run(allowlist=frozenset(), fresh=False):
         if fresh:
             deid._SEQUENCE_OUTCOMES.clear()
-        result = validate_dicom_files(tmp_path, series, workers=1,
-                                      private_tag_allowlist=allowlist)
+        result = validate_dicom_files(tmp_path, series, workers=1, private_tag_allowlist=allowlist)
         return [f for f in result.findings if f.check == "deid.private-tag"]
 
     refused, allowed, refused_again = run(fresh=True), run(allow), run()
@@ -161,9 +175,17 @@ def test_replay_depends_on_the_allow_list(make_series, tmp_path):
     assert refused[0].tag.startswith("(0012,0064) DeidentificationMethodCodeSequence[0] > ")
 
 
-@pytest.mark.parametrize("raw", [
-    b"1.2.840.10008.5.1.4.1.1.2\x00", b"1.2.3 ", b"", b" 1.2.3", b"1.2.3\\4.5", b"1.2.\xe93",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"1.2.840.10008.5.1.4.1.1.2\x00",
+        b"1.2.3 ",
+        b"",
+        b" 1.2.3",
+        b"1.2.3\\4.5",
+        b"1.2.\xe93",
+    ],
+)
 def test_file_meta_uid_read_from_bytes_matches_the_conversion(raw):
     from pydicom.dataelem import RawDataElement
     from pydicom.dataset import FileMetaDataset
@@ -172,7 +194,8 @@ def test_file_meta_uid_read_from_bytes_matches_the_conversion(raw):
     def meta() -> Dataset:
         m = FileMetaDataset()
         m._dict[BaseTag(0x00020003)] = RawDataElement(
-            BaseTag(0x00020003), "UI", len(raw), raw, 0, False, True)
+            BaseTag(0x00020003), "UI", len(raw), raw, 0, False, True
+        )
         return m
 
     with warnings.catch_warnings():
@@ -188,8 +211,13 @@ def test_a_replayed_sequence_still_fails_where_converting_it_fails(make_series, 
     data = bad.read_bytes()
     element = b"\x28\x00\x03\x01US\x02\x00"
     at = data.index(element)
-    bad.write_bytes(data[:at] + b"\x28\x00\x03\x01US\x03\x00" + data[at + 8:at + 10] + b"\x00"
-                    + data[at + 10:])
+    bad.write_bytes(
+        data[:at]
+        + b"\x28\x00\x03\x01US\x03\x00"
+        + data[at + 8 : at + 10]
+        + b"\x00"
+        + data[at + 10 :]
+    )
     rel_good, rel_bad = (p.relative_to(tmp_path).as_posix() for p in (good, bad))
     deid._SEQUENCE_OUTCOMES.clear()
     _check_file(str(tmp_path), rel_good, frozenset(), "PatientID")  # remembers the sequences

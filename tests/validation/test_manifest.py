@@ -174,8 +174,18 @@ def test_unknown_keys_are_named_with_suggestions(dataset_dir):
     "old, new, key, words",
     [
         ("tags: [demo, segmentation]", "tags: demo", "tags", "list"),
-        ("    links_imaging: true", "    links_imaging: 'yes'", "tables[0].links_imaging", "true or false"),
-        ("outcome: integer}", "outcome: number}", "tables[0].columns.outcome", "type must be one of"),
+        (
+            "    links_imaging: true",
+            "    links_imaging: 'yes'",
+            "tables[0].links_imaging",
+            "true or false",
+        ),
+        (
+            "outcome: integer}",
+            "outcome: number}",
+            "tables[0].columns.outcome",
+            "type must be one of",
+        ),
         ("labels: {0: background", "labels: {-1: background", "labels.-1", "whole numbers"),
         ("title: Demo chest CT", "title: {a: 1}", "title", "must be text"),
         ("tables:\n", "tables: clinical\nx_unused:\n", "tables", "list of tables"),

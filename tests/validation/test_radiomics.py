@@ -286,7 +286,9 @@ def test_dicom_seg_mask_uses_its_segment_labels(tmp_path):
         description="d",
         license="CC0-1.0",
         modality="CT",
-        segmentations=(SegmentationSpec(mask="segmentations/seg.dcm", series="dicom/SUBJ-0001/ct"),),
+        segmentations=(
+            SegmentationSpec(mask="segmentations/seg.dcm", series="dicom/SUBJ-0001/ct"),
+        ),
     )
 
     findings, tables = compute_radiomics(

@@ -38,7 +38,8 @@ def test_layout_and_manifest(demo_dataset):
         assert isinstance(spec[key], str) and spec[key]
     assert spec["modality"] == "CT" and spec["body_part"] == "CHEST"
     assert spec["deidentification"] == {
-        "method": DEID_METHOD, "profile": "DICOM PS3.15 Annex E Basic Profile"
+        "method": DEID_METHOD,
+        "profile": "DICOM PS3.15 Annex E Basic Profile",
     }
     assert spec["labels"] == {0: "background", 1: "body", 2: "lesion"}
     assert spec["subject_id"] == "PatientID"
@@ -88,7 +89,9 @@ def test_series_geometry_and_pixels_vary_per_slice(demo_dataset):
     assert [int(ds.InstanceNumber) for ds in slices] == list(range(1, 13))
     z = [float(ds.ImagePositionPatient[2]) for ds in slices]
     assert np.allclose(np.diff(z), 5.0)
-    assert all(float(ds.SliceLocation) == pytest.approx(zi) for ds, zi in zip(slices, z, strict=True))
+    assert all(
+        float(ds.SliceLocation) == pytest.approx(zi) for ds, zi in zip(slices, z, strict=True)
+    )
     assert len({ds.SOPInstanceUID for ds in slices}) == 12
     assert len({ds.SeriesInstanceUID for ds in slices}) == 1
     assert len({ds.PixelData for ds in slices}) == 12
@@ -162,8 +165,15 @@ def test_series_can_share_a_given_study(tmp_path):
 
 
 def test_optional_parts_can_be_left_out(tmp_path):
-    root = make_sample_dataset(tmp_path, name="plain-ct", subjects=1, slices=3, size=16,
-                               with_segmentation=False, with_table=False)
+    root = make_sample_dataset(
+        tmp_path,
+        name="plain-ct",
+        subjects=1,
+        slices=3,
+        size=16,
+        with_segmentation=False,
+        with_table=False,
+    )
     spec = yaml.safe_load((root / "dataset.yaml").read_text())
     assert spec["name"] == "plain-ct"
     assert not {"segmentations", "labels", "tables"} & set(spec)
@@ -215,8 +225,9 @@ def test_dicom3tools_also_rejects_a_broken_file(ct_series):
     ds = dcmread(ct_series[0])
     del ds.ImagePositionPatient
     ds.save_as(ct_series[0])
-    run = subprocess.run(["dciodvfy", str(ct_series[0])], capture_output=True, text=True,
-                         timeout=60)
+    run = subprocess.run(
+        ["dciodvfy", str(ct_series[0])], capture_output=True, text=True, timeout=60
+    )
     assert any(line.startswith("Error") for line in (run.stdout + run.stderr).splitlines())
 
 

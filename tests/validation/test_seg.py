@@ -35,14 +35,14 @@ def seg_dataset(seg_and_nifti_datasets, tmp_path) -> Path:
     return Path(shutil.copytree(seg_and_nifti_datasets[0], tmp_path / "demo-ct"))
 
 
-def edit_seg(root: Path, change) -> None:  # noqa: ANN001
+def edit_seg(root: Path, change) -> None:
     path = root / SEG
     ds = pydicom.dcmread(path)
     change(ds)
     ds.save_as(path, enforce_file_format=True)
 
 
-def errors_of(outcome) -> list:  # noqa: ANN001
+def errors_of(outcome) -> list:
     return [f for f in outcome.report.findings if f.severity == "error"]
 
 
@@ -125,8 +125,13 @@ def plant_acquisition_date(ds: Dataset) -> None:
             "(0018,A001) ContributingEquipmentSequence[0] > (0018,A002) ContributionDateTime",
         ),
     ],
-    ids=["patient-name", "equipment-institution", "equipment-operator", "private-tag",
-         "acquisition-date"],
+    ids=[
+        "patient-name",
+        "equipment-institution",
+        "equipment-operator",
+        "private-tag",
+        "acquisition-date",
+    ],
 )
 def test_seg_with_phi_is_refused_naming_the_tag(seg_dataset, assert_no_phi, plant, check, tag):
     edit_seg(seg_dataset, plant)
@@ -154,15 +159,23 @@ def test_highdicom_defaults_are_named_one_by_one(seg_dataset):
         source_images=[pydicom.dcmread(p) for p in series],
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[hd.seg.SegmentDescription(
-            segment_number=1, segment_label="lesion",
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Lesion,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-        )],
-        series_instance_uid=hd.UID(), series_number=9, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="m", manufacturer_model_name="m",
-        software_versions="1", device_serial_number="0",
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label="lesion",
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Lesion,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+        ],
+        series_instance_uid=hd.UID(),
+        series_number=9,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="m",
+        manufacturer_model_name="m",
+        software_versions="1",
+        device_serial_number="0",
     )
     seg.save_as(seg_dataset / SEG)
 
@@ -182,8 +195,9 @@ def test_highdicom_defaults_are_named_one_by_one(seg_dataset):
 
 
 def test_seg_of_a_series_not_in_the_dataset(seg_dataset, tmp_path):
-    elsewhere = make_ct_series(tmp_path / "elsewhere", slices=10, size=32, subject_id="SUBJ-0001",
-                               seed=99, study_uid=None)
+    elsewhere = make_ct_series(
+        tmp_path / "elsewhere", slices=10, size=32, subject_id="SUBJ-0001", seed=99, study_uid=None
+    )
     labels = np.zeros((10, 32, 32), np.uint8)
     labels[4:6, 12:18, 12:18] = 2
     make_dicom_seg(elsewhere, labels, seg_dataset / SEG)
@@ -206,7 +220,7 @@ def test_seg_with_images_missing_from_the_series(seg_dataset):
     assert finding.path == SEG and "1 of the 10 images" in finding.message
 
 
-def shift_frames(dz: float, *, drop_sources: bool = False):  # noqa: ANN201
+def shift_frames(dz: float, *, drop_sources: bool = False):
     def change(ds: Dataset) -> None:
         for item in ds.PerFrameFunctionalGroupsSequence:
             position = item.PlanePositionSequence[0]
@@ -275,8 +289,19 @@ def test_seg_of_another_subject(seg_dataset):
 def test_samples_cli_writes_dicom_seg(tmp_path):
     result = CliRunner().invoke(
         samples,
-        ["demo", str(tmp_path), "--subjects", "1", "--slices", "4", "--size", "16",
-         "--no-table", "--segmentation-format", "dicom-seg"],
+        [
+            "demo",
+            str(tmp_path),
+            "--subjects",
+            "1",
+            "--slices",
+            "4",
+            "--size",
+            "16",
+            "--no-table",
+            "--segmentation-format",
+            "dicom-seg",
+        ],
     )
 
     assert result.exit_code == 0, result.output

@@ -27,10 +27,14 @@ PLANTED_SSN = "078-05-1120"
 PLANTED_AGE = "187"
 
 
-def write_table(root: Path, rows: list[list[object]], header=("subject_id", "age", "sex", "outcome")) -> str:
+def write_table(
+    root: Path, rows: list[list[object]], header=("subject_id", "age", "sex", "outcome")
+) -> str:
     path = root / "tables" / "clinical.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [",".join(header)] + [",".join("" if v is None else str(v) for v in row) for row in rows]
+    lines = [",".join(header)] + [
+        ",".join("" if v is None else str(v) for v in row) for row in rows
+    ]
     path.write_text("\n".join(lines) + "\n")
     return "tables/clinical.csv"
 
@@ -38,7 +42,11 @@ def write_table(root: Path, rows: list[list[object]], header=("subject_id", "age
 def write_suite(root: Path, expectations: list[dict] | str) -> str:
     path = root / "expectations" / "clinical.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = expectations if isinstance(expectations, str) else json.dumps({"expectations": expectations})
+    text = (
+        expectations
+        if isinstance(expectations, str)
+        else json.dumps({"expectations": expectations})
+    )
     path.write_text(text)
     return "expectations/clinical.json"
 
@@ -117,9 +125,7 @@ def test_duplicate_and_null_subject_ids(tmp_path):
 
 def test_several_rows_per_subject_when_declared(tmp_path):
     rows = good_rows(3) + [["SUBJ-0001", 31, "F", 0]]
-    result = validate_table(
-        tmp_path, spec(write_table(tmp_path, rows), one_row_per_subject=False)
-    )
+    result = validate_table(tmp_path, spec(write_table(tmp_path, rows), one_row_per_subject=False))
     assert by_check(result.findings, "table.subject-id") == []
     assert result.subject_ids == {"SUBJ-0001", "SUBJ-0002", "SUBJ-0003"}
 
@@ -143,8 +149,20 @@ def test_nulls_in_ordinary_columns_are_warnings(tmp_path):
 
 @pytest.mark.parametrize(
     "column",
-    ["patient_name", "PatientName", "Name", "DOB", "date_of_birth", "e-mail", "home address",
-     "Phone Number", "mrn", "SSN", "zip_code", "contact_email"],
+    [
+        "patient_name",
+        "PatientName",
+        "Name",
+        "DOB",
+        "date_of_birth",
+        "e-mail",
+        "home address",
+        "Phone Number",
+        "mrn",
+        "SSN",
+        "zip_code",
+        "contact_email",
+    ],
 )
 def test_identifier_like_column_names_are_errors(tmp_path, column):
     path = write_table(tmp_path, [["SUBJ-0001", "x"]], header=("subject_id", column))
@@ -155,7 +173,8 @@ def test_identifier_like_column_names_are_errors(tmp_path, column):
 
 
 @pytest.mark.parametrize(
-    "column", ["age", "sex", "outcome", "label_name", "drug_name", "tumour_volume", "site", "study_arm"]
+    "column",
+    ["age", "sex", "outcome", "label_name", "drug_name", "tumour_volume", "site", "study_arm"],
 )
 def test_ordinary_column_names_pass(column):
     assert not identifier_column(column)
@@ -232,8 +251,14 @@ def test_large_csv_is_read_in_chunks(tmp_path, monkeypatch):
     rows[20][1] = "old"
     result = validate_table(tmp_path, spec(write_table(tmp_path, rows)))
     assert result.rows == 51
-    assert "1 of 51 value(s) are not whole numbers" in by_check(result.findings, "table.type")[0].message
-    assert "1 subject id(s) appear more than once" in by_check(result.findings, "table.subject-id")[0].message
+    assert (
+        "1 of 51 value(s) are not whole numbers"
+        in by_check(result.findings, "table.type")[0].message
+    )
+    assert (
+        "1 subject id(s) appear more than once"
+        in by_check(result.findings, "table.subject-id")[0].message
+    )
 
 
 # --- linkage ---------------------------------------------------------------------------------
@@ -274,12 +299,15 @@ def test_failing_expectations_name_table_type_and_column_but_no_values(tmp_path)
     suite = write_suite(
         tmp_path,
         [
-            {"type": "expect_column_values_to_be_between",
-             "kwargs": {"column": "age", "min_value": 0, "max_value": 120}},
-            {"expectation_type": "expect_column_values_to_be_in_set",
-             "kwargs": {"column": "sex", "value_set": ["F", "M"]}},
-            {"type": "expect_table_row_count_to_be_between",
-             "kwargs": {"min_value": 10}},
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "age", "min_value": 0, "max_value": 120},
+            },
+            {
+                "expectation_type": "expect_column_values_to_be_in_set",
+                "kwargs": {"column": "sex", "value_set": ["F", "M"]},
+            },
+            {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 10}},
             {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "subject_id"}},
         ],
     )
@@ -314,7 +342,10 @@ def test_unknown_expectation_bad_kwargs_and_unknown_column(tmp_path):
         tmp_path,
         [
             {"type": "expect_column_values_to_be_awesome", "kwargs": {"column": "age"}},
-            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "age", "strict_min": "x"}},
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "age", "strict_min": "x"},
+            },
             {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "weight"}},
             {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "age"}},
         ],
@@ -322,7 +353,9 @@ def test_unknown_expectation_bad_kwargs_and_unknown_column(tmp_path):
     result = validate_table(tmp_path, spec(path, expectations=suite))
     messages = [f.message for f in by_check(result.findings, "table.expectation")]
     assert len(messages) == 3
-    assert "#1 (expect_column_values_to_be_awesome) is not a known great-expectations" in messages[0]
+    assert (
+        "#1 (expect_column_values_to_be_awesome) is not a known great-expectations" in messages[0]
+    )
     assert "#2 (expect_column_values_to_be_between) has invalid kwargs (strict_min)" in messages[1]
     assert "#3 (expect_column_values_to_not_be_null) names column(s) 'weight'" in messages[2]
 

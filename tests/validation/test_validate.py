@@ -53,7 +53,10 @@ def test_good_dataset_passes_with_inventory_series_and_radiomics(dataset):
         assert len(entry["sha256"]) == 64 and entry["size"] > 0
     assert kinds["manifest"] == ["dataset.yaml", "expectations/clinical.json"]
     assert kinds["table"] == ["tables/clinical.csv"]
-    assert kinds["segmentation"] == ["segmentations/SUBJ-0001.nii.gz", "segmentations/SUBJ-0002.nii.gz"]
+    assert kinds["segmentation"] == [
+        "segmentations/SUBJ-0001.nii.gz",
+        "segmentations/SUBJ-0002.nii.gz",
+    ]
     assert kinds["derived"] == ["derived/radiomics.parquet"]
     assert len(kinds["dicom"]) == 32
     dicom_entry = next(f for f in outcome.files if f["kind"] == "dicom")
@@ -65,8 +68,12 @@ def test_good_dataset_passes_with_inventory_series_and_radiomics(dataset):
         "dicom/SUBJ-0002/series-001",
     }
     assert outcome.tables == [
-        {"name": "clinical", "path": "tables/clinical.csv", "rows": 2,
-         "columns": ["subject_id", "age", "sex", "outcome"]}
+        {
+            "name": "clinical",
+            "path": "tables/clinical.csv",
+            "rows": 2,
+            "columns": ["subject_id", "age", "sex", "outcome"],
+        }
     ]
     (features,) = outcome.feature_tables
     assert features["path"] == "derived/radiomics.parquet" and features["rows"] == 4
@@ -161,10 +168,16 @@ def test_dataset_with_problems_reports_each_and_skips_radiomics(tmp_path):
     assert ("files.symlink", "link.csv") in checks
     assert any(f.check.startswith("deid") for f in report.errors)
     linkage = errors_of(outcome, "table.linkage")
-    assert len(linkage) == 1 and "1 subject(s) have no DICOM images in the dataset (e.g. SUBJ-0099)" in linkage[0].message
+    assert (
+        len(linkage) == 1
+        and "1 subject(s) have no DICOM images in the dataset (e.g. SUBJ-0099)"
+        in linkage[0].message
+    )
     undeclared = [f.path for f in report.findings if f.check == "files.undeclared"]
     assert undeclared == ["notes.txt", "tools/run.sh"]
-    assert [f.check for f in report.findings if f.check == "radiomics.skipped"] == ["radiomics.skipped"]
+    assert [f.check for f in report.findings if f.check == "radiomics.skipped"] == [
+        "radiomics.skipped"
+    ]
     assert outcome.feature_tables == []
     assert not (root / "derived/radiomics.parquet").exists()
     assert all(not f["path"].startswith(".") and f["path"] != "link.csv" for f in outcome.files)

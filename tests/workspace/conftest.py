@@ -47,38 +47,57 @@ def free_port() -> int:
 
 def needs_root_and_tools() -> None:
     if os.geteuid() != 0:
-        pytest.fail("workspace tests need root (namespaces, nftables, Unix users, mounts)",
-                    pytrace=False)
+        pytest.fail(
+            "workspace tests need root (namespaces, nftables, Unix users, mounts)", pytrace=False
+        )
     for tool in ("ip", "nft", "nsenter", "setpriv", "useradd", "mount"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             pytest.fail(f"{tool} is missing: run `make system-deps`")
 
 
-def catalog_folder(catalog: Any, folder: Path, name: str, master_key: Any, store_root: Path,
-                   *, description: str) -> Any:
+def catalog_folder(
+    catalog: Any, folder: Path, name: str, master_key: Any, store_root: Path, *, description: str
+) -> Any:
     """Encrypt ``folder`` into the store and catalog it as ingestion does (published)."""
     from ingestion.store import write_version
 
     transfer_id = f"tr-{uuid.uuid4().hex[:10]}"
     providers = {p.name for p in catalog.list_providers()}
     if "test-hospital" not in providers:
-        catalog.add_provider("test-hospital", b"-----BEGIN PUBLIC KEY-----\ntest\n", "fp-test",
-                             actor="test")
-    catalog.record_transfer(transfer_id, "test-hospital", dataset_name=name, k=2, n=3,
-                            share_length=1)
+        catalog.add_provider(
+            "test-hospital", b"-----BEGIN PUBLIC KEY-----\ntest\n", "fp-test", actor="test"
+        )
+    catalog.record_transfer(
+        transfer_id, "test-hospital", dataset_name=name, k=2, n=3, share_length=1
+    )
     stored = write_version(folder, store_root, master_key, name_hint=transfer_id)
     files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = path.read_bytes()
         kind = "dicom" if path.suffix == ".dcm" else "table" if path.suffix == ".csv" else "other"
-        files.append({"path": path.relative_to(folder).as_posix(), "size": len(data),
-                      "sha256": hashlib.sha256(data).hexdigest(), "kind": kind})
+        files.append(
+            {
+                "path": path.relative_to(folder).as_posix(),
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "kind": kind,
+            }
+        )
     content_hash = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     version = catalog.catalog_version(
-        transfer_id, manifest={"name": name, "title": name, "description": description,
-                               "license": "CC-BY-4.0", "modality": "CT"},
-        content_hash=content_hash, size_bytes=stored.size_bytes,
-        store_location=stored.store_location, wrapped_key=stored.wrapped_key, files=files,
+        transfer_id,
+        manifest={
+            "name": name,
+            "title": name,
+            "description": description,
+            "license": "CC-BY-4.0",
+            "modality": "CT",
+        },
+        content_hash=content_hash,
+        size_bytes=stored.size_bytes,
+        store_location=stored.store_location,
+        wrapped_key=stored.wrapped_key,
+        files=files,
         report_json=json.dumps({"dataset": name, "passed": True, "counts": {}, "findings": []}),
         actor="test",
     )
@@ -100,12 +119,17 @@ class Hub:
     tokens: dict[str, str] = field(default_factory=dict)
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, headers={"Authorization": f"token {self.admin_token}"},
-                            timeout=30)
+        return httpx.Client(
+            base_url=self.api, headers={"Authorization": f"token {self.admin_token}"}, timeout=30
+        )
 
     def as_user(self, name: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"token {self.tokens[name]}"},
-                            timeout=30, follow_redirects=False)
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"token {self.tokens[name]}"},
+            timeout=30,
+            follow_redirects=False,
+        )
 
     def add_user(self, name: str, group: str) -> str:
         with self.admin() as api:
@@ -126,7 +150,11 @@ class Hub:
                 server = model.get("servers", {}).get("")
                 if server and server.get("ready"):
                     return server
-                if model.get("servers") == {} and reply.status_code == 202 and time.monotonic() > deadline - timeout + 5:
+                if (
+                    model.get("servers") == {}
+                    and reply.status_code == 202
+                    and time.monotonic() > deadline - timeout + 5
+                ):
                     break
                 time.sleep(0.2)
         raise AssertionError(f"server of {name} not ready in {timeout}s:\n{self.log_tail()}")
@@ -151,17 +179,34 @@ def start_hub(state_dir: Path, settings: Any, mnemonics: list[str]) -> Hub:
 
     token = admin_token(settings)
     log = state_dir / "hub" / "hub.log"
-    env = {**os.environ, "ENCLAVE_STATE_DIR": str(state_dir), "ENCLAVE_UNSEAL_STDIN": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "ENCLAVE_STATE_DIR": str(state_dir),
+        "ENCLAVE_UNSEAL_STDIN": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(JUPYTERHUB), "-f", str(HUB_CONFIG)], cwd=state_dir / "hub",
-                                env=env, stdin=subprocess.PIPE, stdout=out, stderr=out,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(JUPYTERHUB), "-f", str(HUB_CONFIG)],
+            cwd=state_dir / "hub",
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     proc.stdin.write(("\n".join(mnemonics) + "\n").encode())
     proc.stdin.close()
     url = settings.public_url.rstrip("/")
-    hub = Hub(url=url, api=f"{url}/hub/api", admin_token=token, settings=settings,
-              state_dir=state_dir, log=log, proc=proc)
+    hub = Hub(
+        url=url,
+        api=f"{url}/hub/api",
+        admin_token=token,
+        settings=settings,
+        state_dir=state_dir,
+        log=log,
+        proc=proc,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -209,12 +254,21 @@ def enclave_state() -> Iterator[tuple[Path, Any, list[str]]]:
     mnemonics = init_custody(state_dir, custodians=3, threshold=2)
     tag = uuid.uuid4().hex[:4]
     settings = HubSettings(
-        state_dir=str(state_dir), public_port=free_port(), proxy_api_port=free_port(),
-        hub_port=free_port(), catalog_port=free_port(), address_range=private_range(),
-        netns_table="enclave_wstest", namespace_prefix=f"encws{tag}-", veth_prefix="encw-",
-        unix_prefix=f"encw{tag}-", home_root=str(homes),
-        plaintext_root=str(state_dir / "plaintext"), lock_path=str(state_dir / "netns.lock"),
-        managed_services=["catalog"], log_level="INFO",
+        state_dir=str(state_dir),
+        public_port=free_port(),
+        proxy_api_port=free_port(),
+        hub_port=free_port(),
+        catalog_port=free_port(),
+        address_range=private_range(),
+        netns_table="enclave_wstest",
+        namespace_prefix=f"encws{tag}-",
+        veth_prefix="encw-",
+        unix_prefix=f"encw{tag}-",
+        home_root=str(homes),
+        plaintext_root=str(state_dir / "plaintext"),
+        lock_path=str(state_dir / "netns.lock"),
+        managed_services=["catalog"],
+        log_level="INFO",
     )
     yield state_dir, settings, mnemonics[:2]
     for path in (state_dir, homes, settings.server_files_dir):
@@ -248,13 +302,30 @@ class Kernel:
         )
         conn = await websocket_connect(request)
         msg_id = uuid.uuid4().hex
-        conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "username": self.user, "session": uuid.uuid4().hex,
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-        }))
+        conn.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": self.user,
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         out: list[str] = []
         error = None
         done = False

@@ -27,9 +27,17 @@ from .conftest import free_port, needs_root_and_tools, private_range
 pytestmark = pytest.mark.timeout(600)
 
 
-def enclave(*args: str, stdin: str | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "enclave", *args], capture_output=True, text=True,
-                          input=stdin, timeout=timeout, check=False)
+def enclave(
+    *args: str, stdin: str | None = None, timeout: float = 400
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "enclave", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +51,20 @@ def site():
     tag = uuid.uuid4().hex[:4]
     ingest_port = free_port()
     settings = HubSettings(
-        state_dir=str(state_dir), public_port=free_port(), proxy_api_port=free_port(),
-        hub_port=free_port(), catalog_port=free_port(), ingest_port=ingest_port,
-        address_range=private_range(), netns_table="enclave_uptest", namespace_prefix=f"encup{tag}-",
-        veth_prefix="encu-", unix_prefix=f"encu{tag}-", home_root=str(homes),
-        plaintext_root=str(state_dir / "plaintext"), lock_path=str(state_dir / "netns.lock"),
+        state_dir=str(state_dir),
+        public_port=free_port(),
+        proxy_api_port=free_port(),
+        hub_port=free_port(),
+        catalog_port=free_port(),
+        ingest_port=ingest_port,
+        address_range=private_range(),
+        netns_table="enclave_uptest",
+        namespace_prefix=f"encup{tag}-",
+        veth_prefix="encu-",
+        unix_prefix=f"encu{tag}-",
+        home_root=str(homes),
+        plaintext_root=str(state_dir / "plaintext"),
+        lock_path=str(state_dir / "netns.lock"),
         idle_timeout_seconds=3600,
     )
     settings.save()
@@ -78,15 +95,25 @@ def secrets_block(settings, title: str) -> dict[str, str]:
     return dict(re.findall(r"^([a-z ]+): (\S+)$", block, re.M))
 
 
-def browser_login(settings, name: str, password: str, otp_secret: str | None,
-                  code: str | None = None) -> tuple[httpx.Client, httpx.Response]:
+def browser_login(
+    settings, name: str, password: str, otp_secret: str | None, code: str | None = None
+) -> tuple[httpx.Client, httpx.Response]:
     import onetimepass
 
-    client = httpx.Client(base_url=settings.public_url.rstrip("/"), follow_redirects=True, timeout=60)
+    client = httpx.Client(
+        base_url=settings.public_url.rstrip("/"), follow_redirects=True, timeout=60
+    )
     client.get("/hub/login")
     code = code or str(onetimepass.get_totp(otp_secret)).zfill(6)
-    reply = client.post("/hub/login", data={"username": name, "password": password, "2fa": code,
-                                            "_xsrf": client.cookies.get("_xsrf")})
+    reply = client.post(
+        "/hub/login",
+        data={
+            "username": name,
+            "password": password,
+            "2fa": code,
+            "_xsrf": client.cookies.get("_xsrf"),
+        },
+    )
     return client, reply
 
 
@@ -124,7 +151,10 @@ def test_demo_researcher_finds_the_dataset_and_the_catalog(site, first_up):
         assert listing.status_code == 200
         names = {item["name"] for item in listing.json()["content"]}
         assert {"dicom", "segmentations", "tables", "dataset.yaml"} <= names
-        assert client.get("/user/demo-researcher/files/datasets/demo-ct/1/dataset.yaml").status_code == 403
+        assert (
+            client.get("/user/demo-researcher/files/datasets/demo-ct/1/dataset.yaml").status_code
+            == 403
+        )
         catalog = client.get("/services/catalog/")
         assert catalog.status_code == 200 and "demo-ct" in catalog.text
     finally:
@@ -141,7 +171,9 @@ def test_users_add_gives_a_role_and_a_one_time_login(site, first_up):
     assert reply.status_code == 200 and "/hub/login" not in str(reply.url)
     again = enclave("users", "add", "rita", "--role", "researcher", "--state-dir", site.state_dir)
     assert again.returncode == 0 and "unchanged" in again.stdout
-    bad = enclave("users", "add", "Bad Name!", "--role", "researcher", "--state-dir", site.state_dir)
+    bad = enclave(
+        "users", "add", "Bad Name!", "--role", "researcher", "--state-dir", site.state_dir
+    )
     assert bad.returncode != 0 and "not allowed" in bad.stderr
     listed = enclave("users", "list", "--state-dir", site.state_dir)
     assert re.search(r"^rita\s+(running|-)\s+researchers$", listed.stdout, re.M), listed.stdout
@@ -151,8 +183,19 @@ def test_course_enrols_a_class_whose_access_is_rebuilt_at_each_spawn(site, first
     roster = tmp_path / "roster.csv"
     roster.write_text("username,email\nstu1,stu1@example.edu\nstu2,stu2@example.edu\n")
     ends = (date.today() + timedelta(days=30)).isoformat()
-    made = enclave("course", "create", "ml101", "--students", str(roster), "--datasets", "demo-ct:1",
-                   "--ends", ends, "--state-dir", site.state_dir)
+    made = enclave(
+        "course",
+        "create",
+        "ml101",
+        "--students",
+        str(roster),
+        "--datasets",
+        "demo-ct:1",
+        "--ends",
+        ends,
+        "--state-dir",
+        site.state_dir,
+    )
     assert made.returncode == 0, made.stderr
     assert "2 student(s) (2 new)" in made.stdout
     creds = Path(site.state_dir) / "courses" / "ml101-credentials.csv"
@@ -162,11 +205,17 @@ def test_course_enrols_a_class_whose_access_is_rebuilt_at_each_spawn(site, first
     from catalog.service import open_catalog
     from enclave.workspace.hub import admin_token
 
-    api = httpx.Client(base_url=f"{site.public_url}hub/api", timeout=60,
-                       headers={"Authorization": f"token {admin_token(site)}"})
+    api = httpx.Client(
+        base_url=f"{site.public_url}hub/api",
+        timeout=60,
+        headers={"Authorization": f"token {admin_token(site)}"},
+    )
     token = api.post("/users/stu1/tokens", json={"note": "test"}).json()["token"]
-    user = httpx.Client(base_url=site.public_url.rstrip("/"), timeout=60,
-                        headers={"Authorization": f"token {token}"})
+    user = httpx.Client(
+        base_url=site.public_url.rstrip("/"),
+        timeout=60,
+        headers={"Authorization": f"token {token}"},
+    )
 
     def spawn_and_list() -> list[str]:
         assert api.post("/users/stu1/server").status_code in (201, 202)
@@ -175,8 +224,11 @@ def test_course_enrols_a_class_whose_access_is_rebuilt_at_each_spawn(site, first
                 break
             time.sleep(0.5)
         listing = user.get("/user/stu1/api/contents/datasets").json()["content"]
-        names = [f"{d['name']}/{v['name']}" for d in listing
-                 for v in user.get(f"/user/stu1/api/contents/datasets/{d['name']}").json()["content"]]
+        names = [
+            f"{d['name']}/{v['name']}"
+            for d in listing
+            for v in user.get(f"/user/stu1/api/contents/datasets/{d['name']}").json()["content"]
+        ]
         api.delete("/users/stu1/server")
         for _ in range(120):
             if not api.get("/users/stu1").json()["servers"]:
@@ -196,18 +248,62 @@ def test_course_refuses_bad_rosters_datasets_and_dates(site, first_up, tmp_path)
     roster = tmp_path / "roster.csv"
     roster.write_text("email\na@example.edu\n")
     ends = (date.today() + timedelta(days=5)).isoformat()
-    no_column = enclave("course", "create", "c1", "--students", str(roster), "--datasets",
-                        "demo-ct:1", "--ends", ends, "--state-dir", site.state_dir)
+    no_column = enclave(
+        "course",
+        "create",
+        "c1",
+        "--students",
+        str(roster),
+        "--datasets",
+        "demo-ct:1",
+        "--ends",
+        ends,
+        "--state-dir",
+        site.state_dir,
+    )
     assert no_column.returncode != 0 and "'username' column" in no_column.stderr
     roster.write_text("username\nok1\n")
-    unknown = enclave("course", "create", "c1", "--students", str(roster), "--datasets",
-                      "no-such-data:1", "--ends", ends, "--state-dir", site.state_dir)
+    unknown = enclave(
+        "course",
+        "create",
+        "c1",
+        "--students",
+        str(roster),
+        "--datasets",
+        "no-such-data:1",
+        "--ends",
+        ends,
+        "--state-dir",
+        site.state_dir,
+    )
     assert unknown.returncode != 0 and "no-such-data" in unknown.stderr
-    past = enclave("course", "create", "c1", "--students", str(roster), "--datasets", "demo-ct:1",
-                   "--ends", "2020-01-01", "--state-dir", site.state_dir)
+    past = enclave(
+        "course",
+        "create",
+        "c1",
+        "--students",
+        str(roster),
+        "--datasets",
+        "demo-ct:1",
+        "--ends",
+        "2020-01-01",
+        "--state-dir",
+        site.state_dir,
+    )
     assert past.returncode != 0 and "not in the future" in past.stderr
-    malformed = enclave("course", "create", "c1", "--students", str(roster), "--datasets", "demo-ct",
-                        "--ends", ends, "--state-dir", site.state_dir)
+    malformed = enclave(
+        "course",
+        "create",
+        "c1",
+        "--students",
+        str(roster),
+        "--datasets",
+        "demo-ct",
+        "--ends",
+        ends,
+        "--state-dir",
+        site.state_dir,
+    )
     assert malformed.returncode != 0 and "NAME:VERSION" in malformed.stderr
 
 
@@ -217,8 +313,11 @@ def test_down_stops_everything_and_state_survives_a_restart(site, first_up):
     down = enclave("down", "--state-dir", site.state_dir, timeout=120)
     assert down.returncode == 0 and "enclave stopped" in down.stdout
     assert hub_pid(site) is None
-    assert not [n for n in os.listdir("/run/netns") if n.startswith(site.namespace_prefix)] \
-        if os.path.isdir("/run/netns") else True
+    assert (
+        not [n for n in os.listdir("/run/netns") if n.startswith(site.namespace_prefix)]
+        if os.path.isdir("/run/netns")
+        else True
+    )
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert site.netns_table not in tables
     assert site.state_dir not in Path("/proc/self/mountinfo").read_text()

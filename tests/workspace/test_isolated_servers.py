@@ -38,11 +38,18 @@ def hub(enclave_state, tmp_path_factory):
 
     settings.catalog_url = resolve_database_url(state_dir)
     key = unseal(state_dir, mnemonics)
-    folder = make_sample_dataset(tmp_path_factory.mktemp("sample"), name=DATASET, subjects=1,
-                                 slices=4, size=32)
+    folder = make_sample_dataset(
+        tmp_path_factory.mktemp("sample"), name=DATASET, subjects=1, slices=4, size=32
+    )
     with open_catalog(settings.catalog_url) as catalog:
-        version = catalog_folder(catalog, folder, DATASET, key, state_dir / "store",
-                                 description="Low-dose chest CT, one subject, for the tests")
+        version = catalog_folder(
+            catalog,
+            folder,
+            DATASET,
+            key,
+            state_dir / "store",
+            description="Low-dose chest CT, one subject, for the tests",
+        )
         catalog.grant(DATASET, version.version, group="researchers", actor="test")
     running = start_hub(state_dir, settings, mnemonics)
     try:
@@ -56,7 +63,9 @@ def hub(enclave_state, tmp_path_factory):
         yield running
     finally:
         stop_hub(running)
-        shutil.copyfile(running.log, Path(tempfile.gettempdir()) / "enclave-workspace-tests-hub.log")
+        shutil.copyfile(
+            running.log, Path(tempfile.gettempdir()) / "enclave-workspace-tests-hub.log"
+        )
         cleanup_everything(settings, [RESEARCHER, STUDENT])
 
 
@@ -166,19 +175,31 @@ def test_host():
     host_if, addr_host, addr_peer = f"encth{os.getpid() % 10000}", "10.218.7.1", "10.218.7.2"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        subprocess.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
-                        "netns", name], check=True)
+        subprocess.run(
+            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", name],
+            check=True,
+        )
         subprocess.run(["ip", "addr", "add", f"{addr_host}/30", "dev", host_if], check=True)
         subprocess.run(["ip", "link", "set", host_if, "up"], check=True)
-        for cmd in (["ip", "addr", "add", f"{addr_peer}/30", "dev", "eth0"],
-                    ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"]):
+        for cmd in (
+            ["ip", "addr", "add", f"{addr_peer}/30", "dev", "eth0"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+        ):
             subprocess.run(["ip", "-n", name, *cmd[1:]], check=True)
         port = free_port()
         server = subprocess.Popen(
-            ["ip", "netns", "exec", name, "python3", "-c",
-             "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-             f"s.bind(('0.0.0.0',{port}));s.listen()\n"
-             "while True:\n c,_=s.accept();c.sendall(b'hello');c.close()\n"]
+            [
+                "ip",
+                "netns",
+                "exec",
+                name,
+                "python3",
+                "-c",
+                "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                f"s.bind(('0.0.0.0',{port}));s.listen()\n"
+                "while True:\n c,_=s.accept();c.sendall(b'hello');c.close()\n",
+            ]
         )
         try:
             for _ in range(50):  # the service is up and reachable from the host itself
@@ -217,10 +238,10 @@ def test_host_services_and_loopback_are_unreachable(hub, alice):
             out = alice.run(connect_code(host, listener.port))
             assert out.startswith("blocked"), (host, out)
         # The host end of the user's own veth (its gateway) is no way out either.
-        gateway = alice.run(
-            "import subprocess\nprint(open('/proc/net/route').read())"
-        )
-        assert "00000000" not in [line.split()[1] for line in gateway.splitlines()[1:] if line.split()]
+        gateway = alice.run("import subprocess\nprint(open('/proc/net/route').read())")
+        assert "00000000" not in [
+            line.split()[1] for line in gateway.splitlines()[1:] if line.split()
+        ]
     finally:
         listener.close()
 
@@ -248,8 +269,21 @@ def test_one_user_cannot_reach_another_users_server(hub, sam):
 
     net = hub.settings.netns_config()
     guest = None
-    out = subprocess.run(["ip", "-n", namespace_name(RESEARCHER, net.namespace_prefix), "-o", "-4",
-                          "addr", "show", "eth0"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "ip",
+            "-n",
+            namespace_name(RESEARCHER, net.namespace_prefix),
+            "-o",
+            "-4",
+            "addr",
+            "show",
+            "eth0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     guest = out.stdout.split()[3].split("/")[0]
     result = sam.run(connect_code(guest, net.server_port))
     assert result.startswith("blocked"), result
@@ -263,12 +297,18 @@ def test_one_user_cannot_reach_another_users_server(hub, sam):
 
 
 def test_unauthenticated_requests_are_refused(hub):
-    for path in (f"/user/{RESEARCHER}/api/contents", f"/user/{RESEARCHER}/files/datasets",
-                 "/hub/api/users", f"/user/{RESEARCHER}/api/kernels"):
+    for path in (
+        f"/user/{RESEARCHER}/api/contents",
+        f"/user/{RESEARCHER}/files/datasets",
+        "/hub/api/users",
+        f"/user/{RESEARCHER}/api/kernels",
+    ):
         reply = httpx.get(hub.url + path, timeout=10, follow_redirects=False)
         assert reply.status_code in (302, 401, 403), (path, reply.status_code)
         if reply.status_code == 302:
-            assert "/hub/login" in reply.headers["location"] or "oauth2" in reply.headers["location"]
+            assert (
+                "/hub/login" in reply.headers["location"] or "oauth2" in reply.headers["location"]
+            )
 
 
 # --------------------------------------------------------------------------- datasets
@@ -280,7 +320,9 @@ def dataset_dir(version: int) -> str:
 
 def test_granted_dataset_is_mounted_read_only_with_the_real_content(hub, alice):
     path = dataset_dir(hub.version)
-    expected = sorted(p.relative_to(hub.sample).as_posix() for p in hub.sample.rglob("*") if p.is_file())
+    expected = sorted(
+        p.relative_to(hub.sample).as_posix() for p in hub.sample.rglob("*") if p.is_file()
+    )
     out = alice.run(
         "import os, json, hashlib\n"
         f"root = os.path.expanduser('~/{path}')\n"
@@ -305,8 +347,12 @@ def test_granted_dataset_is_mounted_read_only_with_the_real_content(hub, alice):
     assert report["files"] == sorted([*expected, ".enclave-version.json"])
     assert report["info"]["content_hash"] == hub.content_hash
     assert "expires_at" not in report["info"]  # shared by all grantees: no one user's expiry
-    assert report["csv"] == __import__("hashlib").sha256(
-        (hub.sample / "tables/clinical.csv").read_bytes()).hexdigest()
+    assert (
+        report["csv"]
+        == __import__("hashlib")
+        .sha256((hub.sample / "tables/clinical.csv").read_bytes())
+        .hexdigest()
+    )
     assert report["ro"] is True
     assert "written" not in report["errors"] and "renamed" not in report["errors"]
     assert set(report["errors"]) <= {30, 13, 1}  # EROFS, EACCES, EPERM
@@ -331,6 +377,7 @@ def test_first_spawn_copies_the_example_notebooks_into_the_home(alice):
     assert "segmentation-unet.ipynb" in report["files"]
     assert "outcome-classification.ipynb" in report["files"]
     assert report["mine"] is True  # the user's own copy to edit
+
 
 def test_student_sees_no_researcher_dataset(hub, sam):
     out = sam.run(
@@ -366,12 +413,16 @@ def test_files_and_nbconvert_downloads_of_a_dataset_file_are_refused(hub):
         assert client.get(f"/user/{RESEARCHER}/files/{path}?download=1").status_code == 403
         assert client.get(f"/user/{RESEARCHER}/view/{path}").status_code == 403
         nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-        put = client.put(f"/user/{RESEARCHER}/api/contents/outputs/analysis.ipynb",
-                         json={"type": "notebook", "content": nb})
+        put = client.put(
+            f"/user/{RESEARCHER}/api/contents/outputs/analysis.ipynb",
+            json={"type": "notebook", "content": nb},
+        )
         assert put.status_code in (200, 201), put.text
-        for url in (f"/user/{RESEARCHER}/nbconvert/html/outputs/analysis.ipynb?download=true",
-                    f"/user/{RESEARCHER}/nbconvert/script/{path}?download=true",
-                    f"/user/{RESEARCHER}/api/nbconvert"):
+        for url in (
+            f"/user/{RESEARCHER}/nbconvert/html/outputs/analysis.ipynb?download=true",
+            f"/user/{RESEARCHER}/nbconvert/script/{path}?download=true",
+            f"/user/{RESEARCHER}/api/nbconvert",
+        ):
             assert client.get(url).status_code == 403, url
         post = client.post(f"/user/{RESEARCHER}/nbconvert/html", json={"content": nb})
         assert post.status_code == 403
@@ -381,8 +432,9 @@ def lab_page_config(hub, user: str) -> dict:
     with hub.as_user(user) as client:
         page = client.get(f"/user/{user}/lab")
     assert page.status_code == 200, page.status_code
-    match = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
-                      page.text, re.S)
+    match = re.search(
+        r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', page.text, re.S
+    )
     return json.loads(match.group(1))
 
 
@@ -404,7 +456,7 @@ def test_a_users_own_jupyter_config_cannot_switch_the_authorizer_off(hub, alice)
         "    'c.ServerApp.authorizer_class = \"jupyter_server.auth.authorizer.AllowAllAuthorizer\"\\n')\n"
         "os.makedirs(os.path.join(d, 'labconfig'), exist_ok=True)\n"
         "open(os.path.join(d, 'labconfig', 'page_config.json'), 'w').write(\n"
-        "    '{\"disabledExtensions\": {\"@jupyterlab/docmanager-extension:download\": false}}')\n"
+        '    \'{"disabledExtensions": {"@jupyterlab/docmanager-extension:download": false}}\')\n'
     )
     hub.stop(RESEARCHER)
     hub.spawn(RESEARCHER)
@@ -422,8 +474,7 @@ def test_student_sandbox_limits_are_enforced(hub, sam):
     from enclave.isolation import limit_backend
 
     out = sam.run(
-        "import os, resource\n"
-        "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.getpid())\n"
+        "import os, resource\nprint(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.getpid())\n"
     )
     cuda, pid = out.split()
     assert cuda == "''", out  # CPU only: CUDA sees no GPU
@@ -435,7 +486,10 @@ def test_student_sandbox_limits_are_enforced(hub, sam):
         assert int(limit.read_text()) == 2 * 1024**3
     elif backend == "cgroup2":
         rel = cgroups.strip().split("::", 1)[1]
-        assert int((Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.max").read_text()) == 2 * 1024**3
+        assert (
+            int((Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.max").read_text())
+            == 2 * 1024**3
+        )
     else:
         limits = Path(f"/proc/{pid}/limits").read_text()
         assert str(2 * 1024**3) in limits
@@ -449,12 +503,15 @@ def test_student_sandbox_limits_are_enforced(hub, sam):
 
 def test_catalog_service_lists_only_the_callers_datasets(hub):
     with hub.as_user(RESEARCHER) as client:
-        page = client.get("/services/catalog/", headers={"Authorization": f"Bearer {hub.tokens[RESEARCHER]}"})
+        page = client.get(
+            "/services/catalog/", headers={"Authorization": f"Bearer {hub.tokens[RESEARCHER]}"}
+        )
     assert page.status_code == 200, page.text[:300]
     assert DATASET in page.text and "Low-dose chest CT" in page.text
     with hub.as_user(STUDENT) as client:
-        page = client.get("/services/catalog/", headers={"Authorization": f"Bearer {hub.tokens[STUDENT]}"})
+        page = client.get(
+            "/services/catalog/", headers={"Authorization": f"Bearer {hub.tokens[STUDENT]}"}
+        )
     assert page.status_code == 200 and DATASET not in page.text
     anonymous = httpx.get(f"{hub.url}/services/catalog/", timeout=10, follow_redirects=False)
     assert anonymous.status_code == 302 and "oauth2/authorize" in anonymous.headers["location"]
-

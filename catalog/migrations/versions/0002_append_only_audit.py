@@ -19,7 +19,14 @@ depends_on = None
 
 AUDIT_MESSAGE = "audit_events is append-only"
 VERSION_MESSAGE = "dataset version content is immutable"
-IMMUTABLE_COLUMNS = ("content_hash", "size_bytes", "store_location", "wrapped_key", "dataset_id", "version")
+IMMUTABLE_COLUMNS = (
+    "content_hash",
+    "size_bytes",
+    "store_location",
+    "wrapped_key",
+    "dataset_id",
+    "version",
+)
 
 
 def upgrade():
