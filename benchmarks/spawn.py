@@ -23,7 +23,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,13 +33,9 @@ from pathlib import Path
 
 import httpx
 
+from ingestion.service import free_port
+
 TARGETS = {"overhead_ratio": 1.5, "isolated_median_s": 3.0, "concurrent_all_ready_s": 60.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_settings(state_dir: Path, tag: str, spawner: str):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enclave.errors import EnclaveError
+from secret_sharing.errors import EnclaveError
 
 
 class CatalogError(EnclaveError):

@@ -1,12 +1,9 @@
-"""Errors that the CLI and services report to people as one clear line."""
+"""Errors that the CLI and services report to people as one clear line.
 
+``EnclaveError`` is defined in the lowest layer (``secret_sharing.errors``) so that every
+package can derive from it without importing the application; it is re-exported here.
+"""
 
-class EnclaveError(Exception):
-    """A failure caused by input or state that a user can act on.
+from secret_sharing.errors import EnclaveError
 
-    The CLI prints ``error: <message>`` and exits non-zero instead of a traceback,
-    so messages must name the offending thing (a file, a share, a dataset) and say
-    what is wrong with it.
-    """
-
-    exit_code = 1
+__all__ = ["EnclaveError"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from enclave.errors import EnclaveError
+from secret_sharing.errors import EnclaveError
 from secret_sharing.fileio import drop_cached
 
 # Each PUT is fsynced by the receiver before it answers: 64 MiB bodies keep that to one

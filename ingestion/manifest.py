@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from enclave.errors import EnclaveError
+from secret_sharing.errors import EnclaveError
 
 MANIFEST_NAME = "dataset.yaml"
 

@@ -23,10 +23,10 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from enclave.allocator import tune_allocator
 from ingestion.manifest import MANIFEST_NAME, DatasetManifest
 from ingestion.store import VersionWriter
 from ingestion.validate import DERIVED_DIR, PrecheckedDicom, is_dicom_candidate
+from secret_sharing.allocator import tune_allocator
 
 log = logging.getLogger("enclave.ingest.pipeline")
 

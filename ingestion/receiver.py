@@ -36,9 +36,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from enclave.errors import EnclaveError
 from ingestion import diskio, shares
 from ingestion.settings import DEFAULT_QUOTA_BYTES, PROLOGUE_MAX_BYTES
+from secret_sharing.errors import EnclaveError
 
 HEADER_LEN = 64  # secret_sharing.format.HEADER_LEN; kept here so the app imports light
 

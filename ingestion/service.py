@@ -30,7 +30,6 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from catalog.db import DB_URL_ENV
-from enclave.errors import EnclaveError
 from ingestion import quarantine
 from ingestion.receiver import ProviderDep, provider_name
 from ingestion.settings import (
@@ -41,6 +40,7 @@ from ingestion.settings import (
 )
 from ingestion.shares import TRANSFER_ID
 from ingestion.worker import ReceiverLink, ReconstructionWorker, describe_transfer
+from secret_sharing.errors import EnclaveError
 
 log = logging.getLogger("enclave.ingest")
 
@@ -250,7 +250,7 @@ class IngestService:
 
     def __post_init__(self) -> None:
         from catalog import open_catalog, resolve_database_url
-        from enclave.allocator import tune_allocator
+        from secret_sharing.allocator import tune_allocator
 
         tune_allocator()  # this process will run the worker: gigabytes through buffers
         self.state_dir = Path(self.state_dir)

@@ -49,8 +49,8 @@ from typing import Any, BinaryIO, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.errors import EnclaveError
 from ingestion.diskio import drop_behind, fdatasync, start_writeback
+from secret_sharing.errors import EnclaveError
 from secret_sharing.fileio import writev_at
 
 FORMAT = "enclave-store/2"

@@ -28,11 +28,11 @@ from ingestion.manifest import (
     load_manifest,
 )
 from ingestion.report import Finding, ValidationReport
+from secret_sharing.fileio import sha256_file
 
 DERIVED_DIR = "derived"
 # Files the enclave itself writes under derived/; anything else there is refused.
 DERIVED_FILES = frozenset({"radiomics.parquet"})
-HASH_CHUNK = 1 << 20
 
 # Leading bytes of executables and scripts. Checked at offset 0 of every file, so a DICOM
 # preamble crafted as a Windows/ELF header (a "PE/DICOM polyglot", CVE-2019-11687) is caught.
@@ -189,14 +189,6 @@ def content_hash(files: list[dict[str, Any]]) -> str:
         if entry.get("kind") == "derived":
             continue
         digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from enclave.errors import EnclaveError
 from ingestion import quarantine, shares, store
 from ingestion.settings import WORKER_ACTOR, IngestPaths, WorkerSettings
+from secret_sharing.errors import EnclaveError
 
 log = logging.getLogger("enclave.ingest.worker")
 

@@ -1,4 +1,4 @@
-"""Errors raised while splitting, checking or combining secret-shared transfers.
+"""The root of user-facing errors, and those raised while splitting, checking or combining secret-shared transfers.
 
 Every message names the share file (or dataset path) at fault, so that a data
 manager can tell which of the n uploads to resend.
@@ -9,7 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from enclave.errors import EnclaveError
+
+class EnclaveError(Exception):
+    """A failure caused by input or state that a user can act on.
+
+    The root of every such error in the distribution (this package is its lowest layer; the
+    ``enclave`` application re-exports it as ``enclave.errors.EnclaveError``). The CLI
+    prints ``error: <message>`` and exits non-zero instead of a traceback, so messages must
+    name the offending thing (a file, a share, a dataset) and say what is wrong with it.
+    """
+
+    exit_code = 1
 
 
 class ShareError(EnclaveError):

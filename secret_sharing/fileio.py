@@ -1,5 +1,5 @@
 """Positional reads and writes that finish the job (a short read or write is legal on
-Linux), and the page-cache hygiene of streams written once.
+Linux), the page-cache hygiene of streams written once, and a file's SHA-256.
 
 Splitting writes blocks at known offsets from several threads, reconstruction reads k blocks
 side by side into one buffer, unpacking and the dataset store write lists of views without
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import os
 from collections.abc import Sequence
 from functools import cache
@@ -17,6 +18,18 @@ from typing import Any
 
 #: Buffers per ``pwritev`` call (Linux's IOV_MAX is 1024).
 _IOV_BATCH = 512
+#: Read size when hashing a whole file.
+HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex SHA-256 of a file's bytes (the content hash ingestion, the catalog and lineage
+    record for every file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_at(fd: int, data: Any, offset: int) -> None:

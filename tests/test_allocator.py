@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from enclave import allocator
+from secret_sharing import allocator
 
 PATTERN = r"""
 import json, os, resource, sys
 sys.path.insert(0, {root!r})
-from enclave.allocator import tune_allocator
+from secret_sharing.allocator import tune_allocator
 tuned = tune_allocator() if sys.argv[1] == "tuned" else False
 piece = os.urandom(256 * 1024)
 def faults():

@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from enclave.allocator import tune_allocator
 from enclave.errors import EnclaveError
+from secret_sharing.allocator import tune_allocator
 
 # group name -> (module, attribute, short help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {

@@ -29,6 +29,7 @@ from typing import Any
 
 from enclave.data.mounts import DatasetAccessError, GrantedVersion, outputs_root, resolve
 from enclave.errors import EnclaveError
+from secret_sharing.fileio import sha256_file
 
 FORMAT = "enclave-lineage/1"
 LINEAGE_DIR = ".lineage"
@@ -43,14 +44,6 @@ class LineageError(EnclaveError):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

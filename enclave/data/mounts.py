@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import EnclaveError
+from secret_sharing.fileio import sha256_file
 
 VERSION_INFO_FILE = ".enclave-version.json"
 DERIVED_DIR = "derived"
-HASH_CHUNK = 1 << 20
 
 
 class DatasetAccessError(EnclaveError):
@@ -206,14 +206,6 @@ _hash_cache: dict[tuple[str, int, float], str] = {}
 _hash_lock = threading.Lock()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def provider_files(folder: Path) -> list[str]:
     """The provider's files (POSIX, relative), as ingestion inventories them.
 
@@ -248,7 +240,7 @@ def compute_content_hash(folder: Path) -> str:
         return cached
     digest = hashlib.sha256(b"enclave-dataset-v1\n")
     for rel in sorted(provider_files(folder)):
-        digest.update(f"{rel}\0{_sha256_file(folder / rel)}\n".encode())
+        digest.update(f"{rel}\0{sha256_file(folder / rel)}\n".encode())
     value = digest.hexdigest()
     with _hash_lock:
         _hash_cache[key] = value

@@ -53,7 +53,6 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, validate_value
 from pydicom.values import convert_string
 
-from enclave.allocator import tune_allocator
 from ingestion.report import Finding
 from ingestion.validators.deid import (
     DeidConsistency,
@@ -68,6 +67,7 @@ from ingestion.validators.seg import (
     is_segmentation,
     seg_summary,
 )
+from secret_sharing.allocator import tune_allocator
 
 REQUIRED_ATTRIBUTES_PATH = Path(__file__).with_name("data") / "required_attributes.json"
 HIGHDICOM_TABLES_VERSION = "0.28.2"

@@ -204,7 +204,7 @@ def test_materialize_refuses_non_empty_destination(tmp_path, dataset, master_key
 
 def test_digests_from_validation_stand_in_for_the_stores_own(tmp_path, dataset, master_key):
     """The worker encrypts unhashed and commits validation's digests: reads still check them."""
-    from ingestion.validate import sha256_file
+    from secret_sharing.fileio import sha256_file
 
     writer = store.VersionWriter(tmp_path / "store", master_key, name_hint="hashes")
     writer.add_tree(dataset, hashed=False)
