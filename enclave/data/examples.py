@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from enclave._data import data_path
 from enclave.errors import EnclaveError
 
 EXAMPLES_DIR = "examples"
@@ -23,9 +24,9 @@ class ExamplesError(EnclaveError):
 
 
 def examples_source() -> Path:
-    """The shipped examples: ``$ENCLAVE_EXAMPLES_DIR``, else ``examples/`` of this checkout."""
+    """The shipped examples: ``$ENCLAVE_EXAMPLES_DIR``, else the data root's ``examples/``."""
     value = os.environ.get("ENCLAVE_EXAMPLES_DIR")
-    folder = Path(value) if value else Path(__file__).resolve().parents[2] / EXAMPLES_DIR
+    folder = Path(value) if value else data_path(EXAMPLES_DIR)
     if not folder.is_dir():
         raise ExamplesError(
             f"example notebooks not found at {folder}; set ENCLAVE_EXAMPLES_DIR to their folder"

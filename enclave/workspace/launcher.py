@@ -22,11 +22,10 @@ from pathlib import Path
 
 import httpx
 
+from enclave._data import data_path
 from enclave.errors import EnclaveError
 from enclave.workspace.hub import HubSettings
 
-REPO = Path(__file__).resolve().parents[2]
-HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
 DEMO_SECRETS = "DEMO-ONLY-secrets.txt"
 DEMO_CUSTODIANS, DEMO_THRESHOLD = 3, 2
 REQUIRED_TOOLS = {
@@ -42,6 +41,11 @@ REQUIRED_TOOLS = {
 
 class LaunchError(EnclaveError):
     """The enclave cannot be started or stopped as asked."""
+
+
+def hub_config_file() -> Path:
+    """The ``jupyterhub_config.py`` the hub is started with (shipped data, see ``_data``)."""
+    return data_path("hub_config", "jupyterhub_config.py")
 
 
 def missing_system_tools() -> list[str]:
@@ -158,7 +162,7 @@ def start_hub(settings: HubSettings, mnemonics: list[str], *, timeout: float = 9
     }
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(HUB_CONFIG)],
+            [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(hub_config_file())],
             cwd=settings.hub_dir,
             env=env,
             stdin=subprocess.PIPE,

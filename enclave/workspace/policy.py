@@ -12,9 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
+from enclave._data import data_path
 from enclave.errors import EnclaveError
 
-POLICY_SOURCE = Path(__file__).resolve().parents[2] / "policies" / "jupyterlab"
 DISABLED_PLUGINS = (
     "@jupyterlab/docmanager-extension:download",
     "@jupyterlab/filebrowser-extension:download",
@@ -27,8 +27,13 @@ class PolicyError(EnclaveError):
     """The server policy files are missing or do not say what they must."""
 
 
-def load_page_config(source: Path = POLICY_SOURCE) -> dict:
-    path = source / "labconfig" / "page_config.json"
+def policy_source() -> Path:
+    """The shipped JupyterLab policy folder (``policies/jupyterlab``)."""
+    return data_path("policies", "jupyterlab")
+
+
+def load_page_config(source: Path | None = None) -> dict:
+    path = (policy_source() if source is None else Path(source)) / "labconfig" / "page_config.json"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -44,8 +49,9 @@ def load_page_config(source: Path = POLICY_SOURCE) -> dict:
     return data
 
 
-def install_server_policy(dest: Path, source: Path = POLICY_SOURCE) -> Path:
+def install_server_policy(dest: Path, source: Path | None = None) -> Path:
     """Write the root-owned config directory user servers run with; returns it."""
+    source = policy_source() if source is None else Path(source)
     page_config = load_page_config(source)
     dest = Path(dest)
     labconfig = dest / "labconfig"

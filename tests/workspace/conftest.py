@@ -26,10 +26,9 @@ from typing import Any
 import httpx
 import pytest
 
+from enclave.workspace.launcher import hub_config_file
 from ingestion.service import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
 JUPYTERHUB = Path(sys.executable).parent / "jupyterhub"
 
 
@@ -182,7 +181,7 @@ def start_hub(state_dir: Path, settings: Any, mnemonics: list[str]) -> Hub:
     }
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(JUPYTERHUB), "-f", str(HUB_CONFIG)],
+            [str(JUPYTERHUB), "-f", str(hub_config_file())],
             cwd=state_dir / "hub",
             env=env,
             stdin=subprocess.PIPE,
