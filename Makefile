@@ -4,22 +4,42 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE_DIR ?= $(CURDIR)/.enclave
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+# Every install takes exactly these versions (with hashes); `make lock` refreshes it on purpose.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+EXTRAS := server,ml,dev
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) Makefile | sha256sum | cut -c1-12)
+# The locked torch is PyTorch's CPU build (2.13.0+cpu). These machines keep its wheel in
+# /opt/wheels (pip's configured find-links); elsewhere it comes from PyTorch's CPU index.
+TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+TORCH_PIP_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),,--extra-index-url https://download.pytorch.org/whl/cpu)
 # Debian packages the suite and the embedded enclave need.
 APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2
+# `make test-latest` builds this throwaway virtualenv from the newest versions pyproject allows.
+LATEST_VENV := .venv-latest
 
-.PHONY: test up down lint system-deps venv bench clean
+.PHONY: test test-fast test-latest up down lint typecheck system-deps venv lock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[server,ml,dev]'
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/pip install --quiet --require-hashes $(TORCH_PIP_SOURCE) -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 venv: $(STAMP)
+
+# Refresh the lock from pyproject.toml: the newest versions it allows, for Python 3.11 on
+# Linux x86_64. Commit the result with a message that names what moved.
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet "uv>=0.13,<0.14"
+	$(BIN)/uv pip compile pyproject.toml --extra server --extra ml --extra dev \
+	  --python-version 3.11 --generate-hashes $(TORCH_SOURCE) \
+	  --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 # Install missing Debian packages (as root); skipped when everything is there.
 system-deps:
@@ -33,12 +53,42 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-lint: venv
-	$(BIN)/ruff check .
+# The static gates, given the bin folder of a virtualenv.
+define static_checks
+	$(1)/ruff check .
+	$(1)/ruff format --check .
+	$(1)/mypy
+	$(1)/lint-imports --no-cache
+endef
 
+lint: venv
+	$(call static_checks,$(BIN))
+
+typecheck: venv
+	$(BIN)/mypy
+
+# Everything, as root: the static gates, then the whole suite (real PostgreSQL, JupyterHub,
+# network namespaces, headless Chromium, the wheel check).
 test: system-deps venv
-	$(BIN)/ruff check .
+	$(call static_checks,$(BIN))
 	$(BIN)/python -m pytest -q
+
+# The inner loop: no root, no browser, nothing slow (under 2 minutes on 2 cores).
+test-fast: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not root and not browser and not slow"
+
+# Not in CI: the newest versions pyproject.toml allows, in a throwaway virtualenv, so the
+# next drift is found by a command and not by a user.
+test-latest: system-deps
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager $(TORCH_PIP_SOURCE) -e '.[$(EXTRAS)]'
+	$(LATEST_VENV)/bin/pip list --format=freeze > $(LATEST_VENV)/versions.txt
+	@echo "newest allowed versions: $(LATEST_VENV)/versions.txt (diff it against $(LOCK))"
+	$(call static_checks,$(LATEST_VENV)/bin)
+	$(LATEST_VENV)/bin/python -m pytest -q
 
 up: system-deps venv
 	$(BIN)/enclave up --state-dir $(STATE_DIR)
@@ -50,4 +100,4 @@ bench: venv
 	$(BIN)/python -m benchmarks.secret_sharing --size-mib 256
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .ruff_cache .mypy_cache
