@@ -136,8 +136,8 @@ class IsolatedSpawner(LocalProcessSpawner):
         True,
         help="""Fork servers from a pre-imported zygote (enclave.workspace.zygote) when it is ready.
 
-        Saves the server's imports (about 1 s of CPU a spawn here). Off, or while the zygote is
-        not ready, servers start through the exec chain (nsenter, setpriv) as before.""",
+        Saves each spawn the CPU of the server's imports. Off, or while the zygote is not
+        ready, servers start through the exec chain (nsenter, setpriv) as before.""",
     ).tag(config=True)
     zygote_wait = Float(
         10.0, help="Seconds a spawn waits for a zygote that is still importing before using exec."

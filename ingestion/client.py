@@ -76,7 +76,7 @@ Waiting = Callable[[str], None]
 
 @functools.cache
 def _tls() -> ssl.SSLContext:
-    """One verifying TLS context for every connection (loading CA roots costs ~50 ms)."""
+    """One verifying TLS context for every connection (loading CA roots is too slow to repeat)."""
     return ssl.create_default_context()
 
 

@@ -427,8 +427,8 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
                         too_long = True
                         break
                     fh.write(chunk)
-                    # Hashed inline on the loop thread (uvicorn hands ~250 KB chunks, ~0.1 ms
-                    # of hashing each): the work verify_share did at the end, no thread hop.
+                    # Hashed inline on the loop thread (uvicorn's chunks are small enough not to
+                    # need a thread hop): the work verify_share did at the end.
                     digester.feed(written, chunk)
                     written += len(chunk)
             except ClientDisconnect:

@@ -109,7 +109,7 @@ def _more_shares_expected(found: list[tuple[ReceiverLink, dict[str, Any]]]) -> b
 
 def _warm_up() -> None:
     """Import what reconstruction and validation use and start the validation pool's server
-    while no transfer waits; otherwise the first transfer after a start pays a second or two."""
+    while no transfer waits; otherwise the first transfer after a start pays for them."""
     import ingestion.pipeline
     import ingestion.validate  # noqa: F401
     import secret_sharing.combine  # noqa: F401

@@ -5,12 +5,8 @@ pieces above its mmap threshold (128 KiB, raised only slowly) straight back to t
 when they are freed, and trims the heap whenever its free top passes the trim threshold, so
 the next piece of the same size is fresh memory again: every 4 KiB page of it faults when
 first written. On virtual machines that return free guest memory to the host (free page
-reporting, balloons: the Firecracker VMs this project is measured on), a fault costs about
-4 microseconds, 1.1 CPU-seconds per GB. A bare uvicorn app taking a 640 MiB body, which
-builds a new bytearray and bytes object per piece, spent 1.85 CPU-s per GB receiving it;
-with these two settings, 0.45. (The receivers gained less: in them glibc's own threshold
-had mostly adapted already. The worker and the validation pool allocate the same sizes all
-day, which is what the settings make reliable.)
+reporting, balloons) such faults are expensive, so keeping freed memory in the process saves
+CPU on every piece the data path moves (figures in docs/performance.md).
 
 The settings are glibc's own knobs (``mallopt``): pieces up to 32 MiB come from the heap,
 and up to 128 MiB of free heap is kept per arena. Memory is bounded by what the process

@@ -1,13 +1,13 @@
 """The parity blocks of a segment: zfec's code, computed by ISA-L when it is installed.
 
 The share format's erasure code is zfec's (a systematic Reed-Solomon code over GF(2^8)
-with the polynomial 0x11d; docs/share-format.md). zfec computes its parity at about
-0.6 GB/s on this project's machines, which made it the largest single cost of a split.
-Intel's ISA-L multiplies by any GF(2^8) matrix with SIMD at 10+ GB/s, and it uses the same
-field, so it computes the very same parity when it is given zfec's coefficients. Those are
-read off zfec itself (the code is linear: encoding unit blocks of one byte yields each
-column of the matrix), so nothing here restates zfec's construction, and the output is
-byte-for-byte zfec's (tests/secret_sharing/test_erasure.py compares them).
+with the polynomial 0x11d; docs/share-format.md). zfec's parity was the largest single
+cost of a split; Intel's ISA-L multiplies by any GF(2^8) matrix with SIMD, many times faster
+(docs/performance.md), and it uses the same field, so it computes the very same parity
+when it is given zfec's coefficients. Those are read off zfec itself (the code is linear:
+encoding unit blocks of one byte yields each column of the matrix), so nothing here
+restates zfec's construction, and the output is byte-for-byte zfec's
+(tests/secret_sharing/test_erasure.py compares them).
 
 ISA-L is the Debian package ``libisal2``, loaded with ctypes; without it this falls back
 to zfec. Decoding (only needed when a primary share is missing or bad) stays with zfec.

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 FORMAT_NAME = "enclave-share"
-#: Version 2 hashes with BLAKE3 where version 1 used SHA-256 (twice as fast here, and the
-#: block hashes are the largest cost of a split after ISA-L); readers take both.
+#: Version 2 hashes with BLAKE3 where version 1 used SHA-256 (faster, and the block hashes
+#: are the largest cost of a split after ISA-L); readers take both.
 FORMAT_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 

@@ -1,8 +1,8 @@
 """Unpack the reconstructed tar stream straight from verified plaintext segments.
 
-``tarfile.extractall`` cost about a millisecond a member: a file object per member, copies
-through 1 MiB reads, then ``chmod``, ``utime`` and ``chown`` calls, all while holding the
-GIL the decrypting threads wanted. The packer (``secret_sharing.packing``) writes a small
+``tarfile.extractall`` was slow per member: a file object per member, copies through
+1 MiB reads, then ``chmod``, ``utime`` and ``chown`` calls, all while holding the GIL the
+decrypting threads wanted. The packer (``secret_sharing.packing``) writes a small
 subset of POSIX.1-2001: ustar headers, with a pax ``x`` header before a member whose name
 or size does not fit. This reader takes exactly that subset and refuses everything else by
 name. A member is one ``open``/``writev``/``close`` from views of the segments, and its bytes

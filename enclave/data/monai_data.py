@@ -119,8 +119,8 @@ def default_transforms(
         chain.append(T.EnsureTyped(keys=keys, track_meta=True))
         return T.Compose(chain)
     # Training: pad and find foreground/background voxels once, in the cached part, so each
-    # epoch only crops (finding them per crop costs ~100 ms a volume); patches drop the
-    # metadata (MetaTensor bookkeeping makes each flip several times slower).
+    # epoch only crops (finding them per crop searches the whole label every time); patches
+    # drop the metadata (MetaTensor bookkeeping slows every flip).
     patch = tuple(int(p) for p in patch_size)
     chain.append(T.SpatialPadd(keys=keys, spatial_size=patch))
     if with_label:

@@ -1,8 +1,8 @@
 """3D volumes with patient geometry: DICOM series and label masks through MONAI readers.
 
 DICOM series are read with MONAI's ``PydicomReader`` (pydicom decodes every transfer syntax
-ingestion accepts and loads a 24-slice series in ~0.1 s; ITK takes seconds on first use and is
-not installed). Volumes come back channel-first as MONAI ``MetaTensor`` in RAS with the affine
+ingestion accepts and loads a series quickly; ITK is slow on first use and is not
+installed). Volumes come back channel-first as MONAI ``MetaTensor`` in RAS with the affine
 from the DICOM geometry, so a mask written in the same patient space (NIfTI, NRRD) lands on the
 same voxels. MONAI and torch are imported inside the functions.
 """

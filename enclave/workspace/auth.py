@@ -73,7 +73,7 @@ class EnclaveAuthenticator(NativeAuthenticator):
         if self.allowed_failed_logins and self.is_blocked(username):
             return None
         password_ok = user.is_valid_password(data.get("password", ""))
-        # Checked after the password (about 0.3 s of bcrypt), at the time that counts.
+        # Checked after the (slow, bcrypt) password check, at the time that counts.
         code_ok = totp_accepted(str(data.get("2fa") or ""), user.otp_secret)
         if user.is_authorized and password_ok and code_ok:
             self.successful_login(username)
@@ -86,7 +86,7 @@ def totp_accepted(code: str, secret: str, now: float | None = None) -> bool:
     """Whether ``code`` is the TOTP of the current 30 s step or of the step that just ended.
 
     NativeAuthenticator accepts only the current step, so a code typed near the end of its
-    step failed on arrival (the password check alone takes a noticeable part of a second);
+    step failed on arrival (the bcrypt password check alone takes noticeable time);
     RFC 6238 (5.2) allows one step back for that delay, no more.
     """
     import hmac

@@ -1,16 +1,16 @@
 """Entry point of a user's Jupyter server: ``python -m enclave.workspace.singleuser ARGS``.
 
-The same as ``jupyterhub-singleuser`` with two start-up fixes, both for work an offline enclave
-server never needs (measured on the 2-core development VM):
+The same as ``jupyterhub-singleuser`` with two start-up fixes, both for work that slowed every
+server start and that an offline enclave server never needs (figures in docs/performance.md):
 
 * ``jsonschema`` imports the optional ``rfc3987_syntax`` package, which compiles a Lark grammar at
-  import time (about 4 s of CPU, on every server start) for an ``iri`` format check Jupyter's
-  event schemas never use. Marking it absent makes ``jsonschema`` skip that check.
+  import time, on every server start, for an ``iri`` format check Jupyter's event schemas never
+  use. Marking it absent makes ``jsonschema`` skip that check.
 * importing ``jupyterlab.labapp`` computes the JupyterLab version through ``AppOptions``, whose
   ``registry`` default runs ``node yarn.js config --json`` in a subprocess when Node.js is on the
-  PATH (0.4-0.8 s of wall time). The registry is the npm URL for installing extensions, which an
-  enclave server cannot reach and whose extension manager is read-only; the enclave reports no
-  yarn/npm configuration, so the default registry URL stands and nothing runs.
+  PATH. The registry is the npm URL for installing extensions, which an enclave server cannot
+  reach and whose extension manager is read-only; the enclave reports no yarn/npm
+  configuration, so the default registry URL stands and nothing runs.
 
 Everything else is ``jupyterhub.singleuser`` unchanged. :func:`prepare_imports` is what the
 zygote (``enclave.workspace.zygote``) runs before it forks, so both paths start the same server.

@@ -1,8 +1,8 @@
 """A pre-imported server "zygote": user servers forked from a process that has already imported
 Jupyter Server, JupyterLab and the JupyterHub single-user extension.
 
-A user server spends most of its start importing those (about 1 s of CPU on the development VM,
-more than namespace, mounts and limits together). The hub starts one zygote, a fresh root-owned
+A user server spends most of its start importing those (more CPU than namespace, mounts and
+limits together; figures in docs/performance.md). The hub starts one zygote, a fresh root-owned
 process of the *server* interpreter (never a fork of the hub: it holds no key, token or other
 secret), which imports them once and then forks a child per spawn. The child, before it runs any
 server code, does what the exec chain ``sh (cgroup) -> nsenter --net -> prlimit -> setpriv``

@@ -73,7 +73,7 @@ REQUIRED_ATTRIBUTES_PATH = Path(__file__).with_name("data") / "required_attribut
 HIGHDICOM_TABLES_VERSION = "0.28.2"
 
 #: Submissions with at least this many files are checked by a process pool (forked workers
-#: start in milliseconds; a forkserver's, used when other threads run, take seconds).
+#: start at once; a forkserver's, used when other threads run, start far more slowly).
 POOL_MIN_FILES = 48
 POOL_MIN_FILES_FORKSERVER = 400
 _CHUNK = 16
@@ -899,9 +899,9 @@ class _PixelError(Exception):
 def _decode_native(ds: Dataset, elems: Elements | None = None) -> np.ndarray:
     """Decode uncompressed pixel data the way pydicom's native decoder does, from raw bytes.
 
-    ``Dataset.pixel_array`` converts every group 0028 element and copies the frame: four times
-    the cost of reading a 512x512 slice. Here the header is read raw and the bytes viewed in
-    place; the length rule is the decoder's.
+    ``Dataset.pixel_array`` converts every group 0028 element and copies the frame, which costs
+    more than reading the slice. Here the header is read raw and the bytes viewed in place;
+    the length rule is the decoder's.
     """
     elems = element_index(ds) if elems is None else elems
     elem = elems[PIXEL_DATA]
@@ -1272,8 +1272,8 @@ def _can_fork() -> bool:
 
 def warm_pool() -> None:
     """Start the forkserver (this module preloaded) now rather than at a transfer's first
-    file: the ingestion worker calls this when it starts, so the second or so of importing
-    pydicom, numpy and the attribute tables is not spent while a provider waits."""
+    file: the ingestion worker calls this when it starts, so importing pydicom, numpy and the
+    attribute tables is not done while a provider waits."""
     ctx = _pool_context()
     if ctx.get_start_method() == "forkserver":
         # One process forked by the server returns only once the server has loaded this
@@ -1291,7 +1291,7 @@ def _pool_context() -> Any:
     # forkserver children import the caller's __main__: service entry points must keep the
     # `if __name__ == "__main__":` guard (uvicorn, pytest and console scripts do). The server
     # imports this module once and every worker forks from it with pydicom, numpy and the
-    # tables loaded, so a pool starts in milliseconds instead of a fresh import per worker.
+    # tables loaded, so a pool starts without a fresh import per worker.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     return ctx
