@@ -397,7 +397,7 @@ def transfer_status(
     """Where a transfer stands, merged from every URL given (service or receivers);
     ``shares=False`` skips each share's progress (the service then asks no receiver)."""
     merged: dict[str, Any] = {}
-    shares: dict[int, dict] = {}
+    by_index: dict[int, dict] = {}
     for url in [u.rstrip("/") for u in urls]:
         try:
             resp = httpx.get(
@@ -418,9 +418,9 @@ def transfer_status(
         body = resp.json()
         for share in body.pop("shares", []):
             if "index" in share:
-                shares[int(share["index"])] = share
+                by_index[int(share["index"])] = share
         merged.update({k: v for k, v in body.items() if v is not None})
     if not merged:
         raise UploadError(f"no endpoint knows transfer {transfer_id}")
-    merged["shares"] = [shares[i] for i in sorted(shares)]
+    merged["shares"] = [by_index[i] for i in sorted(by_index)]
     return merged

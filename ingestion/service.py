@@ -136,6 +136,8 @@ def create_coordinator_app(
         validating, quarantined (with reasons) or cataloged (dataset name and version)."""
         record = await run_in_threadpool(owned_record, transfer_id, provider)
         out = await run_in_threadpool(describe_transfer, catalog, transfer_id, record)
+        if out.get("state") == "quarantined":
+            out["report"] = f"/v1/transfers/{transfer_id}/report"
         if not shares:  # a client waiting for the state polls this; the worker shares a CPU
             return out
         progress_of_shares = []
@@ -147,8 +149,6 @@ def create_coordinator_app(
             if progress.get("state") != "absent":
                 progress_of_shares.append(progress)
         out["shares"] = progress_of_shares
-        if out.get("state") == "quarantined":
-            out["report"] = f"/v1/transfers/{transfer_id}/report"
         return out
 
     @app.get("/v1/transfers/{transfer_id}/report")

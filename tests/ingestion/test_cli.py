@@ -6,10 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 import enclave.cli.send  # noqa: F401 - registers send/status on the share group
 from enclave.cli import main
+from ingestion.client import send_shares
+from ingestion.shares import read_prologue
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -117,6 +120,73 @@ def test_share_send_then_status_through_the_cli(
     )
     assert code == 0, err
     assert "cataloged" in out and "demo-ct version 1 (pending-review)" in out
+
+
+def test_share_status_shows_each_share_while_the_transfer_is_receiving(
+    provider, service, sample_dataset, split, capsys
+):
+    shares = split(sample_dataset, provider)
+    for index in (1, 2):  # two shares begun (prologue only), the others not sent
+        url = f"{service.receiver_urls[index - 1]}/v1/transfers/{shares.transfer_id}/shares/{index}"
+        prologue = read_prologue(shares.share_paths[index - 1])
+        resp = httpx.post(
+            url, content=prologue, headers={"authorization": f"Bearer {provider.token}"}
+        )
+        assert resp.status_code == 200, resp.text
+    code, out, err = run_cli(
+        [
+            "share",
+            "status",
+            shares.transfer_id,
+            "--to",
+            service.coordinator_url,
+            "--token",
+            provider.token,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"transfer {shares.transfer_id}: receiving"
+    length = shares.share_paths[0].stat().st_size
+    for index in (1, 2):
+        line = next(line for line in lines if line.startswith(f"  share {index}: "))
+        assert f"/{length} bytes" in line and "%" in line
+    assert not any(line.startswith(("  share 3:", "  share 4:", "  share 5:")) for line in lines)
+
+
+def test_share_status_of_a_quarantined_transfer_gives_the_reason_and_a_report_link_that_works(
+    enclave, provider, service, split, tmp_path, capsys
+):
+    from enclave.samples import make_sample_dataset
+
+    dataset = make_sample_dataset(
+        tmp_path / "phi", name="phi-ct", subjects=1, slices=4, size=32, phi=("patient-name",)
+    )
+    shares = split(dataset, provider)
+    send_shares(shares.share_paths, [service.coordinator_url], provider.token)
+    transfer = enclave.wait_for_state(shares.transfer_id, ("cataloged", "quarantined", "failed"))
+    assert transfer.state == "quarantined"
+    code, out, err = run_cli(
+        [
+            "share",
+            "status",
+            shares.transfer_id,
+            "--to",
+            service.coordinator_url,
+            "--token",
+            provider.token,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert out.startswith(f"transfer {shares.transfer_id}: quarantined")
+    assert "  reason: " in out
+    link = next(line for line in out.splitlines() if line.startswith("  report: "))
+    url = link.removeprefix("  report: ")
+    assert url == f"{service.coordinator_url}/v1/transfers/{shares.transfer_id}/report"
+    report = httpx.get(url, headers={"authorization": f"Bearer {provider.token}"})
+    assert report.status_code == 200 and report.json()["passed"] is False
 
 
 def test_share_status_of_an_unknown_transfer_is_an_error(provider, service, capsys):
