@@ -377,7 +377,7 @@ def measure_search_latency(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from catalog.postgres_server import TemporaryPostgres
+    from tests.postgres_server import TemporaryPostgres
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=10_000)

@@ -256,7 +256,7 @@ def raw_and_validation_rate(dataset: Path) -> dict:
 
 def search_latency(datasets: int, files: int) -> dict:
     from benchmarks.catalog_search import measure_search_latency
-    from catalog.postgres_server import TemporaryPostgres
+    from tests.postgres_server import TemporaryPostgres
 
     with TemporaryPostgres(database="ingest_bench") as url:
         result = measure_search_latency(url, datasets, files)

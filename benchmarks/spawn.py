@@ -38,7 +38,22 @@ from ingestion.service import free_port
 TARGETS = {"overhead_ratio": 1.5, "isolated_median_s": 3.0, "concurrent_all_ready_s": 60.0}
 
 
-def make_settings(state_dir: Path, tag: str, spawner: str):
+# The baseline hub: the enclave's own configuration, then JupyterHub's plain
+# LocalProcessSpawner running the same server command, with no isolation at all. It lives
+# here, not in the shipped configuration, which offers no way to turn isolation off.
+BASELINE_CONFIG = """
+from enclave.workspace.hub import hub_jupyter_environment
+from enclave.workspace.launcher import hub_config_file
+
+c = get_config()
+load_subconfig(str(hub_config_file()))
+c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
+c.LocalProcessSpawner.cmd = c.IsolatedSpawner.cmd
+c.LocalProcessSpawner.environment = hub_jupyter_environment()
+"""
+
+
+def make_settings(state_dir: Path, tag: str):
     from enclave.workspace.hub import HubSettings
 
     return HubSettings(
@@ -57,19 +72,22 @@ def make_settings(state_dir: Path, tag: str, spawner: str):
         lock_path=str(state_dir / "netns.lock"),
         managed_services=[],
         log_level="WARN",
-        spawner=spawner,
         start_timeout_seconds=180,
     )
 
 
 class Bench:
-    def __init__(self, settings, mnemonics: list[str]) -> None:
+    def __init__(self, settings, mnemonics: list[str], *, baseline: bool = False) -> None:
         from enclave.workspace.hub import admin_token
         from enclave.workspace.launcher import start_hub
 
         self.settings = settings
         settings.save()
-        start_hub(settings, mnemonics)
+        config = None
+        if baseline:
+            config = settings.hub_dir / "baseline_jupyterhub_config.py"
+            config.write_text(BASELINE_CONFIG)
+        start_hub(settings, mnemonics, config_file=config)
         self.api = httpx.Client(
             base_url=f"{settings.public_url}hub/api",
             timeout=120,
@@ -187,9 +205,9 @@ def run(spawns: int, concurrent: int) -> dict:
     try:
         # Baseline: the same server command under LocalProcessSpawner (needs a Unix user named
         # like the hub user).
-        plain = make_settings(state_dir, tag, "local")
+        plain = make_settings(state_dir, tag)
         account = accounts.ensure_account("plain", Path(plain.home_root), plain.unix_prefix)
-        bench = Bench(plain, mnemonics)
+        bench = Bench(plain, mnemonics, baseline=True)
         try:
             bench.add_user(account.name)
             times = []
@@ -204,7 +222,7 @@ def run(spawns: int, concurrent: int) -> dict:
         finally:
             bench.close()
 
-        isolated = make_settings(state_dir, tag, "isolated")
+        isolated = make_settings(state_dir, tag)
         bench = Bench(isolated, mnemonics)
         try:
             bench.add_user("solo")

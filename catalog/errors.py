@@ -39,7 +39,3 @@ class Conflict(CatalogError):
 
 class InvalidInput(CatalogError):
     """A value that can never be right (bad date, bad role, bad name)."""
-
-
-class PostgresUnavailable(EnclaveError):
-    """PostgreSQL binaries are missing or the temporary server would not start."""

@@ -6,7 +6,7 @@ Profile table the ingestion verifier uses, geometry and UIDs are rewritten per s
 (deterministically, from the seed), and the pixels are a synthetic chest phantom with a
 spherical "lesion" whose label mask is written as NIfTI, so a segmentation is meaningful.
 
-The PHI helpers (``plant_phi``) put identifiers back on purpose, for negative tests.
+Tests put identifiers back on purpose through ``edit_header`` (``tests/phi.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +32,8 @@ TEMPLATE_FILE = "CT_small.dcm"
 DEID_METHOD = "Enclave samples: PS3.15 Basic Profile; synthetic pixels"
 DEID_PROFILE = "DICOM PS3.15 Annex E Basic Profile"
 LABELS = {0: "background", 1: "body", 2: "lesion"}
+#: A change applied to a series' header template before its slices are written.
+HeaderEdit = Callable[[Dataset], object]
 #: How ``make_sample_dataset`` writes its label masks.
 SEGMENTATION_FORMATS = ("nifti", "dicom-seg")
 #: A fixed dummy for dates a de-identified object must carry (SEG ContentDate is Type 1).
@@ -39,20 +41,6 @@ DUMMY_DATE, DUMMY_TIME = "20000101", "000000"
 FIELD_OF_VIEW_MM = 340.0
 SLICE_SPACING_MM = 5.0
 RESCALE_INTERCEPT = -1024
-
-# Values planted by plant_phi(); tests assert none of them reaches a report or log.
-PHI_VALUES = {
-    "patient-name": "Doe^Jane^Quincy",
-    "birth-date": "19610704",
-    "private-tag": "MRN-5551234-ACME",
-    "overlay": "Jane Doe 5551234",
-    "sequence": "Smithers^Harriet^Q",
-    "patient-address": "42 Wallaby Way Sydney",
-    "institution": "St Elsewhere General Hospital",
-    "identity-removed-missing": "",
-    "burned-in-yes": "",
-}
-PHI_KINDS = tuple(PHI_VALUES)
 
 
 class SampleDataError(EnclaveError):
@@ -284,7 +272,7 @@ def _write_series(
     seed: int,
     study_uid: str | None,
     series_number: int = 1,
-    phi: Iterable[str] = (),
+    edit_header: HeaderEdit | None = None,
     fast: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> _WrittenSeries:
@@ -302,9 +290,8 @@ def _write_series(
         series_number=series_number,
         geometry=geometry,
     )
-    planted = list(phi)
-    for kind in planted:
-        plant_phi(ds, kind)
+    if edit_header is not None:
+        edit_header(ds)
     lesion = _lesion(rng, geometry)
     phantom = _Phantom(geometry, lesion)
     labels_volume = None if fast else np.zeros((size, size, slices), np.uint8)
@@ -345,11 +332,12 @@ def make_ct_series(
     seed: int = 0,
     study_uid: str | None = None,
     series_number: int = 1,
-    phi: Iterable[str] = (),
+    edit_header: HeaderEdit | None = None,
 ) -> list[Path]:
     """Write one de-identified axial CT series (``0001.dcm``...) into ``out_dir``.
 
-    ``phi`` names kinds from ``PHI_KINDS`` to plant in every slice (negative tests).
+    ``edit_header`` is called once with the series' header before any slice is written, and
+    every slice carries what it changed (tests plant identifiers with it).
     """
     return _write_series(
         Path(out_dir),
@@ -359,7 +347,7 @@ def make_ct_series(
         seed=seed,
         study_uid=study_uid,
         series_number=series_number,
-        phi=phi,
+        edit_header=edit_header,
     ).paths
 
 
@@ -394,61 +382,6 @@ def make_benchmark_series(
         )
         paths.extend(written.paths)
     return paths
-
-
-# --- PHI planting, for negative tests ----------------------------------------------------
-
-
-def _plant_overlay(ds: Dataset, value: str) -> None:
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    ds.add_new(0x60000010, "US", rows)
-    ds.add_new(0x60000011, "US", cols)
-    ds.add_new(0x60000022, "LO", value)  # Overlay Description
-    ds.add_new(0x60000040, "CS", "G")
-    ds.add_new(0x60000050, "SS", [1, 1])
-    ds.add_new(0x60000100, "US", 1)
-    ds.add_new(0x60000102, "US", 0)
-    bits = np.zeros(rows * cols, np.uint8)
-    bits[: cols * 4] = 1  # a burned text band
-    ds.add_new(0x60003000, "OW", np.packbits(bits, bitorder="little").tobytes())
-
-
-def _plant_sequence(ds: Dataset, value: str) -> None:
-    item = Dataset()
-    item.Manufacturer = "ACME"
-    item.OperatorsName = value
-    ds.ContributingEquipmentSequence = DicomSequence([item])
-
-
-def _plant_private(ds: Dataset, value: str) -> None:
-    block = ds.private_block(0x0011, "ACME_HOSPITAL_1", create=True)
-    block.add_new(0x01, "LO", value)
-
-
-def plant_phi(ds: Dataset, kind: str) -> str:
-    """Put one kind of identifying information into ``ds``; returns the planted value."""
-    value = PHI_VALUES.get(kind)
-    if value is None:
-        raise ValueError(f"unknown PHI kind {kind!r}; choose from {', '.join(PHI_KINDS)}")
-    if kind == "patient-name":
-        ds.PatientName = value
-    elif kind == "birth-date":
-        ds.PatientBirthDate = value
-    elif kind == "private-tag":
-        _plant_private(ds, value)
-    elif kind == "overlay":
-        _plant_overlay(ds, value)
-    elif kind == "sequence":
-        _plant_sequence(ds, value)
-    elif kind == "patient-address":
-        ds.PatientAddress = value
-    elif kind == "institution":
-        ds.InstitutionName = value
-    elif kind == "identity-removed-missing":
-        del ds.PatientIdentityRemoved
-    elif kind == "burned-in-yes":
-        ds.BurnedInAnnotation = "YES"
-    return value
 
 
 # --- Whole dataset -----------------------------------------------------------------------
@@ -506,7 +439,7 @@ def make_sample_dataset(
     with_segmentation: bool = True,
     with_table: bool = True,
     seed: int = 0,
-    phi: Iterable[str] = (),
+    edit_header: HeaderEdit | None = None,
     segmentation_format: str = "nifti",
 ) -> Path:
     """Write a complete dataset directory ``out_dir/<name>/`` that ingestion accepts.
@@ -514,7 +447,8 @@ def make_sample_dataset(
     Layout: ``dataset.yaml``, ``dicom/<subject>/series-001/<nnnn>.dcm``,
     ``segmentations/<subject>.nii.gz`` (labels 0 background, 1 body, 2 lesion, affine from the
     DICOM geometry), ``tables/clinical.csv`` and ``expectations/clinical.json``.
-    ``phi`` plants identifiers (see ``PHI_KINDS``) in every slice, for negative tests.
+    ``edit_header`` changes every series' header before its slices are written (as in
+    ``make_ct_series``).
     ``segmentation_format="dicom-seg"`` writes the same labels as de-identified DICOM
     Segmentation objects, ``segmentations/<subject>.dcm`` (see ``make_dicom_seg``).
     """
@@ -531,7 +465,6 @@ def make_sample_dataset(
     if root.exists() and any(root.iterdir()):
         raise SampleDataError(f"{root} already exists and is not empty")
     root.mkdir(parents=True, exist_ok=True)
-    phi = tuple(phi)
     subject_ids = [f"SUBJ-{i + 1:04d}" for i in range(subjects)]
     segmentations, lesions = [], {}
     for index, subject in enumerate(subject_ids):
@@ -544,7 +477,7 @@ def make_sample_dataset(
             subject_id=subject,
             seed=subject_seed,
             study_uid=sample_uid("study", name, subject, seed),
-            phi=phi,
+            edit_header=edit_header,
         )
         lesions[subject] = written.lesion.radius
         if with_segmentation and segmentation_format == "dicom-seg":

@@ -118,7 +118,6 @@ class IsolatedSpawner(LocalProcessSpawner):
         help="Callable(Principal) -> mountable versions; defaults to the catalog at catalog_url.",
     ).tag(config=True)
     profiles = Dict(help="Profile name -> enclave.workspace.profiles.Profile.").tag(config=True)
-    isolate_network = Bool(True, help="Run in a network namespace (never turn off in production).")
     proc = Union(
         [Instance(subprocess.Popen), Instance("enclave.workspace.zygote.ZygoteProcess")],
         allow_none=True,
@@ -255,7 +254,7 @@ class IsolatedSpawner(LocalProcessSpawner):
         self._install_examples(account)
         grants = self._grants(self.principal())
         mounted = self.mounter.mount_for(account, grants)
-        network = self.namespaces.create(self.user.name) if self.isolate_network else None
+        network = self.namespaces.create(self.user.name)
         return account, network, mounted
 
     def _install_examples(self, account: accounts.UnixAccount) -> None:

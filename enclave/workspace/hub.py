@@ -62,9 +62,6 @@ class HubSettings:
     # interpreter): kept outside the state directory, which stays mode 0700 because it holds
     # the catalog database and the receivers' shares. Default: "<state_dir>-server".
     server_files: str = ""
-    # "isolated" (always, in a real enclave) or "local": JupyterHub's plain LocalProcessSpawner,
-    # only for measuring what isolation costs (benchmarks/spawn.py).
-    spawner: str = "isolated"
 
     @property
     def hub_dir(self) -> Path:
@@ -108,6 +105,10 @@ class HubSettings:
                 data = json.loads(path.read_text())
             except ValueError as exc:
                 raise HubConfigError(f"{path} is not valid JSON: {exc}") from None
+        if data.pop("spawner", "isolated") != "isolated":
+            raise HubConfigError(
+                f"{path}: spawner must be 'isolated' (servers without isolation are not offered)"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -317,13 +318,6 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.JupyterHub.services = services(settings)
 
     server_cmd = [server_python(shared / "server-python"), "-m", "enclave.workspace.singleuser"]
-    if settings.spawner == "local":  # the benchmark's baseline: no isolation at all
-        c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
-        c.LocalProcessSpawner.cmd = server_cmd
-        c.LocalProcessSpawner.environment = hub_jupyter_environment()  # the same JupyterLab
-        c.Spawner.start_timeout = settings.start_timeout_seconds
-        c.Spawner.http_timeout = settings.start_timeout_seconds
-        return
     c.JupyterHub.spawner_class = "enclave.spawner.IsolatedSpawner"
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = settings.start_timeout_seconds

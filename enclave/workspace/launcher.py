@@ -148,8 +148,16 @@ def custodian_mnemonics(state_dir: Path, say: Callable[[str], None]) -> list[str
     return [line for line in sys.stdin.read().splitlines() if line.strip()]
 
 
-def start_hub(settings: HubSettings, mnemonics: list[str], *, timeout: float = 90) -> int:
-    """Start the hub detached, unsealed with ``mnemonics``; return its pid once it answers."""
+def start_hub(
+    settings: HubSettings,
+    mnemonics: list[str],
+    *,
+    timeout: float = 90,
+    config_file: Path | None = None,
+) -> int:
+    """Start the hub detached, unsealed with ``mnemonics``; return its pid once it answers.
+
+    ``config_file`` replaces the shipped ``jupyterhub_config.py`` (a benchmark's variant)."""
     from enclave.custody import unseal
 
     unseal(Path(settings.state_dir), mnemonics)  # a wrong mnemonic fails here, with its reason
@@ -162,7 +170,11 @@ def start_hub(settings: HubSettings, mnemonics: list[str], *, timeout: float = 9
     }
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(hub_config_file())],
+            [
+                str(Path(sys.executable).parent / "jupyterhub"),
+                "-f",
+                str(config_file or hub_config_file()),
+            ],
             cwd=settings.hub_dir,
             env=env,
             stdin=subprocess.PIPE,

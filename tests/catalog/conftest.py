@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from catalog import Catalog, default_database_url, open_catalog
-from catalog.errors import PostgresUnavailable
-from catalog.postgres_server import TemporaryPostgres
+from tests.postgres_server import PostgresUnavailable, TemporaryPostgres
 
 PEM = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAtest\n-----END PUBLIC KEY-----\n"
 

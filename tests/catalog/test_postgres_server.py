@@ -7,9 +7,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from catalog import postgres_server
-from catalog.errors import PostgresUnavailable
-from catalog.postgres_server import TemporaryPostgres
+from tests import postgres_server
+from tests.postgres_server import PostgresUnavailable, TemporaryPostgres
 
 
 def test_databases_on_the_session_server(postgres_server):

@@ -159,9 +159,15 @@ def test_share_status_of_a_quarantined_transfer_gives_the_reason_and_a_report_li
     enclave, provider, service, split, tmp_path, capsys
 ):
     from enclave.samples import make_sample_dataset
+    from tests.phi import planting
 
     dataset = make_sample_dataset(
-        tmp_path / "phi", name="phi-ct", subjects=1, slices=4, size=32, phi=("patient-name",)
+        tmp_path / "phi",
+        name="phi-ct",
+        subjects=1,
+        slices=4,
+        size=32,
+        edit_header=planting("patient-name"),
     )
     shares = split(dataset, provider)
     send_shares(shares.share_paths, [service.coordinator_url], provider.token)

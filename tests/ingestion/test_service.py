@@ -344,10 +344,16 @@ def _worker(enclave, service):
 def test_phi_in_a_dicom_header_quarantines_with_a_report_naming_the_tag(
     enclave, provider, service, split, tmp_path
 ):
-    from enclave.samples import PHI_VALUES, make_sample_dataset
+    from enclave.samples import make_sample_dataset
+    from tests.phi import PHI_VALUES, planting
 
     dataset = make_sample_dataset(
-        tmp_path / "phi", name="phi-ct", subjects=1, slices=4, size=32, phi=("patient-name",)
+        tmp_path / "phi",
+        name="phi-ct",
+        subjects=1,
+        slices=4,
+        size=32,
+        edit_header=planting("patient-name"),
     )
     shares = split(dataset, provider)
     send_shares(shares.share_paths, [service.coordinator_url], provider.token)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave.samples import PHI_VALUES, make_ct_series, make_sample_dataset
+from enclave.samples import make_ct_series, make_sample_dataset
+from tests.phi import PHI_VALUES, planting
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def make_series(tmp_path) -> Callable[..., list[Path]]:
         kwargs.setdefault("slices", 4)
         kwargs.setdefault("size", 16)
         kwargs.setdefault("subject_id", "SUBJ-0001")
-        return make_ct_series(tmp_path / name, phi=phi, **kwargs)
+        return make_ct_series(tmp_path / name, edit_header=planting(*phi), **kwargs)
 
     return make
 

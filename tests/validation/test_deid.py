@@ -8,7 +8,6 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from enclave.samples import PHI_KINDS, PHI_VALUES, plant_phi
 from ingestion.report import ValidationReport
 from ingestion.validators.deid import (
     DeidConsistency,
@@ -17,6 +16,7 @@ from ingestion.validators.deid import (
     has_value,
     tag_label,
 )
+from tests.phi import PHI_KINDS, PHI_VALUES, plant_phi
 
 
 @pytest.fixture

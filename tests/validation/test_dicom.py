@@ -13,7 +13,6 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from enclave.samples import PHI_VALUES
 from ingestion.report import ValidationReport
 from ingestion.validators.dicom import (
     REQUIRED_ATTRIBUTES_PATH,
@@ -21,6 +20,7 @@ from ingestion.validators.dicom import (
     requirements_for,
     validate_dicom_files,
 )
+from tests.phi import PHI_VALUES
 
 
 def validate(root: Path, **kwargs):

@@ -14,7 +14,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
 
-from enclave.samples import PHI_VALUES
 from ingestion.validators import deid
 from ingestion.validators.dicom import (
     _PIXEL_TAG_LE,
@@ -23,6 +22,7 @@ from ingestion.validators.dicom import (
     _read_plain_header,
     validate_dicom_files,
 )
+from tests.phi import PHI_VALUES
 
 
 def edit(path: Path, change, **save) -> None:

@@ -24,6 +24,7 @@ from enclave.samples import (
 )
 from ingestion.validators.deid import basic_profile, check_deidentification
 from ingestion.validators.dicom import validate_dicom_files
+from tests.phi import planting
 
 
 def slices_of(root: Path, subject: str) -> list:
@@ -191,8 +192,10 @@ def test_refuses_to_overwrite_and_bad_arguments(tmp_path):
         make_ct_series(tmp_path / "y", slices=0)
 
 
-def test_phi_knob_plants_into_every_slice(tmp_path):
-    root = make_sample_dataset(tmp_path, subjects=1, slices=2, size=16, phi=["patient-name"])
+def test_a_header_edit_reaches_every_slice(tmp_path):
+    root = make_sample_dataset(
+        tmp_path, subjects=1, slices=2, size=16, edit_header=planting("patient-name")
+    )
     for path in root.rglob("*.dcm"):
         findings = check_deidentification(dcmread(path), path.name)
         assert [f.check for f in findings] == ["deid.person-name"]

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from enclave.samples import PHI_VALUES, make_ct_series, make_dicom_seg, make_sample_dataset, samples
+from enclave.samples import make_ct_series, make_dicom_seg, make_sample_dataset, samples
 from ingestion.validate import validate_dataset
+from tests.phi import PHI_VALUES
 
 SEG = "segmentations/SUBJ-0001.dcm"
 SAMPLE = {"subjects": 2, "slices": 10, "size": 32, "with_table": False, "seed": 3}

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from enclave.samples import PHI_VALUES, make_sample_dataset
+from enclave.samples import make_sample_dataset
 from ingestion.validate import content_hash, validate_dataset
+from tests.phi import PHI_VALUES, planting
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,9 @@ def test_missing_folder_is_a_finding(tmp_path):
 
 
 def test_dataset_with_problems_reports_each_and_skips_radiomics(tmp_path):
-    root = make_sample_dataset(tmp_path, subjects=2, slices=8, size=32, phi=["patient-name"])
+    root = make_sample_dataset(
+        tmp_path, subjects=2, slices=8, size=32, edit_header=planting("patient-name")
+    )
     (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (root / "notes.txt").write_text("scanner notes\n")
     (root / "tools").mkdir()

@@ -18,13 +18,18 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from catalog.errors import PostgresUnavailable
+from ingestion.service import free_port
+from secret_sharing.errors import EnclaveError
 
 BINDIR_ENV = "ENCLAVE_PG_BINDIR"
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found: install the Debian "
     "package 'postgresql' (`make system-deps`) or set ENCLAVE_PG_BINDIR"
 )
+
+
+class PostgresUnavailable(EnclaveError):
+    """PostgreSQL binaries are missing or the temporary server would not start."""
 
 
 def find_postgres_bindir() -> Path:
@@ -209,7 +214,7 @@ class TemporaryPostgres:
 
     def port_or_pick(self) -> int:
         if not self.port:
-            self.port = _free_port()
+            self.port = free_port()
         return self.port
 
     def stop(self) -> None:
