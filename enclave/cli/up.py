@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from enclave.workspace.hub import HubSettings
 
 state_dir_option = click.option(
     "--state-dir",
@@ -28,8 +33,7 @@ def up(state_dir: Path, public_ip: str | None, port: int | None, no_demo: bool) 
     secret-shared path; it is published and granted to a demo researcher.
     """
     from enclave.workspace import launcher
-    from enclave.workspace.hub import HubSettings
-    from enclave.workspace.people import add_person
+    from enclave.workspace.hub import HubSettings, check_workspace_paths
 
     def say(message: str) -> None:
         click.echo(message, err=True)
@@ -47,8 +51,34 @@ def up(state_dir: Path, public_ip: str | None, port: int | None, no_demo: bool) 
     if launcher.hub_pid(settings) is not None:
         click.echo(f"the enclave is already up: {settings.public_url}")
         return
+    check_workspace_paths(settings)
+    launcher.check_ports_free(settings)
     mnemonics = launcher.custodian_mnemonics(state_dir, say)
     say("starting JupyterHub, proxy, catalog, ingestion and idle culler ...")
+    try:
+        _start(settings, mnemonics, no_demo=no_demo, say=say)
+    except BaseException:
+        # Nothing may stay half-running: stop what was started before the error is shown.
+        say("enclave up failed; stopping what it started ...")
+        left = launcher.stop_everything(settings).still_running
+        if left:
+            say(
+                "still running (stop them with `kill -9 PID`): "
+                + "; ".join(f"pid {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+            )
+        else:
+            say("nothing of this enclave is left running")
+        raise
+
+
+def _start(
+    settings: HubSettings, mnemonics: list[str], *, no_demo: bool, say: Callable[[str], None]
+) -> None:
+    """Start the hub, create the first admin and run the demo journey; print how to log in."""
+    from enclave.workspace import launcher
+    from enclave.workspace.people import add_person
+
+    state_dir = Path(settings.state_dir)
     pid = launcher.start_hub(settings, mnemonics)
     admin = add_person(settings, "admin", "admin")
     if admin.password:
@@ -90,8 +120,17 @@ def down(state_dir: Path) -> None:
 
     launcher.check_system()
     settings = HubSettings.load(state_dir.resolve())
-    stopped = launcher.stop_hub(settings)
-    leftovers = launcher.clean_leftovers(settings)
-    click.echo("enclave stopped" if stopped else "the enclave was not running")
-    if leftovers:
-        click.echo(f"removed leftovers: {', '.join(leftovers)}")
+    stopped = launcher.stop_everything(settings)
+    click.echo("enclave stopped" if stopped.hub_was_running else "the enclave was not running")
+    if stopped.leftovers:
+        click.echo(f"removed leftovers: {', '.join(stopped.leftovers)}")
+    if stopped.killed:
+        click.echo(
+            "ended processes that outlived the hub: "
+            + "; ".join(f"pid {pid}: {cmd}" for pid, cmd in sorted(stopped.killed.items()))
+        )
+    if stopped.still_running:
+        raise click.ClickException(
+            "still running after SIGKILL: "
+            + "; ".join(f"pid {pid}: {cmd}" for pid, cmd in sorted(stopped.still_running.items()))
+        )

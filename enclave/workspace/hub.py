@@ -7,22 +7,28 @@ may change lives in ``STATE_DIR/hub/settings.json`` (:class:`HubSettings`), writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import sys
+import sysconfig
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from enclave.errors import EnclaveError
 from enclave.workspace.catalog_service import CATALOG_SCOPES
+from enclave.workspace.interpreter import private_ancestor, readable_by_others
 
 HUB_DIR = "hub"
 SETTINGS_FILE = "settings.json"
 ADMIN_TOKEN_FILE = "admin-service-token"
 ADMIN_SERVICE = "enclave-admin"
 ROLE_GROUPS = ("researchers", "students", "providers", "admins")
+#: Server files go here when the state directory's parent is private (``--state-dir ~/x`` as
+#: root): they are rebuilt at every hub start, so a tmpfs suits them.
+RUN_DIR = Path("/run/enclave")
 
 
 class HubConfigError(EnclaveError):
@@ -60,7 +66,7 @@ class HubSettings:
     log_level: str = "INFO"
     # Root-owned files every user server must read (the Jupyter policy, the server
     # interpreter): kept outside the state directory, which stays mode 0700 because it holds
-    # the catalog database and the receivers' shares. Default: "<state_dir>-server".
+    # the catalog database and the receivers' shares. Default: see server_files_dir.
     server_files: str = ""
 
     @property
@@ -69,7 +75,16 @@ class HubSettings:
 
     @property
     def server_files_dir(self) -> Path:
-        return Path(self.server_files or f"{self.state_dir.rstrip('/')}-server")
+        """``server_files`` if set; else ``<state_dir>-server`` where workspace users can
+        reach it; else a folder of its own under ``/run/enclave`` (a state directory below
+        a private one, such as ``/root``)."""
+        if self.server_files:
+            return Path(self.server_files)
+        beside = Path(f"{self.state_dir.rstrip('/')}-server")
+        if private_ancestor(beside.parent) is None:
+            return beside
+        digest = hashlib.sha256(str(Path(self.state_dir).resolve()).encode()).hexdigest()[:12]
+        return RUN_DIR / f"server-files-{digest}"
 
     @property
     def public_url(self) -> str:
@@ -115,6 +130,38 @@ class HubSettings:
             raise HubConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
         data["state_dir"] = str(Path(state_dir).resolve())
         return cls(**data)
+
+
+def check_workspace_paths(settings: HubSettings) -> None:
+    """Refuse, in one line, a layout in which user servers could not start.
+
+    Each server runs as its own unprivileged user, so it must be able to enter the server
+    files, its home, and read the enclave's Python packages."""
+    blocked = private_ancestor(settings.server_files_dir)
+    if blocked is not None:
+        raise HubConfigError(
+            f"server_files {settings.server_files_dir} is below {blocked}, which workspace "
+            "users cannot enter: choose a folder they can reach, or leave server_files unset"
+        )
+    blocked = private_ancestor(settings.home_root)
+    if blocked is not None:
+        raise HubConfigError(
+            f"home_root {settings.home_root} is below {blocked}, which workspace users cannot "
+            "enter: choose a folder they can reach (the default is /home)"
+        )
+    import enclave
+
+    for what, folder in (
+        ("the enclave's Python packages", Path(sysconfig.get_paths()["purelib"])),
+        ("the enclave package", Path(enclave.__file__).parent),
+    ):
+        blocked = readable_by_others(folder)
+        if blocked is not None:
+            raise HubConfigError(
+                f"{what} at {folder} cannot be read by workspace users ({blocked} is "
+                f"private): install the enclave where others can read it (e.g. /opt/enclave) "
+                f"or let them in with chmod o+rx {blocked}"
+            )
 
 
 def admin_token(settings: HubSettings) -> str:
@@ -278,8 +325,12 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     # The hub listens on the service address user namespaces route to; it must exist first.
     NamespaceManager(netns).ensure_host()
     os.chmod(settings.state_dir, 0o700)  # catalog database, shares, keys: root only
+    check_workspace_paths(settings)
     shared = settings.server_files_dir
-    shared.mkdir(parents=True, exist_ok=True)
+    for folder in (*reversed(shared.parents), shared):
+        if not folder.exists():  # new folders on the way stay enterable whatever the umask
+            folder.mkdir()
+            os.chmod(folder, 0o755)
     os.chown(shared, 0, 0)
     os.chmod(shared, 0o755)
     policy_dir = install_server_policy(shared / "jupyter-policy")

@@ -34,6 +34,31 @@ def usable_by_others(path: str | os.PathLike[str]) -> bool:
     return bool(os.stat(real).st_mode & 0o001)
 
 
+def private_ancestor(path: str | os.PathLike[str]) -> Path | None:
+    """The first directory on the way to ``path`` that users with no special rights cannot
+    enter (no search bit for others, as ``/root``'s mode 0700), or None if every existing one
+    lets them through. Components that do not exist yet are created later, mode 0755."""
+    real = Path(os.path.realpath(path))
+    for folder in (*reversed(real.parents), real):
+        try:
+            mode = os.stat(folder).st_mode
+        except FileNotFoundError:
+            return None
+        if not mode & 0o001:
+            return folder
+    return None
+
+
+def readable_by_others(folder: str | os.PathLike[str]) -> Path | None:
+    """The first directory on the way to ``folder`` (itself included) that others cannot
+    enter or, for ``folder`` itself, list; None if a user can import from it."""
+    blocked = private_ancestor(folder)
+    if blocked is not None:
+        return blocked
+    real = Path(os.path.realpath(folder))
+    return None if os.stat(real).st_mode & 0o005 == 0o005 else real
+
+
 def server_python(bridge_dir: Path) -> str:
     """An interpreter path for user servers: the hub's own, or a bridge venv next to it."""
     if usable_by_others(sys.executable):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +74,48 @@ def check_system() -> None:
             + ", ".join(missing)
             + " (install them with `make system-deps`)"
         )
+
+
+def check_ports_free(settings: HubSettings) -> None:
+    """Refuse, in one line, to start when a port the enclave listens on is taken."""
+    wanted = [
+        ("public_port", settings.public_ip, settings.public_port),
+        ("proxy_api_port", "127.0.0.1", settings.proxy_api_port),
+        ("catalog_port", "127.0.0.1", settings.catalog_port),
+    ]
+    if "ingest" in settings.managed_services:
+        wanted.append(("ingest_port", settings.ingest_host, settings.ingest_port))
+    for name, host, port in wanted:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise LaunchError(
+                    f"port {port} on {host} ({name}) is not free ({exc.strerror}): stop what "
+                    f"listens there or set another {name} in {settings.hub_dir / 'settings.json'}"
+                    + (" (or `enclave up --port`)" if name == "public_port" else "")
+                ) from None
+
+
+def hub_failure(log_text: str) -> str:
+    """The gist of a hub's failed start, from its log: the first critical or error message
+    and the first exception line (the cause; later ones wrap it)."""
+    first = next(
+        (
+            line.split("] ", 1)[1]
+            for line in log_text.splitlines()
+            if line.startswith(("[C ", "[E ")) and "] " in line
+        ),
+        "",
+    )
+    exceptions = [
+        line.strip()
+        for line in log_text.splitlines()
+        if re.match(r"\s*[A-Za-z_.]*(Error|Exception|Exit)\b.*: ", line)
+    ]
+    parts = [part for part in (first, exceptions[0] if exceptions else "") if part]
+    return "; ".join(dict.fromkeys(parts)) or "no message in its log"
 
 
 def hub_pid(settings: HubSettings) -> int | None:
@@ -162,6 +206,7 @@ def start_hub(
 
     unseal(Path(settings.state_dir), mnemonics)  # a wrong mnemonic fails here, with its reason
     log = settings.hub_dir / "hub.log"
+    start_of_run = log.stat().st_size if log.exists() else 0
     env = {
         **os.environ,
         "ENCLAVE_STATE_DIR": settings.state_dir,
@@ -189,9 +234,12 @@ def start_hub(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            with open(log, "rb") as fh:
+                fh.seek(start_of_run)
+                this_run = fh.read().decode(errors="replace")
             raise LaunchError(
-                f"the hub exited with status {proc.returncode}; end of {log}:\n{tail}"
+                f"the hub exited with status {proc.returncode}: {hub_failure(this_run)} "
+                f"(whole log: {log})"
             )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(api, timeout=2).status_code == 200:
@@ -214,6 +262,72 @@ def stop_hub(settings: HubSettings, *, timeout: float = 90) -> bool:
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     return True
+
+
+def enclave_processes(settings: HubSettings) -> dict[int, str]:
+    """The processes running for this enclave, by pid, with their command lines.
+
+    The hub, the proxy, the services, the receivers and the zygote all carry the state
+    directory in ``ENCLAVE_STATE_DIR`` (the hub sets it for them); this process and its
+    ancestors are left out. User servers run in network namespaces, which
+    :func:`clean_leftovers` removes."""
+    marker = f"ENCLAVE_STATE_DIR={settings.state_dir}".encode()
+    spared = {os.getpid(), *_ancestors()}
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            if marker not in Path(entry.path, "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = Path(entry.path, "cmdline").read_bytes()
+        except OSError:  # gone, or a zombie
+            continue
+        found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+def _ancestors() -> list[int]:
+    pids, pid = [], os.getppid()
+    while pid > 1:
+        pids.append(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return pids
+
+
+@dataclass
+class Stopped:
+    """What :func:`stop_everything` did."""
+
+    hub_was_running: bool
+    leftovers: list[str]  # namespaces and rules a crash had left
+    killed: dict[int, str]  # processes that outlived the hub
+    still_running: dict[int, str]  # what not even SIGKILL ended (normally nothing)
+
+
+def stop_everything(settings: HubSettings, *, grace: float = 10) -> Stopped:
+    """Stop the hub (which stops what it started), remove a crash's leftovers, then end any
+    process of this enclave still running (SIGTERM, then SIGKILL after ``grace`` seconds)."""
+    hub_was_running = stop_hub(settings)
+    leftovers = clean_leftovers(settings)
+    remaining = killed = enclave_processes(settings)
+    for pid in remaining:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.2)
+        remaining = enclave_processes(settings)
+    for pid in remaining:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if remaining:
+        time.sleep(0.5)
+    return Stopped(hub_was_running, leftovers, killed, enclave_processes(settings))
 
 
 def clean_leftovers(settings: HubSettings) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from enclave.workspace.hub import HubSettings
 from enclave.workspace.launcher import hub_config_file
 from ingestion.service import free_port
 
@@ -189,6 +192,7 @@ def start_hub(state_dir: Path, settings: Any, mnemonics: list[str]) -> Hub:
             stderr=out,
             start_new_session=True,
         )
+    assert proc.stdin is not None  # stdin=PIPE
     proc.stdin.write(("\n".join(mnemonics) + "\n").encode())
     proc.stdin.close()
     url = settings.public_url.rstrip("/")
@@ -350,3 +354,59 @@ class Kernel:
         if error:
             raise AssertionError(f"code raised in {self.user}'s kernel: {error}\n{''.join(out)}")
         return "".join(out)
+
+
+def enclave(
+    *args: str, stdin: str | None = None, timeout: float = 400
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "enclave", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextmanager
+def temporary_site(table: str) -> Iterator[HubSettings]:
+    """A state directory with this test's own ports, address range, nftables table and
+    prefixes, below a private parent (mode 0700, as /root is: ``--state-dir ~/enclave``);
+    everything is stopped and removed afterwards."""
+    needs_root_and_tools()
+    parent = Path(tempfile.mkdtemp(prefix="enclave-up-", dir="/tmp"))  # mode 0700
+    state_dir = parent / "enclave"
+    state_dir.mkdir(mode=0o700)
+    homes = Path(f"{parent}-homes")  # homes must be reachable: /home in a real enclave
+    tag = uuid.uuid4().hex[:4]
+    settings = HubSettings(
+        state_dir=str(state_dir),
+        public_port=free_port(),
+        proxy_api_port=free_port(),
+        hub_port=free_port(),
+        catalog_port=free_port(),
+        ingest_port=free_port(),
+        address_range=private_range(),
+        netns_table=table,
+        namespace_prefix=f"encup{tag}-",
+        veth_prefix="encu-",
+        unix_prefix=f"encu{tag}-",
+        home_root=str(homes),
+        plaintext_root=str(state_dir / "plaintext"),
+        lock_path=str(state_dir / "netns.lock"),
+        idle_timeout_seconds=3600,
+    )
+    settings.save()
+    try:
+        yield settings
+    finally:
+        enclave("down", "--state-dir", str(state_dir), timeout=120)
+        for entry in pwd.getpwall():
+            if entry.pw_name.startswith(settings.unix_prefix):
+                subprocess.run(["userdel", entry.pw_name], capture_output=True)
+        log = settings.hub_dir / "hub.log"
+        if log.exists():
+            shutil.copyfile(log, Path(tempfile.gettempdir()) / f"{table}-hub.log")
+        for path in (parent, homes, settings.server_files_dir):
+            shutil.rmtree(path, ignore_errors=True)

@@ -8,78 +8,27 @@ The state directory is prepared with this test's own ports, address range and pr
 from __future__ import annotations
 
 import os
-import pwd
 import re
-import shutil
+import socket
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import free_port, needs_root_and_tools, private_range
+from enclave.workspace.hub import RUN_DIR, HubSettings
+
+from .conftest import enclave, temporary_site
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def enclave(
-    *args: str, stdin: str | None = None, timeout: float = 400
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "enclave", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def site():
-    """A state directory with test settings; everything is removed afterwards."""
-    needs_root_and_tools()
-    from enclave.workspace.hub import HubSettings
-
-    state_dir = Path(tempfile.mkdtemp(prefix="enclave-up-", dir="/tmp"))
-    homes = Path(f"{state_dir}-homes")
-    tag = uuid.uuid4().hex[:4]
-    ingest_port = free_port()
-    settings = HubSettings(
-        state_dir=str(state_dir),
-        public_port=free_port(),
-        proxy_api_port=free_port(),
-        hub_port=free_port(),
-        catalog_port=free_port(),
-        ingest_port=ingest_port,
-        address_range=private_range(),
-        netns_table="enclave_uptest",
-        namespace_prefix=f"encup{tag}-",
-        veth_prefix="encu-",
-        unix_prefix=f"encu{tag}-",
-        home_root=str(homes),
-        plaintext_root=str(state_dir / "plaintext"),
-        lock_path=str(state_dir / "netns.lock"),
-        idle_timeout_seconds=3600,
-    )
-    settings.save()
-    try:
+    with temporary_site("enclave_uptest") as settings:
         yield settings
-    finally:
-        enclave("down", "--state-dir", str(state_dir), timeout=120)
-        for entry in pwd.getpwall():
-            if entry.pw_name.startswith(settings.unix_prefix):
-                subprocess.run(["userdel", entry.pw_name], capture_output=True)
-        log = settings.hub_dir / "hub.log"
-        if log.exists():
-            shutil.copyfile(log, Path(tempfile.gettempdir()) / "enclave-up-tests-hub.log")
-        for path in (state_dir, homes, settings.server_files_dir):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +74,18 @@ def wait_for_lab(client: httpx.Client, name: str, timeout: float = 90) -> None:
             return
         time.sleep(1)
     raise AssertionError(f"{name}'s JupyterLab did not open in {timeout}s")
+
+
+def test_up_works_with_the_state_dir_below_a_private_parent(site, first_up):
+    """``--state-dir ~/enclave`` as root: the parent is 0700, so the files every user server
+    reads go where servers can reach them (the demo researcher's server then starts, below)."""
+    parent = Path(site.state_dir).parent
+    assert parent.stat().st_mode & 0o777 == 0o700
+    shared = site.server_files_dir
+    assert shared.parent == RUN_DIR and shared.stat().st_mode & 0o777 == 0o755
+    assert (shared / "jupyter-policy" / "labconfig" / "page_config.json").is_file()
+    for folder in (*reversed(shared.parents), shared):
+        assert folder.stat().st_mode & 0o005 == 0o005, folder
 
 
 def test_up_prints_the_url_the_admin_login_and_labels_demo_secrets(site, first_up):
@@ -308,11 +269,12 @@ def test_course_refuses_bad_rosters_datasets_and_dates(site, first_up, tmp_path)
 
 
 def test_down_stops_everything_and_state_survives_a_restart(site, first_up):
-    from enclave.workspace.launcher import hub_pid
+    from enclave.workspace.launcher import enclave_processes, hub_pid
 
     down = enclave("down", "--state-dir", site.state_dir, timeout=120)
     assert down.returncode == 0 and "enclave stopped" in down.stdout
     assert hub_pid(site) is None
+    assert enclave_processes(site) == {}
     assert (
         not [n for n in os.listdir("/run/netns") if n.startswith(site.namespace_prefix)]
         if os.path.isdir("/run/netns")
@@ -330,3 +292,72 @@ def test_down_stops_everything_and_state_survives_a_restart(site, first_up):
     assert "demo:" not in again.stderr  # the demo dataset is still there: no second journey
     listed = enclave("users", "list", "--state-dir", site.state_dir)
     assert "rita" in listed.stdout and "stu2" in listed.stdout
+
+
+def assert_nothing_left_running(settings: HubSettings) -> None:
+    from enclave.workspace.launcher import enclave_processes, hub_pid
+
+    assert hub_pid(settings) is None
+    assert enclave_processes(settings) == {}
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert settings.netns_table not in tables
+    for port in (settings.public_port, settings.hub_port, settings.ingest_port):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_a_failed_demo_journey_stops_the_hub_proxy_and_services(monkeypatch, capsys):
+    """As when reconstruction broke on a new cryptography release: the hub and its services
+    were up when the demo transfer failed, and they were left running."""
+    from enclave.cli import main
+    from enclave.workspace import launcher
+
+    def failing_journey(settings, say, **kwargs):
+        raise launcher.LaunchError(
+            "demo transfer 0123abcd was failed: data and buf must not overlap"
+        )
+
+    monkeypatch.setattr(launcher, "run_demo_journey", failing_journey)
+    with temporary_site("enclave_upfail") as settings:
+        with pytest.raises(SystemExit) as exited:
+            main(["up", "--state-dir", settings.state_dir])
+        assert exited.value.code != 0
+        err = capsys.readouterr().err
+        assert "enclave up failed; stopping what it started" in err
+        assert "nothing of this enclave is left running" in err
+        assert err.strip().endswith(
+            "error: demo transfer 0123abcd was failed: data and buf must not overlap"
+        )
+        assert_nothing_left_running(settings)
+
+
+def test_up_with_its_public_port_taken_says_so_in_one_line_and_starts_nothing():
+    with temporary_site("enclave_upport") as settings, socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((settings.public_ip, settings.public_port))
+        squatter.listen()
+        result = enclave("up", "--state-dir", settings.state_dir, "--no-demo", timeout=200)
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: port {settings.public_port} on {settings.public_ip} (public_port) is not "
+            f"free (Address already in use): stop what listens there or set another "
+            f"public_port in {settings.hub_dir / 'settings.json'} (or `enclave up --port`)"
+        )
+        squatter.close()
+        assert_nothing_left_running(settings)
+
+
+def test_a_hub_that_exits_at_start_is_summarised_from_its_log():
+    from enclave.workspace.launcher import hub_failure
+
+    log = """[I 2026-12-06 04:32:50.100 JupyterHub app:3300] Starting the proxy
+[E 2026-12-06 04:32:50.650 JupyterHub proxy:818] Proxy failed to start
+    Traceback (most recent call last):
+      File "tornado/netutil.py", line 181, in bind_sockets
+        sock.bind(sockaddr)
+    OSError: [Errno 98] Address already in use
+[C 2026-12-06 04:32:50.660 JupyterHub app:3872] Failed to start proxy
+    RuntimeError: Proxy failed to start with exit code 1
+"""
+    assert hub_failure(log) == "Proxy failed to start; OSError: [Errno 98] Address already in use"
+    assert hub_failure("") == "no message in its log"
