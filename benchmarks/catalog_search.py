@@ -107,6 +107,7 @@ def load_synthetic(catalog: Catalog, *, datasets: int, files: int, seed: int = 7
     raw = catalog.engine.raw_connection()
     try:
         conn = raw.driver_connection
+        assert conn is not None  # only an invalidated pool connection has no driver connection
         _copy(
             conn,
             "providers",

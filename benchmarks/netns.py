@@ -112,6 +112,7 @@ def isolated_spawn(manager: NamespaceManager, kind: str) -> tuple[float, float]:
     proc.wait(timeout=10)
     shutil.rmtree(env["HOME"], ignore_errors=True)
     t = time.perf_counter()
+    assert proc.limits is not None  # given ResourceLimits, popen_in_namespace applies them
     proc.limits.remove()
     manager.teardown(net)
     return elapsed, time.perf_counter() - t

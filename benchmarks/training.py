@@ -108,7 +108,8 @@ class GpuSampler:
     """Samples GPU utilisation (%) in a thread, through NVML when torch has it, else nvidia-smi."""
 
     def __init__(self, period: float = 0.2) -> None:
-        self.period, self.samples = period, []
+        self.period = period
+        self.samples: list[float] = []
         self._stop = threading.Event()
 
     def _read(self) -> float | None:

@@ -969,7 +969,7 @@ class Catalog:
     @staticmethod
     def _dataset_ids_with(
         principal: Principal | None, now: datetime, modality: str | None = None
-    ) -> Select[tuple[int]]:
+    ) -> Select[int]:
         """Ids of datasets with a version the principal sees (and of ``modality``), as a
         subquery the database can hash-join, starting from the few live grants."""
         stmt = select(DatasetVersion.dataset_id)
@@ -1144,7 +1144,7 @@ class Catalog:
         series = [
             SeriesView(
                 series_uid=r.series_uid,
-                study_uid=study_uids.get(r.study_id),
+                study_uid=study_uids.get(r.study_id) if r.study_id is not None else None,
                 modality=r.modality,
                 body_part=r.body_part,
                 rows=r.rows,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any, TypedDict, Unpack
 
 from enclave.netns import NETNS_DIR, IsolatedNetwork, IsolationError, require_tools
 
@@ -277,6 +278,17 @@ class IsolatedProcess(subprocess.Popen):
     limits: AppliedLimits | None = None
 
 
+class PopenOptions(TypedDict, total=False):
+    """The :class:`subprocess.Popen` options :func:`popen_in_namespace` passes through
+    (the command, environment and working directory are its own parameters)."""
+
+    stdin: int | IO[Any] | None
+    stdout: int | IO[Any] | None
+    stderr: int | IO[Any] | None
+    text: bool
+    start_new_session: bool
+
+
 def popen_in_namespace(
     ns: IsolatedNetwork | str,
     argv: Sequence[str],
@@ -287,7 +299,7 @@ def popen_in_namespace(
     cwd: str | None = None,
     limits: ResourceLimits | AppliedLimits | None = None,
     limits_name: str | None = None,
-    **popen_kwargs: object,
+    **popen_kwargs: Unpack[PopenOptions],
 ) -> IsolatedProcess:
     """Start ``argv`` inside the namespace as ``uid``/``gid``, within ``limits``.
 

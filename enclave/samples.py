@@ -307,6 +307,7 @@ def _write_series(
         else:
             hu, labels = phantom.slice(z_rel)
             hu = hu + rng.normal(0.0, 12.0, hu.shape).astype(np.float32)
+            assert labels_volume is not None  # allocated above unless fast
             labels_volume[:, :, k] = labels.T  # NIfTI order: [column, row, slice]
         sop_uid = sample_uid("instance", series_uid, k)
         ds.SOPInstanceUID = sop_uid
@@ -480,6 +481,7 @@ def make_sample_dataset(
             edit_header=edit_header,
         )
         lesions[subject] = written.lesion.radius
+        assert written.labels is not None  # only fast (benchmark) series come without labels
         if with_segmentation and segmentation_format == "dicom-seg":
             mask = root / "segmentations" / f"{subject}.dcm"
             make_dicom_seg(written.paths, _labels_by_frame(written.labels), mask)

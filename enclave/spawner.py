@@ -40,6 +40,7 @@ from traitlets import Bool, Dict, Float, Instance, Unicode, Union, default
 
 from enclave.workspace import accounts, policy, profiles
 from enclave.workspace.datasets import DatasetMounter, MountedDataset
+from enclave.workspace.profiles import Profile
 
 _SHARED: dict[tuple[str, Any], Any] = {}
 _SHARED_LOCK = threading.Lock()
@@ -242,7 +243,8 @@ class IsolatedSpawner(LocalProcessSpawner):
 
     # ---- lifecycle
 
-    _profile: profiles.Profile | None = None
+    # Profile imported by name: in this class body ``profiles`` is the trait, not the module.
+    _profile: Profile | None = None
     _timings: dict[str, Any] = {}
     _network: Any = None
     _limits: Any = None

@@ -12,7 +12,9 @@ import os
 from enclave.spawner import prewarm_zygote
 from enclave.workspace.hub import HubSettings, configure, master_key_from_environment
 
-c = get_config()  # noqa: F821 (provided by JupyterHub)
+# get_config is put in this file's namespace by traitlets' config loader when JupyterHub loads
+# it (traitlets.config.get_config is another function: the application's config, not this file's).
+c = get_config()  # type: ignore[name-defined]  # noqa: F821
 state_dir = os.environ.get("ENCLAVE_STATE_DIR")
 if not state_dir:
     raise SystemExit(

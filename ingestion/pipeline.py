@@ -107,7 +107,7 @@ class StreamingIngest:
                 # plaintext held in memory stays within ENCRYPT_BACKLOG_BYTES.
                 held = self._backlog.acquire(sum(len(piece) for piece in data))
                 task = self._encrypt.submit(self.writer.add_data, rel, data, hashed=False)
-                task.add_done_callback(lambda _, held=held: self._backlog.release(held))
+                task.add_done_callback(lambda _: self._backlog.release(held))
             self._encrypting.append(task)
         if rel == MANIFEST_NAME:
             self.subject_attribute = manifest_subject_attribute(path)

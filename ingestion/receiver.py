@@ -29,7 +29,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -39,6 +39,9 @@ from starlette.requests import ClientDisconnect
 from ingestion import diskio, shares
 from ingestion.settings import DEFAULT_QUOTA_BYTES, PROLOGUE_MAX_BYTES
 from secret_sharing.errors import EnclaveError
+
+if TYPE_CHECKING:
+    from secret_sharing.verify import BlockDigester
 
 HEADER_LEN = 64  # secret_sharing.format.HEADER_LEN; kept here so the app imports light
 
@@ -188,7 +191,7 @@ def _start_writeback(fh: Any, offset: int, nbytes: int, drop_before: int) -> int
 CATCH_UP_BYTES = 1024 * 1024
 
 
-def digester_from_disk(prologue: Path, part: Path, probe: Path) -> Any:
+def digester_from_disk(prologue: Path, part: Path, probe: Path) -> BlockDigester:
     """A ``BlockDigester`` for the share being received, fed what ``part`` already holds.
 
     Used for the first body of an upload and whenever the receiver's in-memory digester is
@@ -221,7 +224,7 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
     locks: dict[str, asyncio.Lock] = {}
     key_cache: dict[str, Any] = {}
     # Per transfer being received: its data blocks hashed so far (secret_sharing.BlockDigester).
-    digesters: dict[str, Any] = {}
+    digesters: dict[str, BlockDigester] = {}
 
     app = FastAPI(
         title=f"Enclave share receiver {config.index}",
@@ -528,7 +531,11 @@ def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastA
         log.info("receiving share %d of %s from %s", index, transfer_id, name)
 
     async def _complete(
-        transfer_id: str, index: int, provider: Any, meta: dict[str, Any], digester: Any
+        transfer_id: str,
+        index: int,
+        provider: Any,
+        meta: dict[str, Any],
+        digester: BlockDigester,
     ) -> JSONResponse:
         """Verify the whole share against its signed manifest, then mark it complete.
 

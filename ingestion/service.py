@@ -280,6 +280,8 @@ class IngestService:
             for url in self.receiver_urls:
                 wait_healthy(url)
             return self.receiver_urls
+        database_url = self.database_url
+        assert database_url is not None  # resolved by __post_init__
         urls = []
         for j, port in enumerate(self._receiver_ports(), start=1):
             store_dir = self.paths.receiver_store(j)
@@ -288,7 +290,7 @@ class IngestService:
                 from ingestion.receiver import ReceiverConfig, create_receiver_app
 
                 app = create_receiver_app(
-                    ReceiverConfig(j, store_dir, self.database_url, self.worker_token),
+                    ReceiverConfig(j, store_dir, database_url, self.worker_token),
                     catalog=self.catalog,
                 )
                 self._threads.append(ThreadServer(app, self.host, port))
@@ -302,12 +304,14 @@ class IngestService:
                 "--state-dir", str(self.state_dir),
             ]  # fmt: skip
             # The database URL may carry a password: environment, not the command line.
-            env = {**os.environ, DB_URL_ENV: self.database_url}
+            env = {**os.environ, DB_URL_ENV: database_url}
             proc = subprocess.Popen(cmd, env=env, preexec_fn=_set_pdeathsig)
             self._procs.append(proc)
             urls.append(url_for(self.host, port))
-        for url, proc in zip(urls, self._procs or [None] * len(urls), strict=True):
-            wait_healthy(url, proc=proc)
+        # Thread mode starts no processes: nothing to watch while waiting.
+        procs: list[subprocess.Popen | None] = [*self._procs] or [None] * len(urls)
+        for url, receiver in zip(urls, procs, strict=True):
+            wait_healthy(url, proc=receiver)
         self.receiver_urls = urls
         return urls
 

@@ -348,9 +348,9 @@ class _Inventory:
     def file_entries(self, dicom: Any, manifest: DatasetManifest | None) -> list[dict[str, Any]]:
         by_path: dict[str, dict[str, Any]] = {}
         if dicom is not None:
-            for entry in dicom.files:
-                rel = dataset_relative_path(self.root, str(entry["path"]))
-                by_path[rel] = entry
+            for record in dicom.files:
+                rel = dataset_relative_path(self.root, str(record["path"]))
+                by_path[rel] = record
         refs = manifest.referenced_paths() if manifest else {}
         entries = []
         for rel, size in sorted(self.files.items()):

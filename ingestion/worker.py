@@ -485,7 +485,7 @@ def _as_dict(manifest: Any) -> dict[str, Any]:
             return getattr(manifest, method)()
     import dataclasses
 
-    if dataclasses.is_dataclass(manifest):
+    if dataclasses.is_dataclass(manifest) and not isinstance(manifest, type):
         return dataclasses.asdict(manifest)
     raise TypeError(f"cannot turn {type(manifest).__name__} into a manifest dict")
 

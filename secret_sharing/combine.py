@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -565,7 +565,7 @@ def _reconstruct(
                 rejected,
             )
 
-    def segments() -> Iterator[bytearray]:
+    def segments() -> Generator[bytearray, None, None]:
         workers = worker_count()
         in_flight: deque[tuple[int, Future]] = deque()
         next_segment = 0

@@ -28,7 +28,7 @@ USE_ISAL_ENV = "ENCLAVE_ISAL"
 
 
 @functools.lru_cache(maxsize=1)
-def _isal() -> Any | None:
+def _isal() -> ctypes.CDLL | None:
     if os.environ.get(USE_ISAL_ENV, "1") == "0":
         return None
     for name in ("libisal.so.2", ctypes.util.find_library("isal")):
@@ -138,6 +138,8 @@ class ParityEncoder:
             for target, block in zip(parity, computed, strict=True):
                 memoryview(target)[:] = block
             return
+        # __init__ sets exactly one engine: ISA-L's library, or else zfec's encoder.
+        assert self._lib is not None
         sources = [_address(block) for block in primaries]
         targets = [_address(block, writable=True) for block in parity]
         self._lib.ec_encode_data(

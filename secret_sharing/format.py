@@ -365,7 +365,21 @@ class Footer:
     def decode(cls, raw: bytes, file_length: int) -> Footer:
         if len(raw) != FOOTER_LEN:
             raise FormatProblem("file is shorter than a share footer (truncated?)")
-        *sections, tid, version, index, reserved, magic = _FOOTER.unpack(raw)
+        (
+            index_offset,
+            index_length,
+            key_share_offset,
+            key_share_length,
+            manifest_offset,
+            manifest_length,
+            signature_offset,
+            signature_length,
+            tid,
+            version,
+            index,
+            reserved,
+            magic,
+        ) = _FOOTER.unpack(raw)
         if magic != FOOTER_MAGIC:
             raise FormatProblem("no share footer at the end of the file (truncated or corrupt)")
         if version not in SUPPORTED_VERSIONS:
@@ -375,7 +389,19 @@ class Footer:
             )
         if any(reserved):
             raise FormatProblem("corrupt footer (reserved bytes are not zero)")
-        footer = cls(*sections, tid, index, version)
+        footer = cls(
+            index_offset,
+            index_length,
+            key_share_offset,
+            key_share_length,
+            manifest_offset,
+            manifest_length,
+            signature_offset,
+            signature_length,
+            tid,
+            index,
+            version,
+        )
         # Sections must tile the space between the data and the footer exactly.
         if footer.key_share_length != KEY_SHARE_LEN or footer.signature_length != SIGNATURE_LEN:
             raise FormatProblem("corrupt footer (section lengths)")

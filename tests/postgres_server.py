@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import TypedDict
 
 from ingestion.service import free_port
 from secret_sharing.errors import EnclaveError
@@ -79,6 +80,15 @@ def _unprivileged_user() -> pwd.struct_passwd:
     raise PostgresUnavailable(
         "running as root and no 'postgres' or 'nobody' user to run PostgreSQL as"
     )
+
+
+class _RunAs(TypedDict, total=False):
+    """The ``subprocess.run`` options that run a PostgreSQL tool as the unprivileged user."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+    env: dict[str, str]
 
 
 class TemporaryPostgres:
@@ -266,7 +276,7 @@ class TemporaryPostgres:
             conn.execute(sql)
 
     def _run(self, argv: list[str], *, what: str, check: bool = True) -> None:
-        kwargs: dict[str, object] = {}
+        kwargs: _RunAs = {}
         if self._run_as is not None:
             kwargs = {
                 "user": self._run_as.pw_uid,
@@ -284,7 +294,7 @@ class TemporaryPostgres:
             capture_output=True,
             text=True,
             timeout=self.start_timeout + 30,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
         if check and proc.returncode != 0:
             log = ""

@@ -56,6 +56,7 @@ def send(
         BarColumn,
         DownloadColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
@@ -63,7 +64,7 @@ def send(
 
     from ingestion.client import send_shares
 
-    tasks: dict[int, int] = {}
+    tasks: dict[int, TaskID] = {}
     states: list[str] = []
     with Progress(
         TextColumn("share {task.fields[index]}"),

@@ -199,11 +199,12 @@ class EnclaveDataset:
             )
         spec = specs[name]
         path = self.path / PurePosixPath(spec.path)
-        reader = pd.read_parquet if path.suffix == ".parquet" else pd.read_csv
-        kwargs = {} if path.suffix == ".parquet" else {"dtype": {spec.subject_id: str}}
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        dtype = {spec.subject_id: str}
         if path.suffix == ".tsv":
-            kwargs["sep"] = "\t"
-        return reader(path, **kwargs)
+            return pd.read_csv(path, dtype=dtype, sep="\t")
+        return pd.read_csv(path, dtype=dtype)
 
     def _linked_rows(self) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}

@@ -119,6 +119,7 @@ def _strip_outputs(notebook: dict[str, Any]) -> dict[str, Any]:
 
 def describe_code(code: str | Path | None = None) -> dict[str, Any]:
     """The notebook or script behind this run: path, kind, how it was found, hashes."""
+    path: Path | None
     if code is not None:
         path, how = Path(code).expanduser(), "explicit"
         if not path.is_file():

@@ -16,7 +16,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from enclave.data.dataset import EnclaveDataset, open_dataset
 from enclave.data.mounts import DatasetAccessError
@@ -197,7 +197,7 @@ def monai_dataset(
     split: str = "all",
     train: bool | None = None,
     transforms: Any = None,
-    pixdim: Sequence[float] | str | None = "median",
+    pixdim: Sequence[float] | Literal["median"] | None = "median",
     patch_size: Sequence[int] = (96, 96, 96),
     num_samples: int = 2,
     val_fraction: float = 0.2,

@@ -187,7 +187,9 @@ class DatasetMounter:
                 # The tree is shared by every grantee, so no one user's grant expiry goes in it.
                 shared = (
                     dataclasses.replace(version, expires_at=None)
-                    if dataclasses.is_dataclass(version) and hasattr(version, "expires_at")
+                    if dataclasses.is_dataclass(version)
+                    and not isinstance(version, type)  # an instance, not the class itself
+                    and hasattr(version, "expires_at")
                     else version
                 )
                 write_version_info(partial, shared)

@@ -12,14 +12,18 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from enclave.errors import EnclaveError
+
+if TYPE_CHECKING:
+    from catalog.auth import Role
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 # JupyterHub groups that carry a role, most privileged first.
-ROLE_GROUPS: dict[str, str] = {
+ROLE_GROUPS: dict[str, Role] = {
     "admins": "admin",
     "providers": "provider",
     "researchers": "researcher",
@@ -87,7 +91,7 @@ STUDENT = Profile(
 PROFILES = {p.name: p for p in (RESEARCHER, STUDENT)}
 
 
-def role_of(groups: Iterable[str]) -> str | None:
+def role_of(groups: Iterable[str]) -> Role | None:
     """The most privileged role among a user's hub groups, or None."""
     names = set(groups)
     for group, role in ROLE_GROUPS.items():

@@ -323,8 +323,9 @@ def serve(control_fd: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     children: dict[int, socket.socket] = {}
     control.send(READY + b" " + str(os.getpid()).encode())
+    watched: list[socket.socket | int] = [control, wake_r]
     while True:
-        readable, _, _ = select.select([control, wake_r], [], [])
+        readable, _, _ = select.select(watched, [], [])
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
@@ -550,6 +551,7 @@ class ZygoteClient:
             with self._lock:
                 if not self._check_ready():
                     raise ZygoteUnavailable("the zygote is not ready")
+                assert self._control is not None  # _check_ready() is False without it
                 try:
                     socket.send_fds(self._control, [b"spawn"], [child_end.fileno()])
                 except OSError as exc:

@@ -29,10 +29,10 @@ Findings name the attribute and the file, never the value.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -41,9 +41,26 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
-from ingestion.report import Finding
+from ingestion.report import Finding, Severity
 
 ElementVisitor = Callable[[DataElement | RawDataElement, str, str], None]
+
+
+class RecordingVisitor(Protocol):
+    """An element visitor whose verdicts the walk may record and replay for identical
+    sequences (``_Walk._replay_sequence``): they depend only on the element and on
+    ``cache_key``, and it appends them, all about ``path``, to ``findings``."""
+
+    findings: list[Finding]
+
+    @property
+    def cache_key(self) -> Hashable: ...
+
+    @property
+    def path(self) -> str: ...
+
+    def __call__(self, elem: DataElement | RawDataElement, vr: str, prefix: str, /) -> None: ...
+
 
 BASIC_PROFILE_PATH = Path(__file__).with_name("data") / "basic_profile.json"
 
@@ -244,8 +261,8 @@ class _Walk:
         # tag -> number of items the conversion gives.
         self.unconverted: dict[int, int] = {}
 
-    def add(self, check: str, tag: str, message: str, severity: str = "error") -> None:
-        self.findings.append(Finding(check, severity, message, path=self.path, tag=tag))  # type: ignore[arg-type]
+    def add(self, check: str, tag: str, message: str, severity: Severity = "error") -> None:
+        self.findings.append(Finding(check, severity, message, path=self.path, tag=tag))
 
     def walk(self, ds: Dataset, prefix: str = "", equipment_item: bool = False) -> None:
         """``equipment_item``: ``ds`` is an item of ContributingEquipmentSequence."""
@@ -302,10 +319,14 @@ class _Walk:
                     prefix + tag_label(tag),
                     "has a value; Enclave requires it to be empty, not replaced by a dummy",
                 )
-            elif entry[1] in REMOVE_ACTIONS:
-                self._remove_finding(prefix, tag, entry[1])
-            elif entry[1] in DUMMY_ACTIONS:
-                self._dummy_finding(prefix, tag, entry[1])
+            else:
+                # Without a profile entry only person names and MUST_BE_EMPTY get this far.
+                assert entry is not None
+                action = entry[1]
+                if action in REMOVE_ACTIONS:
+                    self._remove_finding(prefix, tag, action)
+                elif action in DUMMY_ACTIONS:
+                    self._dummy_finding(prefix, tag, action)
         if private:
             allowed = _allowed_private(ds, private, self.allowlist)
             refused = [t for t in private if t not in allowed]
@@ -351,28 +372,29 @@ class _Walk:
             or tag in _READ_UNCONVERTED
         ):
             return False
+        # Only a visitor that says it records (a cache_key) gets this far, or none at all.
+        recorder = cast("RecordingVisitor | None", visitor)
         charset = ds.original_character_set or ds._character_set  # as Dataset.__getitem__
-        if not isinstance(charset, str):
-            charset = tuple(charset)
+        charset_key = charset if isinstance(charset, str) else tuple(charset)
         key = (
             tag,
             elem.VR,
             value,
             elem.is_implicit_VR,
             elem.is_little_endian,
-            charset,
+            charset_key,
             self.allowlist,
             visitor_key,
         )
         outcome = _SEQUENCE_OUTCOMES.get(key)
         if outcome is None:
             seen = len(self.findings)
-            visited = len(visitor.findings) if visitor is not None else 0
+            visited = len(recorder.findings) if recorder is not None else 0
             items = ds[tag].value or []
             self._walk_sequence(items, tag, entry)
             if any(f.path != self.path for f in self.findings[seen:]) or (
-                visitor is not None
-                and any(f.path != visitor.path for f in visitor.findings[visited:])
+                recorder is not None
+                and any(f.path != recorder.path for f in recorder.findings[visited:])
             ):
                 return True  # walked; nothing to remember
             outcome = (
@@ -380,7 +402,7 @@ class _Walk:
                 tuple((f.check, f.severity, f.message, f.tag) for f in self.findings[seen:]),
                 tuple(
                     (f.check, f.severity, f.message, f.tag)
-                    for f in (visitor.findings[visited:] if visitor is not None else ())
+                    for f in (recorder.findings[visited:] if recorder is not None else ())
                 ),
             )
             if len(_SEQUENCE_OUTCOMES) >= _SEQUENCE_CACHE_MAX:
@@ -394,8 +416,10 @@ class _Walk:
         # its order, so replaying them one list after the other gives the same two lists.
         self.findings += [Finding(c, sev, m, path=self.path, tag=t) for c, sev, m, t in walked]
         if visited_findings:
-            visitor.findings += [
-                Finding(c, sev, m, path=visitor.path, tag=t) for c, sev, m, t in visited_findings
+            # Recorded from a visitor with this cache_key; without a visitor the key is ().
+            assert recorder is not None
+            recorder.findings += [
+                Finding(c, sev, m, path=recorder.path, tag=t) for c, sev, m, t in visited_findings
             ]
         return True
 

@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -405,7 +405,7 @@ def _raw_int(elems: Elements, tag: int) -> int | None:
             if vr in ("US", "SS"):
                 if len(value) < 2:
                     return None
-                order = "little" if elem.is_little_endian else "big"
+                order: Literal["little", "big"] = "little" if elem.is_little_endian else "big"
                 return int.from_bytes(value[:2], order, signed=vr == "SS")
             text = bytes(value).decode("ascii").strip(" \x00").split("\\")[0]
             return int(text) if text else None
@@ -504,7 +504,8 @@ def _read_plain_header(header: bytes) -> Dataset | None:
     looks_explicit = 0x40 < first_vr[0] < 0x5B and 0x40 < first_vr[1] < 0x5B
     if header[pos : pos + 2] == b"\x00\x00" or looks_explicit == implicit:
         return None
-    elements: dict[BaseTag, RawDataElement] = {}
+    # The Dataset takes this dict over and converts its raw elements in place when read.
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     while pos < end:
         if end - pos < 8:
             return None
@@ -526,7 +527,12 @@ def _read_plain_header(header: bytes) -> Dataset | None:
         tag = group << 16 | elem
         if tag == _ITEM_DELIMITER or length == _UNDEFINED or pos + length > end:
             return None
-        value = header[pos : pos + length] if length > 0 else empty_value_for_VR(vr, raw=True)
+        # An empty raw value is b"" or None (empty_value_for_VR with raw=True).
+        value = (
+            header[pos : pos + length]
+            if length > 0
+            else cast("bytes | None", empty_value_for_VR(vr, raw=True))
+        )
         if tag == 0x00080005:  # as pydicom's element generator does (it may warn or raise)
             convert_encodings(convert_string(value or b"", True))
         key = BaseTag(tag)
@@ -537,8 +543,11 @@ def _read_plain_header(header: bytes) -> Dataset | None:
         )
         pos += length
     dataset = Dataset(elements, parent_encoding=default_encoding)
+    encoding: str | list[str]
     if 0x00080005 in elements:
-        charset = convert_raw_data_element(elements[BaseTag(0x00080005)]).value
+        charset_element = elements[BaseTag(0x00080005)]
+        assert isinstance(charset_element, RawDataElement)  # nothing has read the dataset yet
+        charset = convert_raw_data_element(charset_element).value
         encoding = convert_encodings(charset)
     else:
         encoding = default_encoding
@@ -581,7 +590,8 @@ def _parse_fast(view: memoryview) -> Dataset | None:
     syntax = _transfer_syntax(ds.file_meta)
     if syntax not in NATIVE_SYNTAXES or syntax in (DEFLATED, BIG_ENDIAN) or not len(ds):
         return None
-    last = ds.get_item(next(reversed(ds.keys())))
+    # pydicom annotates keys() as an AbstractSet; it is the dict's keys view, which reverses.
+    last = ds.get_item(next(reversed(ds.keys())))  # type: ignore[call-overload]
     if (
         not isinstance(last, RawDataElement)
         or last.length == _UNDEFINED
@@ -600,7 +610,7 @@ def _parse_fast(view: memoryview) -> Dataset | None:
         return None
     if length == _UNDEFINED or start + length != len(view):
         return None
-    ds[PIXEL_DATA] = RawDataElement(  # type: ignore[assignment]
+    ds[PIXEL_DATA] = RawDataElement(
         PIXEL_DATA,
         vr,
         length,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestion.manifest import DatasetManifest, TableSpec
-from ingestion.report import Finding
+from ingestion.report import Finding, Severity
 
 CHUNK_ROWS = 100_000
 # Expectation suites need the table in memory; beyond this size they are skipped with a warning.
@@ -635,10 +635,10 @@ def run_expectations(root: Path, spec: TableSpec, check: TableCheck) -> list[Fin
     assert suite_path is not None
     findings: list[Finding] = []
 
-    def finding(severity: str, message: str, column: str | None = None) -> None:
+    def finding(severity: Severity, message: str, column: str | None = None) -> None:
         findings.append(
             Finding("table.expectation", severity, message, path=suite_path, tag=column)
-        )  # type: ignore[arg-type]
+        )
 
     try:
         items = load_suite(root / suite_path)

@@ -193,6 +193,8 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
         logins = {}
         for name, role in ((RESEARCHER, "researcher"), (STUDENT, "student")):
             account = add_person(settings, name, role)
+            # Both are set for a person new to the hub, as everyone is in this fresh state dir.
+            assert account.password is not None and account.otp_secret is not None
             logins[name] = Login(name, account.password, account.otp_secret)
         yield Enclave(
             hub=hub,

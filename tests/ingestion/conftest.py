@@ -8,10 +8,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import pytest
 
 from enclave.custody import MasterKey, init_custody, unseal
+
+if TYPE_CHECKING:
+    from catalog import Catalog
+    from catalog.models import Transfer
+    from ingestion.service import IngestService
+    from ingestion.settings import IngestPaths, WorkerSettings
+    from secret_sharing.split import SplitResult
 
 
 @dataclass
@@ -29,8 +37,8 @@ class Enclave:
     state_dir: Path
     mnemonics: list[str]
     master_key: MasterKey
-    catalog: object
-    service: object = None
+    catalog: Catalog
+    service: IngestService | None = None
 
     def add_provider(
         self, name: str, keys_dir: Path, *, quota_bytes: int | None = None
@@ -46,7 +54,7 @@ class Enclave:
 
     def wait_for_state(
         self, transfer_id: str, states: tuple[str, ...], timeout: float = 60
-    ) -> object:
+    ) -> Transfer:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -71,8 +79,17 @@ def _open_enclave(state_dir: Path) -> Enclave:
     return Enclave(state_dir, mnemonics, unseal(state_dir, mnemonics[:2]), catalog)
 
 
+class ServiceOptions(TypedDict, total=False):
+    """The ``IngestService`` options the tests choose."""
+
+    receiver_mode: str
+    catalog: Catalog
+    run_worker: bool
+    worker_settings: WorkerSettings
+
+
 @contextlib.contextmanager
-def _running_service(enclave: Enclave, **kw: object) -> Iterator[object]:
+def _running_service(enclave: Enclave, **kw: Unpack[ServiceOptions]) -> Iterator[IngestService]:
     from ingestion.service import IngestService
 
     kw.setdefault("receiver_mode", "thread")
@@ -94,7 +111,7 @@ def provider(enclave: Enclave, tmp_path: Path) -> Provider:
 
 
 @pytest.fixture
-def make_service(enclave: Enclave) -> Iterator[Callable[..., object]]:
+def make_service(enclave: Enclave) -> Iterator[Callable[..., IngestService]]:
     """Start the ingestion service in this process (receivers as separate apps on their own
     ports); ``run_worker=False`` leaves reconstruction to the test."""
     with contextlib.ExitStack() as stack:
@@ -113,7 +130,7 @@ def shared_enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave
 
 
 @pytest.fixture
-def service(make_service: Callable[..., object]) -> object:
+def service(make_service: Callable[..., IngestService]) -> IngestService:
     return make_service()
 
 
@@ -125,13 +142,13 @@ def sample_dataset(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def split(tmp_path: Path) -> Callable[..., object]:
+def split(tmp_path: Path) -> Callable[..., SplitResult]:
     """Split a dataset folder into k-of-n shares signed by a provider."""
     from secret_sharing import load_signing_key, split_dataset
 
     counter = iter(range(1000))
 
-    def do(dataset: Path, provider: Provider, *, k: int = 3, n: int = 5) -> object:
+    def do(dataset: Path, provider: Provider, *, k: int = 3, n: int = 5) -> SplitResult:
         out = tmp_path / f"shares-{next(counter)}"
         return split_dataset(
             dataset, out, k=k, n=n, signing_key=load_signing_key(provider.signing_key_path)
@@ -150,6 +167,6 @@ def flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def no_plaintext_left(paths: object) -> bool:
+def no_plaintext_left(paths: IngestPaths) -> bool:
     """No transfer's plaintext in either staging folder (on disk, or on tmpfs)."""
     return all(not root.exists() or not any(root.iterdir()) for root in paths.staging_roots())

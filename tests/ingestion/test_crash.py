@@ -51,6 +51,7 @@ class ServeProcess:
             start_new_session=True,
             env={**os.environ, **(env or {})},
         )
+        assert self.proc.stdin is not None  # stdin=PIPE
         self.proc.stdin.write("\n".join(mnemonics) + "\n")
         self.proc.stdin.close()
         self.url = self._wait_started()
@@ -59,6 +60,7 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                assert self.proc.stderr is not None  # stderr=PIPE
                 raise AssertionError(f"serve exited: {self.proc.stderr.read()}")
             if self.paths.service_file.is_file():
                 url = json.loads(self.paths.service_file.read_text())["url"]

@@ -12,6 +12,13 @@ import sys
 import time
 
 
+def error_name(exc: OSError) -> str:
+    """errno's symbolic name for ``exc`` (``ECONNREFUSED``), else its message."""
+    if exc.errno is None:
+        return str(exc)
+    return errno.errorcode.get(exc.errno, str(exc))
+
+
 def attempt(proto: str, host: str, port: int, timeout: float = 0.5) -> dict:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     started = time.monotonic()
@@ -31,7 +38,7 @@ def attempt(proto: str, host: str, port: int, timeout: float = 0.5) -> dict:
     except TimeoutError:
         result["error"] = "timeout"
     except OSError as exc:
-        result["error"] = errno.errorcode.get(exc.errno, str(exc))
+        result["error"] = error_name(exc)
     finally:
         sock.close()
     result["seconds"] = round(time.monotonic() - started, 3)
@@ -76,6 +83,7 @@ def status() -> dict:
 
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
+    out: object  # whatever the mode reports, as JSON
     if mode == "connect":
         out = [attempt(p, h, int(port)) for p, h, port in json.loads(args[0])]
     elif mode == "serve":
@@ -83,12 +91,14 @@ def main() -> None:
         return
     elif mode == "resolve":
         started = time.monotonic()
+        resolved: dict[str, object]
         try:
             socket.getaddrinfo(args[0], 80)
-            out = {"ok": True}
+            resolved = {"ok": True}
         except OSError as exc:
-            out = {"ok": False, "error": str(exc)}
-        out["seconds"] = round(time.monotonic() - started, 3)
+            resolved = {"ok": False, "error": str(exc)}
+        resolved["seconds"] = round(time.monotonic() - started, 3)
+        out = resolved
     elif mode == "status":
         out = status()
     elif mode == "alloc":
@@ -100,7 +110,7 @@ def main() -> None:
             try:
                 children.append(subprocess.Popen(["sleep", "5"]))
             except OSError as exc:
-                failed = errno.errorcode.get(exc.errno, str(exc))
+                failed = error_name(exc)
                 break
         for child in children:
             child.kill()

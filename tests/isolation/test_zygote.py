@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server_files(as_root) -> Path:
+def server_files(as_root) -> Iterator[Path]:
     """Root-owned, world-readable: the bridge interpreter and an output folder for the user."""
     root = Path(tempfile.mkdtemp(prefix="enclave-zygote-test-"))
     os.chmod(root, 0o755)
@@ -51,7 +52,7 @@ def python(server_files) -> str:
 
 
 @pytest.fixture(scope="module")
-def zygote(python) -> ZygoteClient:
+def zygote(python) -> Iterator[ZygoteClient]:
     client = ZygoteClient(python)
     client.start()
     assert client.wait_ready(120), "the zygote did not finish its imports"

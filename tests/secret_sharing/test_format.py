@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -6,7 +7,7 @@ from secret_sharing import format as fmt
 
 
 def make_manifest(**overrides) -> fmt.Manifest:
-    fields = dict(
+    manifest = fmt.Manifest(
         transfer_id="ab" * 16,
         created="2026-01-02T03:04:05Z",
         k=3,
@@ -22,8 +23,7 @@ def make_manifest(**overrides) -> fmt.Manifest:
         key_commitment="ef" * 32,
         shares=tuple(fmt.ShareEntry(j, f"{j:02x}" * 32, f"{j + 16:02x}" * 32) for j in range(1, 6)),
     )
-    fields.update(overrides)
-    return fmt.Manifest(**fields)
+    return dataclasses.replace(manifest, **overrides)
 
 
 def test_header_round_trip_and_size():

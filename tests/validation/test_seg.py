@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,17 @@ from ingestion.validate import validate_dataset
 from tests.phi import PHI_VALUES
 
 SEG = "segmentations/SUBJ-0001.dcm"
-SAMPLE = {"subjects": 2, "slices": 10, "size": 32, "with_table": False, "seed": 3}
+
+
+class SampleOptions(TypedDict):
+    subjects: int
+    slices: int
+    size: int
+    with_table: bool
+    seed: int
+
+
+SAMPLE: SampleOptions = {"subjects": 2, "slices": 10, "size": 32, "with_table": False, "seed": 3}
 
 
 @pytest.fixture(scope="module")

@@ -435,6 +435,7 @@ def lab_page_config(hub, user: str) -> dict:
     match = re.search(
         r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', page.text, re.S
     )
+    assert match is not None, "no jupyter-config-data in the JupyterLab page"
     return json.loads(match.group(1))
 
 
