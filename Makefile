@@ -76,7 +76,7 @@ test: system-deps venv
 # The inner loop: no root, no browser, nothing slow (under 2 minutes on 2 cores).
 test-fast: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not root and not browser and not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not root and not browser and not slow"
 
 # Not in CI: the newest versions pyproject.toml allows, in a throwaway virtualenv, so the
 # next drift is found by a command and not by a user.

@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import GRANTED, NOT_GRANTED, RESEARCHER, STUDENT
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.root, pytest.mark.browser, pytest.mark.timeout(300)]
 
 LOGIN_ERROR = "Invalid username, password or authenticator code."
 

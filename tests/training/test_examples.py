@@ -37,7 +37,7 @@ def test_install_copies_once_and_owns_files(tmp_path):
     assert not (home / "examples" / "segmentation-unet.ipynb").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+@pytest.mark.root  # chown to another user
 def test_install_hands_files_to_the_user(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -22,7 +22,7 @@ import pytest
 
 from .conftest import Kernel, catalog_folder, cleanup_everything, free_port, start_hub, stop_hub
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
 RESEARCHER, STUDENT = "alice", "sam"
 DATASET = "lung-ct"

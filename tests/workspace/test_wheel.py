@@ -196,6 +196,8 @@ def test_the_wheels_command_line_runs_outside_the_checkout(wheel_env):
         assert group in done.stdout
 
 
+@pytest.mark.root
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_enclave_up_from_the_wheel_serves_the_demo_dataset_to_a_spawned_server(wheel_env):
     from enclave.workspace.hub import admin_token
