@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from catalog.auth import Principal, PrincipalResolver
 from catalog.errors import CatalogError, Conflict, InvalidInput, NotFound
+from catalog.models import AccessMode
 from catalog.service import Catalog
 from catalog.views import DatasetSummary, TransferView
 
@@ -44,6 +45,10 @@ class GrantRequest(BaseModel):
     user: str | None = Field(default=None, description="grant to this one user")
     expires: date | datetime | None = Field(
         default=None, description="last day of access (YYYY-MM-DD, through its end, UTC)"
+    )
+    mode: AccessMode = Field(
+        default=AccessMode.DESKTOP,
+        description="desktop: pixels only (the default); notebook: JupyterLab in the browser may show it",
     )
 
 
@@ -218,6 +223,7 @@ def create_app(
             group=body.group,
             user=body.user,
             expires=body.expires,
+            mode=body.mode,
             actor=f"admin:{principal.name}",
         ).to_dict()
 

@@ -8,6 +8,7 @@ step with the newest migration (a test compares them).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -45,6 +46,27 @@ TRANSFER_STATES = (
 )
 FILE_KINDS = ("dicom", "table", "segmentation", "other")
 ROLES = ("admin", "researcher", "student", "provider")
+
+
+class AccessMode(StrEnum):
+    """How a granted version may be used, which is also the kind of session that shows it.
+
+    ``desktop``: pixels only. The version is mounted only into desktop sessions, whose browser
+    receives the desktop's image and nothing else; the default for data from providers.
+    ``notebook``: JupyterLab in the browser may show the data (cell outputs, the file
+    browser), so an admin marks only course material and open data so. Such a version is
+    mounted into both kinds of session.
+    """
+
+    DESKTOP = "desktop"
+    NOTEBOOK = "notebook"
+
+    def allows(self, session: AccessMode) -> bool:
+        """Whether a version granted in this mode may be mounted into ``session``."""
+        return self is AccessMode.NOTEBOOK or session is AccessMode.DESKTOP
+
+
+ACCESS_MODES = tuple(mode.value for mode in AccessMode)
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -319,6 +341,7 @@ class Grant(Base):
     __tablename__ = "grants"
     __table_args__ = (
         CheckConstraint("(group_name IS NULL) <> (user_name IS NULL)", name="group_xor_user"),
+        CheckConstraint("mode IN ('desktop','notebook')", name="mode"),
         Index("ix_grants_group_name", "group_name"),
         Index("ix_grants_user_name", "user_name"),
         # At most one live grant per subject and version; revoked ones stay as history.
@@ -344,6 +367,10 @@ class Grant(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
     group_name: Mapped[str | None] = mapped_column(String(128))
     user_name: Mapped[str | None] = mapped_column(String(128))
+    # AccessMode: which sessions may mount the version (desktop only, or notebooks too).
+    mode: Mapped[str] = mapped_column(
+        String(16), default=AccessMode.DESKTOP.value, server_default=AccessMode.DESKTOP.value
+    )
     expires_at: Mapped[datetime | None]
     granted_by: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

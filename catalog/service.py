@@ -41,6 +41,7 @@ from catalog.errors import (
 from catalog.models import (
     FILE_KINDS,
     TRANSFER_STATES,
+    AccessMode,
     ApiToken,
     AuditEvent,
     Dataset,
@@ -1259,7 +1260,7 @@ class Catalog:
             subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
         with self._read() as s:
             rows = s.execute(
-                select(Dataset.name, DatasetVersion, Grant.expires_at)
+                select(Dataset.name, DatasetVersion, Grant.expires_at, Grant.mode)
                 .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
                 .join(Grant, Grant.version_id == DatasetVersion.id)
                 .where(
@@ -1271,14 +1272,17 @@ class Catalog:
                 .order_by(Dataset.name, DatasetVersion.version)
             ).unique()
             best: dict[tuple[str, int], MountableVersion] = {}
-            for name, v, expires in rows:
+            for name, v, expires, mode in rows:
                 key = (name, v.version)
+                mode = AccessMode(mode)
                 prior = best.get(key)
-                # Several grants (user and group) may cover one version: keep the longest.
-                if prior is not None and (
-                    prior.expires_at is None or (expires and prior.expires_at >= expires)
-                ):
-                    continue
+                if prior is not None:
+                    # Several grants (user and group) may cover one version: the longest
+                    # lasting, and the most open mode among them.
+                    if prior.expires_at is None or (expires and prior.expires_at >= expires):
+                        expires = prior.expires_at
+                    if prior.mode is AccessMode.NOTEBOOK:
+                        mode = AccessMode.NOTEBOOK
                 best[key] = MountableVersion(
                     name=name,
                     version=v.version,
@@ -1286,6 +1290,7 @@ class Catalog:
                     store_location=v.store_location,
                     wrapped_key=v.wrapped_key,
                     expires_at=expires,
+                    mode=mode,
                 )
             return list(best.values())
 
@@ -1399,12 +1404,23 @@ class Catalog:
         group: str | None = None,
         user: str | None = None,
         expires: str | date | datetime | None = None,
+        mode: AccessMode | str = AccessMode.DESKTOP,
         actor: str,
         now: datetime | None = None,
     ) -> GrantView:
-        """Give a group or a user access to one published version (renewing an existing grant)."""
+        """Give a group or a user access to one published version (renewing an existing
+        grant, whose expiry and mode the new values replace).
+
+        ``mode`` is how the version may be used (``AccessMode``): ``desktop``, pixels only,
+        unless an admin marks it ``notebook``."""
         if (group is None) == (user is None):
             raise InvalidInput("grant to exactly one of a group or a user")
+        try:
+            mode = AccessMode(mode)
+        except ValueError:
+            raise InvalidInput(
+                f"unknown access mode {mode!r} (one of: {', '.join(m.value for m in AccessMode)})"
+            ) from None
         if group is not None:
             _check_subject(group, "group")
         if user is not None:
@@ -1422,8 +1438,9 @@ class Catalog:
             )
             who = f"group:{group}" if group is not None else f"user:{user}"
             if g is not None:
-                old = g.expires_at
+                old, old_mode = g.expires_at, g.mode
                 g.expires_at = expires_at
+                g.mode = mode.value
                 self._audit(
                     s,
                     actor,
@@ -1432,6 +1449,8 @@ class Catalog:
                     subject=who,
                     old_expires=old.isoformat() if old else None,
                     expires=expires_at.isoformat() if expires_at else None,
+                    old_mode=old_mode,
+                    mode=mode.value,
                 )
             else:
                 g = Grant(
@@ -1439,6 +1458,7 @@ class Catalog:
                     version=v,
                     group_name=group,
                     user_name=user,
+                    mode=mode.value,
                     expires_at=expires_at,
                     granted_by=actor,
                 )
@@ -1450,6 +1470,7 @@ class Catalog:
                     f"dataset:{name}@{v.version}",
                     subject=who,
                     expires=expires_at.isoformat() if expires_at else None,
+                    mode=mode.value,
                 )
             s.flush()
             return GrantView.from_row(g)

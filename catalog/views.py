@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from catalog import models
+from catalog.models import AccessMode
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -147,6 +148,7 @@ class GrantView:
     version: int
     group: str | None
     user: str | None
+    mode: AccessMode
     expires_at: datetime | None
     granted_by: str
     created_at: datetime | None
@@ -163,6 +165,7 @@ class GrantView:
             version=g.version.version,
             group=g.group_name,
             user=g.user_name,
+            mode=AccessMode(g.mode),
             expires_at=g.expires_at,
             granted_by=g.granted_by,
             created_at=g.created_at,
@@ -232,6 +235,8 @@ class MountableVersion:
     store_location: str
     wrapped_key: bytes = field(repr=False)
     expires_at: datetime | None = None
+    # The most open mode among the live grants that cover it for this principal.
+    mode: AccessMode = AccessMode.DESKTOP
 
     def to_dict(self, *, include_key: bool = False) -> dict[str, Any]:
         data = _jsonable(asdict(self))

@@ -243,7 +243,7 @@ def show(
     console.print("grants:" if detail.grants else "grants: none")
     for g in detail.grants:
         until = f" until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else ""
-        console.print(f"  {g.subject}{until} (by {g.granted_by})")
+        console.print(f"  {g.subject}, {g.mode} mode{until} (by {g.granted_by})")
 
 
 @catalog.command("search")
@@ -330,6 +330,14 @@ def edit(
 @click.option(
     "--expires", default=None, help="Last day of access, YYYY-MM-DD (through its end, UTC)."
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["desktop", "notebook"]),
+    default="desktop",
+    show_default=True,
+    help="desktop: only in desktop sessions, whose browser gets pixels only. notebook: also in "
+    "JupyterLab in the browser, which can show the data (course material, open data).",
+)
 @_state_options
 def grant(
     name: str,
@@ -337,15 +345,18 @@ def grant(
     group: str | None,
     user: str | None,
     expires: str | None,
+    mode: str,
     state_dir: Path,
     db_url: str | None,
 ) -> None:
-    """Grant a group or a user access to a published version."""
+    """Grant a group or a user access to a published version (again: change its expiry or mode)."""
     _one_subject(group, user)
     with _open(state_dir, db_url) as cat:
-        g = cat.grant(name, version, group=group, user=user, expires=expires, actor=_actor())
+        g = cat.grant(
+            name, version, group=group, user=user, expires=expires, mode=mode, actor=_actor()
+        )
     until = f" until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else ""
-    click.echo(f"granted {name} v{g.version} to {g.subject}{until}")
+    click.echo(f"granted {name} v{g.version} to {g.subject} in {g.mode} mode{until}")
 
 
 @catalog.command("revoke")
@@ -393,7 +404,7 @@ def grants(
     for g in rows:
         until = f" until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else ""
         revoked = f" (revoked {g.revoked_at:%Y-%m-%d})" if g.revoked_at else ""
-        click.echo(f"{g.subject}{until}{revoked}")
+        click.echo(f"{g.subject}, {g.mode} mode{until}{revoked}")
 
 
 @catalog.command("token")

@@ -41,12 +41,16 @@ def test_list_show_publish_grant_revoke_retire(enclave, ingest):
     code, out, _ = enclave(
         "grant", "lung-ct", "--version", "1", "--group", "radiology", "--expires", "2099-06-30"
     )
-    assert code == 0 and out == "granted lung-ct v1 to group radiology until 2099-07-01 00:00 UTC\n"
+    assert code == 0 and out == (
+        "granted lung-ct v1 to group radiology in desktop mode until 2099-07-01 00:00 UTC\n"
+    )
     code, out, _ = enclave("show", "lung-ct", "--version", "1")
-    assert code == 0 and "group radiology" in out and "1 studies, 2 series, 8 files" in out
+    assert code == 0 and "group radiology, desktop mode" in out
+    assert "1 studies, 2 series, 8 files" in out
     assert "0.7 x 0.7 x 2.5" in out
     shown = json.loads(enclave("show", "lung-ct", "--version", "1", "--json")[1])
     assert shown["grants"][0]["group"] == "radiology"
+    assert shown["grants"][0]["mode"] == "desktop"
     assert enclave("revoke", "lung-ct", "--version", "1", "--group", "radiology")[1] == (
         "revoked lung-ct v1 from group radiology\n"
     )
@@ -91,6 +95,10 @@ def test_search_and_edit(enclave, ingest):
             "error: dataset 'lung-ct' version 1 is not granted to user zoe",
         ),
         (("retire", "nope", "--version", "1"), "error: unknown dataset 'nope'"),
+        (
+            ("grant", "lung-ct", "--version", "1", "--group", "g", "--mode", "browser"),
+            "'browser' is not one of 'desktop', 'notebook'",
+        ),
         (
             ("token", "x", "--role", "researcher", "--group", "bad group"),
             "error: bad group name 'bad group'",
@@ -137,3 +145,19 @@ def test_default_database_is_catalog_sqlite_in_the_state_dir(tmp_path, capsys, m
     main(["catalog", "list", "--state-dir", str(tmp_path)])
     assert (tmp_path / "catalog.sqlite").is_file()
     assert "no datasets yet" in capsys.readouterr().out
+
+
+def test_a_grant_marked_notebook_says_so_and_a_second_grant_changes_the_mode(enclave, ingest):
+    ingest()
+    enclave("publish", "lung-ct", "--version", "1")
+    code, out, _ = enclave(
+        "grant", "lung-ct", "--version", "1", "--group", "ml101", "--mode", "notebook"
+    )
+    assert code == 0 and out == "granted lung-ct v1 to group ml101 in notebook mode\n"
+    assert enclave("grants", "lung-ct", "--version", "1")[1] == "group ml101, notebook mode\n"
+    enclave("grant", "lung-ct", "--version", "1", "--group", "ml101")  # desktop again
+    assert enclave("grants", "lung-ct", "--version", "1")[1] == "group ml101, desktop mode\n"
+    code, out, _ = enclave("audit", "--json")
+    renew = json.loads(out)[0]
+    assert renew["action"] == "grant.renew"
+    assert (renew["details"]["old_mode"], renew["details"]["mode"]) == ("notebook", "desktop")

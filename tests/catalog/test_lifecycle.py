@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from catalog import Conflict, InvalidInput, NotFound, Principal, UnknownDataset, UnknownVersion
+from catalog.models import AccessMode
 
 ALICE = Principal.of("alice", "researcher", ["radiology"])
 BOB = Principal.of("bob", "researcher", ["cardiology"])
@@ -81,6 +82,28 @@ def test_user_grant_and_renewal(catalog, ingest):
     assert renewed.expires_at is None
     assert len(catalog.grants("lung-ct", 1)) == 1
     assert catalog.visible_versions(ALICE) == []
+
+
+def test_grants_are_desktop_only_unless_an_admin_marks_them_notebook(catalog, ingest):
+    ingest()
+    catalog.publish("lung-ct", 1, actor="admin:root")
+    grant = catalog.grant("lung-ct", 1, group="radiology", actor="admin:root")
+    assert grant.mode == AccessMode.DESKTOP
+    (mount,) = catalog.visible_versions(ALICE)
+    assert mount.mode == AccessMode.DESKTOP
+    assert mount.mode.allows(AccessMode.DESKTOP) and not mount.mode.allows(AccessMode.NOTEBOOK)
+
+    # A user grant in notebook mode beside the group's desktop grant: the more open one
+    # counts, and the longer expiry of the two.
+    alice = catalog.grant(
+        "lung-ct", 1, user="alice", mode="notebook", expires="2099-01-31", actor="admin:root"
+    )
+    assert alice.mode == AccessMode.NOTEBOOK
+    (mount,) = catalog.visible_versions(ALICE)
+    assert mount.mode == AccessMode.NOTEBOOK and mount.expires_at is None
+    assert mount.mode.allows(AccessMode.NOTEBOOK) and mount.mode.allows(AccessMode.DESKTOP)
+    with pytest.raises(InvalidInput, match="unknown access mode 'browser'"):
+        catalog.grant("lung-ct", 1, user="alice", mode="browser", actor="admin:root")
 
 
 def test_retired_versions_lose_their_grants_effect(catalog, ingest):

@@ -83,4 +83,20 @@ def test_migrations_ship_inside_the_package():
     location = config.get_main_option("script_location")
     assert location == str(migrate.MIGRATIONS_DIR)
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
-    assert migrate.head_revision() == "0003"
+    assert migrate.head_revision() == "0004"
+
+
+def test_grants_made_before_access_modes_become_desktop_grants(catalog, catalog_url, ingest):
+    """Until 0004 a grant let JupyterLab show the data; after it, only --mode notebook does."""
+    version = ingest()
+    catalog.publish("lung-ct", version.version, actor="admin:ana")
+    catalog.grant("lung-ct", version.version, group="radiology", mode="notebook", actor="admin:ana")
+    engine = create_catalog_engine(catalog_url)
+    try:
+        migrate.downgrade(engine, "0003")  # as the grant would have been made before 0004
+        assert "mode" not in {c["name"] for c in inspect(engine).get_columns("grants")}
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    (grant,) = catalog.grants("lung-ct", version.version)
+    assert grant.mode == "desktop"
