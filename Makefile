@@ -13,8 +13,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) Makefile | sha256
 # /opt/wheels (pip's configured find-links); elsewhere it comes from PyTorch's CPU index.
 TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 TORCH_PIP_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),,--extra-index-url https://download.pytorch.org/whl/cpu)
-# Debian packages the suite and the embedded enclave need.
-APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2
+# Debian packages the suite and the embedded enclave need: the base, then desktop sessions
+# (TigerVNC's Xvnc, a light Xfce desktop, noVNC for the browser; xclip for the tests).
+APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2 \
+  tigervnc-standalone-server xfwm4 xfce4-panel xfdesktop4 xfce4-settings xfconf xfce4-terminal \
+  dbus-x11 x11-utils fonts-dejavu-core novnc xclip
 # `make test-latest` builds this throwaway virtualenv from the newest versions pyproject allows.
 LATEST_VENV := .venv-latest
 

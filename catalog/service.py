@@ -180,6 +180,19 @@ def _report_counts(report_json: str | None) -> tuple[bool, int, int, int, str]:
     return passed, errors, int(counts.get("warning", 0)), int(counts.get("info", 0)), report_json
 
 
+def _live_grant_to(principal: Principal, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Conditions on ``Grant``: not revoked, not expired at ``now``, and given to the
+    principal by name or to one of its groups."""
+    subject = Grant.user_name == principal.name
+    if principal.groups:
+        subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
+    return (
+        Grant.revoked_at.is_(None),
+        or_(Grant.expires_at.is_(None), Grant.expires_at > now),
+        subject,
+    )
+
+
 class Catalog:
     """The dataset catalog on one database (SQLite or PostgreSQL)."""
 
@@ -883,16 +896,27 @@ class Catalog:
     @staticmethod
     def _visible_clause(principal: Principal, now: datetime) -> ColumnElement[bool]:
         """SQL for 'this version is published and granted, unexpired, to this principal'."""
-        subject = Grant.user_name == principal.name
-        if principal.groups:
-            subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
         granted = exists().where(
-            Grant.version_id == DatasetVersion.id,
-            Grant.revoked_at.is_(None),
-            or_(Grant.expires_at.is_(None), Grant.expires_at > now),
-            subject,
+            Grant.version_id == DatasetVersion.id, *_live_grant_to(principal, now)
         )
         return and_(DatasetVersion.status == "published", granted)
+
+    @staticmethod
+    def _access_modes(
+        s: Session, version_ids: list[int], principal: Principal, now: datetime
+    ) -> dict[int, AccessMode]:
+        """The principal's effective access mode per version: the most open live grant's."""
+        modes: dict[int, AccessMode] = {}
+        if not version_ids:
+            return modes
+        for version_id, mode in s.execute(
+            select(Grant.version_id, Grant.mode).where(
+                Grant.version_id.in_(version_ids), *_live_grant_to(principal, now)
+            )
+        ):
+            if modes.get(version_id) is not AccessMode.NOTEBOOK:
+                modes[version_id] = AccessMode(mode)
+        return modes
 
     def _version_summaries(
         self, s: Session, dataset_ids: list[int], principal: Principal | None, now: datetime
@@ -931,9 +955,12 @@ class Catalog:
             .where(v.dataset_id.in_(dataset_ids))
             .order_by(v.dataset_id, v.version)
         )
+        access: dict[int, AccessMode] = {}
         if principal is not None and not principal.is_admin:
             stmt = stmt.where(self._visible_clause(principal, now))
         rows = s.execute(stmt).all()
+        if principal is not None and not principal.is_admin:
+            access = self._access_modes(s, [row.id for row in rows], principal, now)
         modalities: dict[int, list[str]] = {}
         if rows:
             for vid, modality in s.execute(
@@ -963,6 +990,7 @@ class Catalog:
                     created_at=row.created_at,
                     published_at=row.published_at,
                     retired_at=row.retired_at,
+                    access=access.get(row.id),
                 )
             )
         return out
@@ -975,14 +1003,8 @@ class Catalog:
         subquery the database can hash-join, starting from the few live grants."""
         stmt = select(DatasetVersion.dataset_id)
         if principal is not None and not principal.is_admin:
-            subject = Grant.user_name == principal.name
-            if principal.groups:
-                subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
             stmt = stmt.join(Grant, Grant.version_id == DatasetVersion.id).where(
-                DatasetVersion.status == "published",
-                Grant.revoked_at.is_(None),
-                or_(Grant.expires_at.is_(None), Grant.expires_at > now),
-                subject,
+                DatasetVersion.status == "published", *_live_grant_to(principal, now)
             )
         if modality:
             stmt = stmt.join(
@@ -1255,20 +1277,12 @@ class Catalog:
         now = now or utcnow()
         if not isinstance(principal, Principal):
             raise InvalidInput("visible_versions needs a Principal")
-        subject = Grant.user_name == principal.name
-        if principal.groups:
-            subject = or_(subject, Grant.group_name.in_(sorted(principal.groups)))
         with self._read() as s:
             rows = s.execute(
                 select(Dataset.name, DatasetVersion, Grant.expires_at, Grant.mode)
                 .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
                 .join(Grant, Grant.version_id == DatasetVersion.id)
-                .where(
-                    DatasetVersion.status == "published",
-                    Grant.revoked_at.is_(None),
-                    or_(Grant.expires_at.is_(None), Grant.expires_at > now),
-                    subject,
-                )
+                .where(DatasetVersion.status == "published", *_live_grant_to(principal, now))
                 .order_by(Dataset.name, DatasetVersion.version)
             ).unique()
             best: dict[tuple[str, int], MountableVersion] = {}

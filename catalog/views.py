@@ -69,6 +69,8 @@ class VersionSummary:
     created_at: datetime | None
     published_at: datetime | None
     retired_at: datetime | None
+    # The caller's access mode (researchers and students); None in an admin's view.
+    access: AccessMode | None = None
 
     @classmethod
     def from_row(cls, v: models.DatasetVersion, dataset_name: str) -> VersionSummary:

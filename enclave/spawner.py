@@ -16,6 +16,15 @@ What one spawn does, in order (all of it as root, in the hub, outside the user's
    ``enclave.isolation``; both leave the process in the same state;
 6. return once the server answers HTTP, so the hub sees it ready at once.
 
+Each spawn is a session of one kind (``catalog.models.AccessMode``), chosen on the spawn form
+or by ``user_options["kind"]``, by default from the profile (researchers: desktop; students:
+notebook). A *notebook* session is the above, with only versions granted in ``notebook`` mode
+mounted. A *desktop* session mounts every granted version and, at step 5, starts two processes
+in the same cgroup and namespace: the gateway (``enclave.desktop.gateway``, the only thing the
+hub reaches: the desktop page and its pixels) as the user's display account, which the user
+cannot signal, and the desktop itself (``enclave.desktop.session``: window manager, a Jupyter
+server on the namespace's loopback, Chromium) as the user, without the hub's token.
+
 Stopping undoes 5 to 3 (the account and home stay: they hold the user's work).
 """
 
@@ -31,13 +40,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Dict, Float, Instance, Unicode, Union, default
+from traitlets import Bool, Dict, Float, Instance, Int, Unicode, Union, default
 
+from catalog.models import AccessMode
+from enclave.desktop.layout import DesktopPaths, prepare_runtime, remove_runtime
 from enclave.workspace import accounts, policy, profiles
 from enclave.workspace.datasets import DatasetMounter, MountedDataset
 from enclave.workspace.profiles import Profile
@@ -92,6 +104,53 @@ def _catalog_grants(catalog_url: str) -> Callable[[Any], list[Any]]:
     return grants
 
 
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of a session: what to run, as whom, with what environment, where."""
+
+    argv: list[str]
+    uid: int
+    gid: int
+    env: dict[str, str]
+    cwd: str
+
+
+def check_session_options(spawner: IsolatedSpawner, options: dict) -> None:
+    """JupyterHub's ``apply_user_options`` hook: a spawn's options (from the form, the query or
+    the REST API's body) may name a session kind and nothing else; anything wrong is a 400."""
+    unknown = sorted(set(options) - {"kind"})
+    if unknown:
+        raise ValueError(f"unknown spawn option(s) {', '.join(unknown)}; only 'kind' is taken")
+    kind = options.get("kind")
+    if kind not in (None, "", *(k.value for k in AccessMode)):
+        raise ValueError(f"unknown session kind {kind!r}: choose desktop or notebook")
+
+
+def session_form(spawner: IsolatedSpawner) -> str:
+    """The spawn page's choice of session, the profile's default selected."""
+    default = spawner.default_session()
+    choices = (
+        (
+            AccessMode.DESKTOP,
+            "Desktop",
+            "A Linux desktop in your browser, with JupyterLab and your datasets inside it. "
+            "Only its image reaches your browser: every dataset granted to you is here.",
+        ),
+        (
+            AccessMode.NOTEBOOK,
+            "Notebook",
+            "JupyterLab directly in your browser. Only datasets an admin marked for notebooks "
+            "are mounted, because a browser that shows a notebook can keep what it shows.",
+        ),
+    )
+    rows = "".join(
+        f'<div class="radio"><label><input type="radio" name="kind" value="{kind.value}"'
+        f"{' checked' if kind is default else ''}> <strong>{title}</strong>: {text}</label></div>"
+        for kind, title, text in choices
+    )
+    return f"<fieldset><legend>Session</legend>{rows}</fieldset>"
+
+
 class IsolatedSpawner(LocalProcessSpawner):
     """A ``LocalProcessSpawner`` whose servers are isolated, limited and given their datasets."""
 
@@ -141,6 +200,16 @@ class IsolatedSpawner(LocalProcessSpawner):
     ).tag(config=True)
     zygote_wait = Float(
         10.0, help="Seconds a spawn waits for a zygote that is still importing before using exec."
+    ).tag(config=True)
+    desktop_policy_dir = Unicode(
+        "/etc/enclave/desktop",
+        help="Root-owned desktop policy (panel, window manager), one folder per profile.",
+    ).tag(config=True)
+    desktop_runtime_root = Unicode(
+        "/run/enclave/desktops", help="Where each desktop session's runtime folder lives."
+    ).tag(config=True)
+    desktop_lab_port = Int(
+        8889, help="Port of the Jupyter server inside a desktop (namespace loopback only)."
     ).tag(config=True)
     ready_poll_interval = Float(
         0.05,
@@ -207,6 +276,45 @@ class IsolatedSpawner(LocalProcessSpawner):
         role = profiles.role_of(self.group_names) or "student"
         return Principal.of(self.user.name, role, self.group_names)
 
+    # ---- the session's kind
+
+    @default("options_form")
+    def _default_options_form(self) -> Callable[[Any], str]:
+        return session_form
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
+        kind = (formdata.get("kind") or [""])[0]
+        if kind and kind not in {k.value for k in AccessMode}:
+            raise ValueError(f"unknown session kind {kind!r}: choose desktop or notebook")
+        return {"kind": kind} if kind else {}
+
+    def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, str]:
+        """``/hub/spawn?opt-kind=desktop`` (JupyterHub strips the ``opt-``)."""
+        return self.options_from_form(query_data)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Callable[[Any, dict], None]:
+        return check_session_options
+
+    def default_session(self) -> AccessMode:
+        try:
+            return profiles.profile_for(self.group_names, self.profiles).default_session
+        except profiles.NoWorkspace:
+            return AccessMode.NOTEBOOK
+
+    @property
+    def session_kind(self) -> AccessMode:
+        """This spawn's kind: what the person chose, else their profile's default."""
+        chosen = (self.user_options or {}).get("kind")
+        if not chosen:
+            return self.default_session()
+        try:
+            return AccessMode(chosen)
+        except ValueError:
+            raise ValueError(
+                f"unknown session kind {chosen!r}: choose desktop or notebook"
+            ) from None
+
     @property
     def account(self) -> accounts.UnixAccount:
         found = accounts.lookup_account(self.user.name, self.unix_prefix)
@@ -238,6 +346,7 @@ class IsolatedSpawner(LocalProcessSpawner):
         args = list(super().get_args())
         if self._profile is not None:
             args += self._profile.server_args()
+        args += policy.user_state_args(self.account.home)
         # Last, so nothing before can override them.
         return args + policy.server_policy_args()
 
@@ -248,14 +357,33 @@ class IsolatedSpawner(LocalProcessSpawner):
     _timings: dict[str, Any] = {}
     _network: Any = None
     _limits: Any = None
+    _display: accounts.UnixAccount | None = None
+    _desktop: DesktopPaths | None = None
+    _companions: list[Any] = []
     mounted: list[MountedDataset] = []
 
     def _prepare(self) -> tuple[accounts.UnixAccount, Any, list[MountedDataset]]:
-        """Blocking part of start(): account, datasets, namespace (runs in a thread)."""
+        """Blocking part of start(): account, datasets, namespace (runs in a thread).
+
+        A notebook session mounts only versions granted in notebook mode: what JupyterLab in
+        the browser can show. A desktop session mounts all of them, and gets its display
+        account and runtime folder."""
+        kind = self.session_kind
         account = accounts.ensure_account(self.user.name, Path(self.home_root), self.unix_prefix)
         self._install_examples(account)
-        grants = self._grants(self.principal())
+        grants = [
+            g
+            for g in self._grants(self.principal())
+            if AccessMode(getattr(g, "mode", AccessMode.DESKTOP)).allows(kind)
+        ]
         mounted = self.mounter.mount_for(account, grants)
+        if kind is AccessMode.DESKTOP:
+            self._display = accounts.ensure_display_account(self.user.name, self.unix_prefix)
+            self._desktop = prepare_runtime(
+                DesktopPaths.for_user(account.name, Path(self.desktop_runtime_root)),
+                user=(account.uid, account.gid),
+                display=(self._display.uid, self._display.gid),
+            )
         network = self.namespaces.create(self.user.name)
         return account, network, mounted
 
@@ -284,27 +412,36 @@ class IsolatedSpawner(LocalProcessSpawner):
         self._network = network
         self.ip = network.guest_address
         self.port = network.server_port
-        env = self.get_env()
-        env.update(profiles.gpu_environment(self._profile))
-        cmd = [*self.cmd, *self.get_args()]
         profile = self._profile
+        env = self.get_env()
+        env.update(profiles.gpu_environment(profile))
+        kind = self.session_kind
+        if kind is AccessMode.DESKTOP:
+            processes = self._desktop_processes(account, env)
+        else:
+            processes = [
+                ProcessSpec([*self.cmd, *self.get_args()], account.uid, account.gid, env,
+                            str(account.home))
+            ]  # fmt: skip
         limits = ResourceLimits(
             memory_max=profile.memory_max, cpu_max=profile.cpu_max, pids_max=profile.pids_max
         )
         self.log.info(
-            "Spawning %s as %s (uid %d) in %s, profile %s, datasets %s",
+            "Spawning %s (%s session) as %s (uid %d) in %s, profile %s, datasets %s",
             self.user.name,
+            kind.value,
             account.name,
             account.uid,
             network.namespace,
             profile.name,
-            ", ".join(f"{m.name}@{m.version}" for m in self.mounted) or "none",
+            ", ".join(f"{m.name}@{m.version} ({m.mode})" for m in self.mounted) or "none",
         )
         try:
-            proc = await asyncio.to_thread(self._launch, network, cmd, account, env, limits)
+            proc, *companions = await asyncio.to_thread(self._launch, network, processes, limits)
         except BaseException:
             await asyncio.to_thread(self._cleanup)
             raise
+        self._companions = companions
         # Limits first: from here on, a failure makes the hub call stop(), whose cleanup kills
         # everything in the server's cgroups even if nothing below was recorded.
         self._limits = proc.limits
@@ -331,15 +468,9 @@ class IsolatedSpawner(LocalProcessSpawner):
         )
         return (self.ip, self.port)
 
-    def _launch(
-        self,
-        network: Any,
-        cmd: list[str],
-        account: accounts.UnixAccount,
-        env: dict[str, str],
-        limits: Any,
-    ) -> Any:
-        """Start the server process: forked from the zygote when it is ready, else exec'd."""
+    def _launch(self, network: Any, processes: list[ProcessSpec], limits: Any) -> list[Any]:
+        """Start the session's processes in one cgroup: forked from the zygote when it is
+        ready, else exec'd. The first is the server the hub talks to."""
         from enclave.isolation import apply_limits, popen_in_namespace
         from enclave.workspace.zygote import (
             SpawnRequest,
@@ -348,54 +479,106 @@ class IsolatedSpawner(LocalProcessSpawner):
         )
 
         applied = apply_limits(network.namespace, limits)
-        zygote = self.zygote
         output = self._open_server_log()
+        started: list[Any] = []
         try:
-            if zygote is not None:
-                try:
-                    if not zygote.wait_ready(max(0.0, self.zygote_wait - zygote.age)):
-                        raise ZygoteUnavailable("the zygote is not ready")
+            zygote = self.zygote
+            if zygote is not None and not zygote.wait_ready(
+                max(0.0, self.zygote_wait - zygote.age)
+            ):
+                self.log.info("Starting %s's server without the zygote: not ready", self.user.name)
+                zygote = None
+            for spec in processes:
+                if zygote is not None:
                     request = SpawnRequest(
-                        argv=list(cmd),
-                        env=dict(env),
-                        cwd=str(account.home),
-                        uid=account.uid,
-                        gid=account.gid,
+                        argv=list(spec.argv),
+                        env=dict(spec.env),
+                        cwd=spec.cwd,
+                        uid=spec.uid,
+                        gid=spec.gid,
                         netns_path=network.netns_path,
                         cgroup_procs=[str(f) for f in applied.procs_files],
                         rlimits=rlimits_from_prlimit_args(applied.prlimit_args),
                     )
-                    proc = zygote.spawn(request, output_fd=output)
-                except ZygoteUnavailable as exc:
-                    self.log.info(
-                        "Starting %s's server without the zygote: %s", self.user.name, exc
+                    try:
+                        proc = zygote.spawn(request, output_fd=output)
+                    except ZygoteUnavailable as exc:
+                        if started:
+                            raise
+                        self.log.info(
+                            "Starting %s's server without the zygote: %s", self.user.name, exc
+                        )
+                        for pid in applied.pids():  # nothing may linger from a half-made fork
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGKILL)
+                        zygote = None
+                    else:
+                        proc.limits = applied
+                        started.append(proc)
+                        continue
+                started.append(
+                    popen_in_namespace(
+                        network,
+                        spec.argv,
+                        uid=spec.uid,
+                        gid=spec.gid,
+                        env=spec.env,
+                        cwd=spec.cwd,
+                        limits=applied,
+                        start_new_session=True,
+                        stdin=subprocess.DEVNULL,
+                        stdout=output,
+                        stderr=output,
                     )
-                    for pid in applied.pids():  # nothing may linger from a half-made fork
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                else:
-                    proc.limits = applied
-                    self.log.debug("Forked %s's server from the zygote", self.user.name)
-                    return proc
-            return popen_in_namespace(
-                network,
-                cmd,
-                uid=account.uid,
-                gid=account.gid,
-                env=env,
-                cwd=str(account.home),
-                limits=applied,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-            )
+                )
+            return started
         except BaseException:
-            applied.remove()
+            applied.remove()  # kills whatever was started in the cgroup
+            for proc in started:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    proc.kill()
             raise
         finally:
             if output is not None:
-                os.close(output)  # the server holds its own copy
+                os.close(output)  # the processes hold their own copies
+
+    def _desktop_processes(
+        self, account: accounts.UnixAccount, env: dict[str, str]
+    ) -> list[ProcessSpec]:
+        """The gateway (display account, with the hub's token) and the desktop (the user,
+        without it), both started by the same interpreter as notebook servers."""
+        display, paths, profile = self._display, self._desktop, self._profile
+        assert display is not None and paths is not None and profile is not None  # _prepare
+        python = self.cmd[0]
+        gateway_env = {
+            **{k: v for k, v in env.items() if k.startswith("JUPYTERHUB_")},
+            "PATH": env.get("PATH", "/usr/bin:/bin"),
+            "LANG": env.get("LANG", "C.UTF-8"),
+            "HOME": str(paths.vnc_dir),
+            "USER": display.name,
+            "LOGNAME": display.name,
+            "PYTHONNOUSERSITE": "1",
+        }
+        gateway = ProcessSpec(
+            [python, "-m", "enclave.desktop.gateway", "--ip", self.ip, "--port", str(self.port),
+             "--runtime", str(paths.root)],
+            display.uid, display.gid, gateway_env, str(paths.vnc_dir),
+        )  # fmt: skip
+        session_env = {k: v for k, v in env.items() if not k.startswith(("JUPYTERHUB_", "JPY_"))}
+        session_env["ENCLAVE_DESKTOP_RUNTIME"] = str(paths.root)
+        session_env["ENCLAVE_DESKTOP_POLICY"] = str(Path(self.desktop_policy_dir) / profile.name)
+        session_env["ENCLAVE_SESSION_KIND"] = AccessMode.DESKTOP.value
+        lab_args = [
+            *profile.server_args(),
+            *policy.user_state_args(account.home),
+            *policy.desktop_server_policy_args(),
+        ]
+        session = ProcessSpec(
+            [python, "-m", "enclave.desktop.session", "--lab-port", str(self.desktop_lab_port),
+             *(["--terminal"] if profile.terminals else []), "--", *lab_args],
+            account.uid, account.gid, session_env, str(account.home),
+        )  # fmt: skip
+        return [gateway, session]
 
     def _open_server_log(self) -> int | None:
         """The write end of the user's server log (append only), or None for the hub's output."""
@@ -464,6 +647,13 @@ class IsolatedSpawner(LocalProcessSpawner):
         if self._limits is not None:
             self._limits.remove()
             self._limits = None
+        for companion in self._companions:  # without cgroups: the desktop, by its own group
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.killpg(companion.pid, signal.SIGKILL)
+        self._companions = []
+        if self._desktop is not None:
+            remove_runtime(self._desktop)
+            self._desktop = None
         self.namespaces.teardown(self._network or self.user.name)
         self._network = None
         # NamespaceManager.teardown removes the host table and the service address with the
@@ -474,6 +664,23 @@ class IsolatedSpawner(LocalProcessSpawner):
             self.mounter.unmount_user(account.home)
         self.mounter.collect_garbage()
         self.mounted = []
+
+    async def poll(self) -> int | None:
+        """None while the session runs: its server and, in a desktop, the desktop too (a
+        desktop whose programs ended is a stopped server, for the hub to start again)."""
+        status = await super().poll()
+        if status is not None:
+            return status
+        for companion in self._companions:
+            code = companion.poll()
+            if code is not None:
+                self.log.warning(
+                    "The desktop of %s ended with status %s; stopping its server",
+                    self.user.name,
+                    code,
+                )
+                return code if code else 1
+        return None
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)

@@ -105,7 +105,8 @@ def _start(
     if demo is not None:
         click.echo(
             f"Demo: log in as 'demo-researcher' (see {launcher.demo_secrets_path(state_dir)}) "
-            f"to find ~/datasets/{demo.dataset}/{demo.version} and the catalog at "
+            f"and start a desktop to find ~/datasets/{demo.dataset}/{demo.version} (granted "
+            f"desktop: only pixels reach the browser); the catalog is at "
             f"{settings.public_url}services/catalog/"
         )
     click.echo(f"Logs: {settings.hub_dir / 'hub.log'}   Stop: enclave down --state-dir {state_dir}")

@@ -97,20 +97,35 @@ def course() -> None:
     required=True,
     help="Last day of access (YYYY-MM-DD): grants expire then, mounts vanish at the next spawn.",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["notebook", "desktop"]),
+    default="notebook",
+    show_default=True,
+    help="How the class may use the datasets: notebook (JupyterLab in the browser; course "
+    "material and open data) or desktop (pixels only: students start desktop sessions).",
+)
 @state_dir_option
 def create(
-    name: str, roster: Path, datasets: tuple[str, ...], ends: object, state_dir: Path
+    name: str,
+    roster: Path,
+    datasets: tuple[str, ...],
+    ends: object,
+    mode: str,
+    state_dir: Path,
 ) -> None:
     """Create group course-NAME, student accounts from the roster, and expiring grants."""
     from enclave.workspace.people import create_course
 
     end_day: date = ends.date()  # type: ignore[attr-defined]
-    made = create_course(_settings(state_dir), name, roster, list(datasets), ends=end_day)
+    made = create_course(
+        _settings(state_dir), name, roster, list(datasets), ends=end_day, mode=mode
+    )
     new = sum(1 for s in made.students if s.password)
     click.echo(
         f"course {made.name}: group {made.group}, {len(made.students)} student(s) "
-        f"({new} new), datasets {', '.join(f'{n}:{v}' for n, v in made.datasets)}, "
-        f"access until {made.ends.isoformat()}"
+        f"({new} new), datasets {', '.join(f'{n}:{v}' for n, v in made.datasets)} "
+        f"in {made.mode} mode, access until {made.ends.isoformat()}"
     )
     if made.credentials_file:
         click.echo(f"initial passwords and TOTP secrets: {made.credentials_file} (root only)")

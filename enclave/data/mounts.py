@@ -24,6 +24,8 @@ from enclave.errors import EnclaveError
 from secret_sharing.fileio import sha256_file
 
 VERSION_INFO_FILE = ".enclave-version.json"
+#: In ``~/datasets``: this user's grant (access mode, expiry) of each mounted version.
+GRANTS_FILE = ".enclave-grants.json"
 DERIVED_DIR = "derived"
 
 
@@ -62,6 +64,7 @@ class GrantedVersion:
     version: int
     path: Path
     info: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    grant: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def title(self) -> str:
@@ -77,7 +80,14 @@ class GrantedVersion:
 
     @property
     def expires_at(self) -> str | None:
-        return self.info.get("expires_at")
+        """When my grant ends (ISO 8601, UTC), or None for no end."""
+        return self.grant.get("expires_at") or self.info.get("expires_at")
+
+    @property
+    def mode(self) -> str:
+        """How my grant lets me use it: ``desktop`` (pixels only: mounted only in desktop
+        sessions) or ``notebook`` (JupyterLab in the browser may show it too)."""
+        return str(self.grant.get("mode") or "desktop")
 
     @property
     def content_hash(self) -> str:
@@ -103,7 +113,7 @@ class GrantedList(list):
         if not self:
             return f"no datasets are granted to you (nothing mounted under {datasets_root()})"
         width = max(len(v.label) for v in self)
-        lines = [f"{v.label:<{width}}  {v.modality:<4} {v.title}" for v in self]
+        lines = [f"{v.label:<{width}}  {v.modality:<4} {v.mode:<8} {v.title}" for v in self]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -113,12 +123,13 @@ class GrantedList(list):
             return f"<p>{escape(repr(self))}</p>"
         rows = "".join(
             f"<tr><td>{escape(v.name)}</td><td>{v.version}</td><td>{escape(v.modality)}</td>"
-            f"<td>{escape(v.title)}</td><td>{escape(v.expires_at or '')}</td></tr>"
+            f"<td>{escape(v.mode)}</td><td>{escape(v.title)}</td>"
+            f"<td>{escape(v.expires_at or '')}</td></tr>"
             for v in self
         )
         return (
-            "<table><thead><tr><th>dataset</th><th>version</th><th>modality</th><th>title</th>"
-            f"<th>grant expires</th></tr></thead><tbody>{rows}</tbody></table>"
+            "<table><thead><tr><th>dataset</th><th>version</th><th>modality</th><th>access</th>"
+            f"<th>title</th><th>grant expires</th></tr></thead><tbody>{rows}</tbody></table>"
         )
 
 
@@ -135,6 +146,15 @@ def _is_version_folder(path: Path) -> bool:
     return path.name.isdigit() and path.is_dir() and not path.name.startswith("0")
 
 
+def _read_grants(root: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    try:
+        data = json.loads((root / GRANTS_FILE).read_text())
+        entries = data.get("grants", []) if isinstance(data, dict) else []
+        return {(str(e["name"]), int(e["version"])): e for e in entries if isinstance(e, dict)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def granted_versions(root: Path | None = None) -> list[GrantedVersion]:
     """Every mounted version, sorted by name then version number."""
     root = datasets_root() if root is None else Path(root)
@@ -147,6 +167,7 @@ def granted_versions(root: Path | None = None) -> list[GrantedVersion]:
         raise DatasetAccessError(
             f"cannot read the datasets folder {root}: {exc.strerror}"
         ) from None
+    grants = _read_grants(root)
     for name_dir in names:
         try:
             versions = [p for p in name_dir.iterdir() if _is_version_folder(p)]
@@ -156,8 +177,15 @@ def granted_versions(root: Path | None = None) -> list[GrantedVersion]:
             # An empty mount point (a mount that failed or was revoked) is not a grant.
             if not (folder / "dataset.yaml").is_file():
                 continue
+            number = int(folder.name)
             found.append(
-                GrantedVersion(name_dir.name, int(folder.name), folder, _read_info(folder))
+                GrantedVersion(
+                    name_dir.name,
+                    number,
+                    folder,
+                    _read_info(folder),
+                    grants.get((name_dir.name, number), {}),
+                )
             )
     return found
 

@@ -2,6 +2,11 @@
 
 A hub name maps to a Unix name deterministically (``enclave-alice``); names Unix would refuse,
 or that are too long, get a short hash so that two hub users never share a uid.
+
+A desktop session also has a *display account* per user (``enclavex-alice``): a system
+account with no home and no shell that runs the session's VNC server and its gateway, so that
+the user's own programs can neither signal nor replace them. Its prefix differs from the
+user prefix at the character before the hub name, so no hub name maps onto one.
 """
 
 from __future__ import annotations
@@ -120,5 +125,45 @@ def remove_account(hub_name: str, prefix: str = UNIX_PREFIX, *, remove_home: boo
     if account is None:
         return
     _run_locked(["userdel", account.name], f"removing Unix user {account.name}")
+    remove_display_account(hub_name, prefix)
     if remove_home:
         shutil.rmtree(account.home, ignore_errors=True)
+
+
+def display_prefix(prefix: str = UNIX_PREFIX) -> str:
+    """``enclave-`` -> ``enclavex-``: display account names can never be user names."""
+    return prefix.rstrip("-") + "x-"
+
+
+def ensure_display_account(hub_name: str, prefix: str = UNIX_PREFIX) -> UnixAccount:
+    """The system account that runs ``hub_name``'s VNC server and gateway, created if new."""
+    name = unix_name(hub_name, display_prefix(prefix))
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        _run_locked(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                "--comment",
+                f"enclave desktop display {hub_name}"[:60],
+                name,
+            ],
+            f"creating the display account {name} for {hub_name!r}",
+        )
+        entry = pwd.getpwnam(name)
+    return _account(hub_name, entry)
+
+
+def remove_display_account(hub_name: str, prefix: str = UNIX_PREFIX) -> None:
+    try:
+        entry = pwd.getpwnam(unix_name(hub_name, display_prefix(prefix)))
+    except KeyError:
+        return
+    _run_locked(["userdel", entry.pw_name], f"removing the display account {entry.pw_name}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -50,6 +51,7 @@ class MountedDataset:
     version: int
     path: Path
     expires_at: datetime | None = None
+    mode: str = "desktop"  # catalog.models.AccessMode of the grant
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,32 @@ def _make_read_only(tree: Path) -> None:
         os.chmod(dirpath, 0o555)
         for name in dirnames:
             os.chmod(os.path.join(dirpath, name), 0o555)
+
+
+def write_grants_file(datasets_dir: Path, mounted: list[MountedDataset]) -> Path:
+    """``~/datasets/.enclave-grants.json``: this user's grant of each mounted version (its
+    access mode and expiry), which ``enclave.data.list_datasets()`` shows. The decrypted trees
+    are shared by every grantee, so what is per user lives here, root-owned and read-only."""
+    from enclave.data.mounts import GRANTS_FILE
+
+    path = Path(datasets_dir) / GRANTS_FILE
+    entries = [
+        {
+            "name": m.name,
+            "version": m.version,
+            "mode": m.mode,
+            "expires_at": m.expires_at.isoformat() if m.expires_at else None,
+        }
+        for m in mounted
+    ]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"grants": entries}, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _root_owned_dir(path: Path, mode: int = 0o755) -> None:
@@ -248,8 +276,15 @@ class DatasetMounter:
             _run(["mount", "--bind", str(source), str(point)], f"mounting {v.name}@{v.version}")
             _run(["mount", "-o", BIND_OPTIONS, str(point)], f"making {point} read-only")
             mounted.append(
-                MountedDataset(v.name, int(v.version), point, getattr(v, "expires_at", None))
+                MountedDataset(
+                    v.name,
+                    int(v.version),
+                    point,
+                    getattr(v, "expires_at", None),
+                    str(getattr(v, "mode", "desktop")),
+                )
             )
+        write_grants_file(self.datasets_dir(home), mounted)
         self.collect_garbage()
         return mounted
 

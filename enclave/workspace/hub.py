@@ -313,10 +313,12 @@ def services(settings: HubSettings) -> list[dict[str, Any]]:
 
 def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     """Fill a JupyterHub config object for the embedded enclave."""
+    from enclave.desktop.policy import install_desktop_policy
     from enclave.netns import NamespaceManager
     from enclave.spawner import set_master_key
     from enclave.workspace.interpreter import server_python
     from enclave.workspace.policy import install_server_policy
+    from enclave.workspace.profiles import PROFILES
 
     hub_dir = settings.hub_dir
     hub_dir.mkdir(parents=True, exist_ok=True)
@@ -334,6 +336,12 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     os.chown(shared, 0, 0)
     os.chmod(shared, 0o755)
     policy_dir = install_server_policy(shared / "jupyter-policy")
+    python = server_python(shared / "server-python")
+    desktop_policy = install_desktop_policy(
+        shared / "desktop-policy",
+        python,
+        {name: profile.terminals for name, profile in PROFILES.items()},
+    )
     set_master_key(master_key)
 
     c.JupyterHub.bind_url = settings.public_url
@@ -347,7 +355,8 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     # HTTP client (10 connections) until it times out with a 503.
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
     c.JupyterHub.log_level = settings.log_level
-    c.ConfigurableHTTPProxy.command = [str(Path(sys.executable).parent / "configurable-http-proxy")]
+    # configurable-http-proxy, with binary websocket frames kept binary (see workspace.proxy).
+    c.ConfigurableHTTPProxy.command = [sys.executable, "-m", "enclave.workspace.proxy"]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "proxy.pid")
 
@@ -368,7 +377,7 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.JupyterHub.load_roles = load_roles(settings)
     c.JupyterHub.services = services(settings)
 
-    server_cmd = [server_python(shared / "server-python"), "-m", "enclave.workspace.singleuser"]
+    server_cmd = [python, "-m", "enclave.workspace.singleuser"]
     c.JupyterHub.spawner_class = "enclave.spawner.IsolatedSpawner"
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = settings.start_timeout_seconds
@@ -379,6 +388,7 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.IsolatedSpawner.unix_prefix = settings.unix_prefix
     c.IsolatedSpawner.plaintext_root = settings.plaintext_root
     c.IsolatedSpawner.policy_dir = str(policy_dir)
+    c.IsolatedSpawner.desktop_policy_dir = str(desktop_policy)
     c.IsolatedSpawner.cmd = server_cmd
     c.IsolatedSpawner.catalog_url = settings.catalog_url or _default_catalog_url(settings)
     c.IsolatedSpawner.server_log_dir = str(settings.hub_dir / "server-logs")

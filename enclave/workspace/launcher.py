@@ -118,17 +118,26 @@ def hub_failure(log_text: str) -> str:
     return "; ".join(dict.fromkeys(parts)) or "no message in its log"
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process: not gone, and not a zombie (an exited child of this
+    process, as the hub is of the ``enclave up`` that started it, is reaped here)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def hub_pid(settings: HubSettings) -> int | None:
     path = settings.hub_dir / "jupyterhub.pid"
     try:
         pid = int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if running(pid) else None
 
 
 def demo_secrets_path(state_dir: Path) -> Path:
@@ -255,12 +264,11 @@ def stop_hub(settings: HubSettings, *, timeout: float = 90) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not running(pid):
             return True
         time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
     return True
 
 
@@ -282,6 +290,8 @@ def enclave_processes(settings: HubSettings) -> dict[int, str]:
                 continue
             cmdline = Path(entry.path, "cmdline").read_bytes()
         except OSError:  # gone, or a zombie
+            continue
+        if not cmdline or not running(int(entry.name)):
             continue
         found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return found

@@ -191,6 +191,7 @@ class Course:
     students: list[NewAccount]
     datasets: list[tuple[str, int]]
     credentials_file: Path | None
+    mode: str = "notebook"
 
 
 def create_course(
@@ -200,10 +201,14 @@ def create_course(
     datasets: list[str],
     *,
     ends: date,
+    mode: str = "notebook",
     actor: str = "cli",
     today: date | None = None,
 ) -> Course:
-    """Enrol a class: student accounts, a ``course-NAME`` group, grants that lapse at ``ends``."""
+    """Enrol a class: student accounts, a ``course-NAME`` group, grants that lapse at ``ends``.
+
+    A course's datasets are course material: granted in ``notebook`` mode unless ``mode`` says
+    ``desktop`` (students then work on them in desktop sessions)."""
     from catalog.db import resolve_database_url
     from catalog.service import open_catalog
 
@@ -226,7 +231,7 @@ def create_course(
         accounts = [add_person(settings, n, "student", groups=(group,)) for n in names]
         expires = datetime.combine(ends, datetime.min.time())
         for name, version in refs:
-            catalog.grant(name, version, group=group, expires=expires, actor=actor)
+            catalog.grant(name, version, group=group, expires=expires, mode=mode, actor=actor)
     creds = None
     fresh = [a for a in accounts if a.password]
     if fresh:
@@ -239,4 +244,4 @@ def create_course(
             writer.writerow(["username", "initial_password", "totp_secret", "totp_uri"])
             for a in fresh:
                 writer.writerow([a.name, a.password, a.otp_secret, a.otp_uri])
-    return Course(course, group, ends, accounts, refs, creds)
+    return Course(course, group, ends, accounts, refs, creds, mode)

@@ -76,12 +76,31 @@ def install_server_policy(dest: Path, source: Path | None = None) -> Path:
     return dest
 
 
+LAB_POLICY_ARGS = (
+    "--LabApp.lock_all_plugins=True",
+    "--LabApp.extension_manager=readonly",
+    "--LabApp.news_url=None",
+    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+)
+
+
 def server_policy_args() -> list[str]:
     """Command-line options that no user config can override."""
+    return [f"--ServerApp.authorizer_class={AUTHORIZER}", *LAB_POLICY_ARGS]
+
+
+def user_state_args(home: Path | str) -> list[str]:
+    """Where JupyterLab keeps the user's own state (workspace layouts, settings changes): in
+    the home. Their default is below ``JUPYTER_CONFIG_DIR``, the root-owned policy, where
+    saving a layout would fail."""
+    lab = Path(home) / ".jupyter" / "lab"
     return [
-        f"--ServerApp.authorizer_class={AUTHORIZER}",
-        "--LabApp.lock_all_plugins=True",
-        "--LabApp.extension_manager=readonly",
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        f"--LabApp.workspaces_dir={lab / 'workspaces'}",
+        f"--LabApp.user_settings_dir={lab / 'user-settings'}",
     ]
+
+
+def desktop_server_policy_args() -> list[str]:
+    """The same for the Jupyter server inside a desktop: it faces only the desktop's own
+    browser (token on the namespace's loopback), so the hub's authorizer has no part in it."""
+    return list(LAB_POLICY_ARGS)

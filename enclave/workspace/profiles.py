@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from catalog.models import AccessMode
 from enclave.errors import EnclaveError
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class Profile:
     # hub's idle culler); idle kernels are culled after ``kernel_idle_seconds``.
     idle_shutdown_seconds: int
     kernel_idle_seconds: int
+    # The session a spawn gets unless the person picks the other kind on the spawn form.
+    default_session: AccessMode = AccessMode.NOTEBOOK
 
     def server_args(self) -> list[str]:
         """Jupyter Server options that carry the profile (command line beats user config)."""
@@ -74,6 +77,7 @@ RESEARCHER = Profile(
     terminals=True,
     idle_shutdown_seconds=0,
     kernel_idle_seconds=4 * 3600,
+    default_session=AccessMode.DESKTOP,
 )
 
 STUDENT = Profile(
@@ -86,6 +90,7 @@ STUDENT = Profile(
     terminals=False,
     idle_shutdown_seconds=30 * 60,
     kernel_idle_seconds=20 * 60,
+    default_session=AccessMode.NOTEBOOK,
 )
 
 PROFILES = {p.name: p for p in (RESEARCHER, STUDENT)}

@@ -159,7 +159,7 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
         address_range=private_range(),
         netns_table="enclave_brtest",
         namespace_prefix=f"encbr{tag}-",
-        veth_prefix="encb-",
+        veth_prefix=f"b{tag}-",  # its own: another enclave's rules never match these
         unix_prefix=f"encb{tag}-",
         home_root=str(homes),
         plaintext_root=str(state_dir / "plaintext"),

@@ -21,6 +21,32 @@ def test_list_datasets_shows_every_granted_version(researcher_env, granted_mount
     assert "demo-ct v1" in repr(granted) and "<table>" in granted._repr_html_()
 
 
+def test_list_datasets_shows_my_grants_mode_and_expiry(granted_mounts, tmp_path, monkeypatch):
+    """The spawner writes each user's grants beside the mounts; the shared trees cannot say."""
+    from datetime import UTC, datetime
+
+    from enclave.workspace.datasets import MountedDataset, write_grants_file
+
+    root = tmp_path / "datasets"
+    (root / "demo-ct").mkdir(parents=True)
+    (root / "demo-ct" / "1").symlink_to(granted_mounts.v1)
+    (root / "demo-ct" / "2").symlink_to(granted_mounts.v2)
+    ends = datetime(2099, 2, 1, tzinfo=UTC)
+    write_grants_file(
+        root,
+        [
+            MountedDataset("demo-ct", 1, root / "demo-ct" / "1", ends, "notebook"),
+            MountedDataset("demo-ct", 2, root / "demo-ct" / "2", None, "desktop"),
+        ],
+    )
+    monkeypatch.setenv("ENCLAVE_DATASETS_DIR", str(root))
+    v1, v2 = ed.list_datasets()
+    assert (v1.mode, v1.expires_at) == ("notebook", "2099-02-01T00:00:00+00:00")
+    assert (v2.mode, v2.expires_at) == ("desktop", None)
+    assert "notebook" in repr(ed.list_datasets()).splitlines()[0]
+    assert "<th>access</th>" in ed.list_datasets()._repr_html_()
+
+
 def test_open_defaults_to_latest_granted_version(researcher_env):
     assert ed.open_dataset("demo-ct").version == 2
     assert ed.open_dataset("demo-ct", 1).version == 1

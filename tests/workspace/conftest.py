@@ -137,9 +137,10 @@ class Hub:
         self.tokens[name] = reply.json()["token"]
         return self.tokens[name]
 
-    def spawn(self, name: str, timeout: float = 90) -> dict:
+    def spawn(self, name: str, timeout: float = 90, *, kind: str | None = None) -> dict:
+        """Start ``name``'s server (a ``kind`` of session, else their profile's default)."""
         with self.admin() as api:
-            reply = api.post(f"/users/{name}/server")
+            reply = api.post(f"/users/{name}/server", json={"kind": kind} if kind else None)
             assert reply.status_code in (201, 202), reply.text
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -260,7 +261,7 @@ def enclave_state() -> Iterator[tuple[Path, Any, list[str]]]:
         address_range=private_range(),
         netns_table="enclave_wstest",
         namespace_prefix=f"encws{tag}-",
-        veth_prefix="encw-",
+        veth_prefix=f"w{tag}-",  # its own: another enclave's rules never match these
         unix_prefix=f"encw{tag}-",
         home_root=str(homes),
         plaintext_root=str(state_dir / "plaintext"),
@@ -390,7 +391,7 @@ def temporary_site(table: str) -> Iterator[HubSettings]:
         address_range=private_range(),
         netns_table=table,
         namespace_prefix=f"encup{tag}-",
-        veth_prefix="encu-",
+        veth_prefix=f"u{tag}-",  # its own: another enclave's rules never match these
         unix_prefix=f"encu{tag}-",
         home_root=str(homes),
         plaintext_root=str(state_dir / "plaintext"),
@@ -408,5 +409,10 @@ def temporary_site(table: str) -> Iterator[HubSettings]:
         log = settings.hub_dir / "hub.log"
         if log.exists():
             shutil.copyfile(log, Path(tempfile.gettempdir()) / f"{table}-hub.log")
+        servers = settings.hub_dir / "server-logs"
+        if servers.is_dir():  # what each user's server printed, for a failure's post-mortem
+            shutil.copytree(
+                servers, Path(tempfile.gettempdir()) / f"{table}-server-logs", dirs_exist_ok=True
+            )
         for path in (parent, homes, settings.server_files_dir):
             shutil.rmtree(path, ignore_errors=True)

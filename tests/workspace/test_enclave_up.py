@@ -66,14 +66,14 @@ def browser_login(
     return client, reply
 
 
-def wait_for_lab(client: httpx.Client, name: str, timeout: float = 90) -> None:
+def wait_for_desktop(client: httpx.Client, name: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        reply = client.get(f"/user/{name}/lab")
-        if reply.status_code == 200 and f"/user/{name}/lab" in str(reply.url):
+        reply = client.get(f"/user/{name}/")
+        if reply.status_code == 200 and "static/desktop/desktop.js" in reply.text:
             return
         time.sleep(1)
-    raise AssertionError(f"{name}'s JupyterLab did not open in {timeout}s")
+    raise AssertionError(f"{name}'s desktop did not open in {timeout}s")
 
 
 def test_up_works_with_the_state_dir_below_a_private_parent(site, first_up):
@@ -99,25 +99,31 @@ def test_up_prints_the_url_the_admin_login_and_labels_demo_secrets(site, first_u
     assert "published and granted to group demo-researchers" in err
 
 
-def test_demo_researcher_finds_the_dataset_and_the_catalog(site, first_up):
+def test_demo_researcher_gets_a_desktop_that_hands_the_browser_no_dataset_byte(site, first_up):
+    """The journey from the issue: logged in as the demo researcher, walk datasets/demo-ct/1
+    through the contents API with the browser's own cookies. A desktop answers 403."""
     login = secrets_block(site, "demo researcher login")
     _, refused = browser_login(site, "demo-researcher", login["password"], None, code="000000")
     assert refused.status_code == 403  # a password alone is not enough
     client, reply = browser_login(site, "demo-researcher", login["password"], login["totp secret"])
     assert reply.status_code == 200 and "/hub/login" not in str(reply.url)
     try:
-        client.get("/hub/spawn")
-        wait_for_lab(client, "demo-researcher")
-        listing = client.get("/user/demo-researcher/api/contents/datasets/demo-ct/1")
-        assert listing.status_code == 200
-        names = {item["name"] for item in listing.json()["content"]}
-        assert {"dicom", "segmentations", "tables", "dataset.yaml"} <= names
-        assert (
-            client.get("/user/demo-researcher/files/datasets/demo-ct/1/dataset.yaml").status_code
-            == 403
-        )
+        form = client.get("/hub/spawn")
+        assert 'value="desktop" checked' in form.text  # a researcher's default session
+        client.get("/hub/spawn?opt-kind=desktop")
+        wait_for_desktop(client, "demo-researcher")
+        base = "/user/demo-researcher"
+        for path in (
+            "api/contents/datasets/demo-ct/1",
+            "api/contents/datasets/demo-ct/1/dataset.yaml?content=1",
+            "files/datasets/demo-ct/1/dataset.yaml",
+            "api/kernels",
+            "lab",
+        ):
+            assert client.get(f"{base}/{path}").status_code == 403, path
         catalog = client.get("/services/catalog/")
         assert catalog.status_code == 200 and "demo-ct" in catalog.text
+        assert "desktop only" in catalog.text  # the demo dataset is granted desktop
     finally:
         client.close()
 

@@ -25,7 +25,8 @@ from .conftest import Kernel, catalog_folder, cleanup_everything, free_port, sta
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
 RESEARCHER, STUDENT = "alice", "sam"
-DATASET = "lung-ct"
+DATASET = "lung-ct"  # granted for notebooks
+DESKTOP_DATASET = "brain-ct"  # granted desktop only: never in a notebook session
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +51,24 @@ def hub(enclave_state, tmp_path_factory):
             state_dir / "store",
             description="Low-dose chest CT, one subject, for the tests",
         )
-        catalog.grant(DATASET, version.version, group="researchers", actor="test")
+        catalog.grant(DATASET, version.version, group="researchers", mode="notebook", actor="test")
+        other = make_sample_dataset(
+            tmp_path_factory.mktemp("desktop-only"),
+            name=DESKTOP_DATASET,
+            subjects=1,
+            slices=2,
+            size=16,
+            seed=7,
+        )
+        desktop_only = catalog_folder(
+            catalog, other, DESKTOP_DATASET, key, state_dir / "store", description="Desktop only"
+        )
+        catalog.grant(DESKTOP_DATASET, desktop_only.version, group="researchers", actor="test")
     running = start_hub(state_dir, settings, mnemonics)
     try:
         running.add_user(RESEARCHER, "researchers")
         running.add_user(STUDENT, "students")
-        running.spawn(RESEARCHER)
+        running.spawn(RESEARCHER, kind="notebook")  # a researcher's default is a desktop
         running.spawn(STUDENT)
         running.sample = folder
         running.version = version.version
@@ -382,7 +395,7 @@ def test_first_spawn_copies_the_example_notebooks_into_the_home(alice):
 def test_student_sees_no_researcher_dataset(hub, sam):
     out = sam.run(
         "import os\n"
-        "print(os.listdir(os.path.expanduser('~/datasets')))\n"
+        "print([n for n in os.listdir(os.path.expanduser('~/datasets')) if n[0] != '.'])\n"
         "for p in [os.environ['HOME'].replace('" + STUDENT + "', '" + RESEARCHER + "'),\n"
         f"          {hub.settings.plaintext_root!r}, {str(hub.state_dir)!r}]:\n"
         "    try:\n"
@@ -404,8 +417,10 @@ def test_student_sees_no_researcher_dataset(hub, sam):
 def test_files_and_nbconvert_downloads_of_a_dataset_file_are_refused(hub):
     path = f"{dataset_dir(hub.version)}/tables/clinical.csv"
     with hub.as_user(RESEARCHER) as client:
-        # Reading through the contents API works: the file is there and the token is good.
-        assert client.get(f"/user/{RESEARCHER}/api/contents/{path}").status_code == 200
+        # The file is there and the token is good: its folder lists.
+        listing = client.get(f"/user/{RESEARCHER}/api/contents/{dataset_dir(hub.version)}/tables")
+        assert listing.status_code == 200
+        assert "clinical.csv" in {item["name"] for item in listing.json()["content"]}
         refused = client.get(f"/user/{RESEARCHER}/files/{path}")
         assert refused.status_code == 403
         assert "Downloads are disabled in this enclave" in refused.text  # says why
@@ -426,6 +441,57 @@ def test_files_and_nbconvert_downloads_of_a_dataset_file_are_refused(hub):
             assert client.get(url).status_code == 403, url
         post = client.post(f"/user/{RESEARCHER}/nbconvert/html", json={"content": nb})
         assert post.status_code == 403
+
+
+def test_a_notebook_session_mounts_only_versions_granted_for_notebooks(hub, alice):
+    listed = json.loads(
+        alice.run(
+            "import json, os; print(json.dumps(os.listdir(os.path.expanduser('~/datasets'))))"
+        )
+    )
+    assert DATASET in listed and DESKTOP_DATASET not in listed
+    out = alice.run("import enclave.data as ed; print(repr(ed.list_datasets()))")
+    assert f"{DATASET} v{hub.version}" in out and "notebook" in out
+    assert DESKTOP_DATASET not in out
+
+
+def test_the_contents_api_never_returns_a_dataset_files_content(hub, alice):
+    base = f"/user/{RESEARCHER}/api/contents"
+    path = f"{dataset_dir(hub.version)}/tables/clinical.csv"
+    alice.run(
+        "import os\n"
+        "home = os.path.expanduser('~')\n"
+        "for name, target in (('link-file', 'datasets/" + DATASET + "/1/tables/clinical.csv'),\n"
+        "                     ('link-dir', 'datasets/" + DATASET + "')):\n"
+        "    p = os.path.join(home, 'outputs', name)\n"
+        "    if not os.path.lexists(p): os.symlink(os.path.join(home, target), p)\n"
+        "open(os.path.join(home, 'outputs', 'own.txt'), 'w').write('mine')\n"
+    )
+    with hub.as_user(RESEARCHER) as client:
+        for url in (
+            f"{base}/{path}",
+            f"{base}/{path}?content=1&format=base64&type=file",
+            f"{base}/{path.replace('/', '%2F')}",
+            f"{base}/outputs/../{path}",
+            f"{base}/outputs/link-file",
+            f"{base}/outputs/link-dir/1/tables/clinical.csv",
+            f"{base}/{path}/checkpoints",
+        ):
+            reply = client.get(url)
+            assert reply.status_code in (403, 404), (url, reply.status_code)
+            assert "subject_id" not in reply.text, url
+        refused = client.get(f"{base}/{path}")
+        assert refused.status_code == 403
+        assert "not sent to the browser in a notebook session" in refused.text
+        # A copy into the home, to read that instead, is refused too.
+        copy = client.post(f"{base}/outputs", json={"copy_from": path})
+        assert copy.status_code == 403, copy.text
+        # Metadata stays: the file browser lists and shows sizes.
+        meta = client.get(f"{base}/{path}?content=0")
+        assert meta.status_code == 200 and meta.json()["content"] is None
+        # The user's own files read as before.
+        own = client.get(f"{base}/outputs/own.txt")
+        assert own.status_code == 200 and own.json()["content"] == "mine"
 
 
 def lab_page_config(hub, user: str) -> dict:

@@ -10,6 +10,7 @@ checkout is not on the path and the commands run from a folder outside it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -23,9 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from .conftest import temporary_site
+from .rfbclient import RfbClient
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("enclave", "secret_sharing", "catalog", "ingestion")
@@ -131,6 +134,9 @@ def wheel_env() -> Iterator[Path]:
             sysconfig.get_paths()["purelib"] + "\n"
         )
         subprocess.run([str(python), "-I", "-c", WRITE_SCRIPTS], check=True, cwd=work)
+        # And their shared data (JupyterLab's assets, kernel specs), as pip would install it.
+        (venv / "share").mkdir(exist_ok=True)
+        (venv / "share" / "jupyter").symlink_to(Path(sys.prefix) / "share" / "jupyter")
         yield venv
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -200,6 +206,7 @@ def test_the_wheels_command_line_runs_outside_the_checkout(wheel_env):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_enclave_up_from_the_wheel_serves_the_demo_dataset_to_a_spawned_server(wheel_env):
+    from enclave.workspace.accounts import unix_name
     from enclave.workspace.hub import admin_token
     from enclave.workspace.launcher import hub_pid
 
@@ -229,17 +236,30 @@ def test_enclave_up_from_the_wheel_serves_the_demo_dataset_to_a_spawned_server(w
                 assert time.monotonic() < deadline, "the demo researcher's server never started"
                 time.sleep(0.5)
             token = api.post("/users/demo-researcher/tokens", json={"note": "wheel test"})
-            user = httpx.Client(
-                base_url=site.public_url.rstrip("/"),
-                timeout=60,
-                headers={"Authorization": f"token {token.json()['token']}"},
-            )
-            listing = user.get("/user/demo-researcher/api/contents/datasets/demo-ct/1")
-            assert listing.status_code == 200, listing.text
-            assert "dataset.yaml" in {item["name"] for item in listing.json()["content"]}
-            examples = user.get("/user/demo-researcher/api/contents/examples")
-            assert examples.status_code == 200
-            assert "segmentation-unet.ipynb" in {i["name"] for i in examples.json()["content"]}
+            headers = {"Authorization": f"token {token.json()['token']}"}
+            user = httpx.Client(base_url=site.public_url.rstrip("/"), timeout=60, headers=headers)
+            # A researcher's default session is a desktop: its page and noVNC come from the
+            # wheel's package data and Debian, its pixels from a desktop the wheel started.
+            page = user.get("/user/demo-researcher/")
+            assert page.status_code == 200 and "static/desktop/desktop.js" in page.text
+            for path in ("static/desktop/desktop.js", "static/novnc/core/rfb.js"):
+                assert user.get(f"/user/demo-researcher/{path}").status_code == 200, path
+            assert user.get("/user/demo-researcher/api/contents").status_code == 403
             user.close()
+            url = site.public_url.replace("http", "ws", 1) + "user/demo-researcher/websockify"
+            assert asyncio.run(first_frame(url, headers)).std() > 0
+            # The examples (shared data) were copied into the home; the demo dataset mounted.
+            home = Path(site.home_root) / unix_name("demo-researcher", site.unix_prefix)
+            assert (home / "examples" / "segmentation-unet.ipynb").is_file()
+            assert (home / "datasets" / "demo-ct" / "1" / "dataset.yaml").is_file()
         finally:
             api.close()
+
+
+async def first_frame(url: str, headers: dict[str, str]) -> np.ndarray:
+    rfb = RfbClient(url, headers)
+    await rfb.connect()
+    try:
+        return await rfb.full_frame()
+    finally:
+        await rfb.close()
