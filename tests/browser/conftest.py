@@ -179,7 +179,10 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
         )
         with open_catalog(settings.catalog_url) as catalog:
             version, manifest = catalog_validated(catalog, lung, key, state_dir / "store")
-            catalog.grant(GRANTED, version.version, group="researchers", actor="test")
+            # For notebooks: these pages show JupyterLab in the browser too (desktops see it too).
+            catalog.grant(
+                GRANTED, version.version, group="researchers", mode="notebook", actor="test"
+            )
             catalog_folder(
                 catalog,
                 other,
@@ -222,8 +225,11 @@ def screenshots(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-def chromium(profile: Path) -> Any:
-    """Headless Debian Chromium through Debian's chromedriver; nothing is downloaded."""
+def chromium(profile: Path, *, record_network: bool = False) -> Any:
+    """Headless Debian Chromium through Debian's chromedriver; nothing is downloaded.
+
+    ``record_network`` keeps the DevTools network events (every response and websocket
+    frame), read with ``driver.get_log("performance")``."""
     os.environ["SE_OFFLINE"] = "true"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -233,20 +239,25 @@ def chromium(profile: Path) -> Any:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
+    if record_network:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     return driver
 
 
 @pytest.fixture(scope="module")
-def browser_for(tmp_path_factory) -> Iterator[Callable[[str], Any]]:
-    """One Chromium per person (separate profiles, so cookies never mix); quit afterwards."""
-    drivers: dict[str, Any] = {}
+def browser_for(tmp_path_factory) -> Iterator[Callable[..., Any]]:
+    """One Chromium per person (separate profiles, so cookies never mix); quit afterwards.
+    ``browser_for(name, record_network=True)`` is a second one that records the network."""
+    drivers: dict[tuple[str, bool], Any] = {}
 
-    def open_for(name: str) -> Any:
-        if name not in drivers:
-            drivers[name] = chromium(tmp_path_factory.mktemp(f"chromium-{name}"))
-        return drivers[name]
+    def open_for(name: str, *, record_network: bool = False) -> Any:
+        key = (name, record_network)
+        if key not in drivers:
+            profile = tmp_path_factory.mktemp(f"chromium-{name}")
+            drivers[key] = chromium(profile, record_network=record_network)
+        return drivers[key]
 
     yield open_for
     for driver in drivers.values():

@@ -264,12 +264,32 @@ def open_lab_at(driver: Any, url: str, wanted: str, timeout: float = 90) -> None
     wait_until(driver, lambda d: wanted in lab_items(d), f"{wanted} not listed at {url}", timeout)
 
 
-def test_jupyterlab_opens_with_the_datasets_folder(enclave, browser_for, screenshots):
+def test_the_spawn_page_offers_a_desktop_or_a_notebook_and_a_researcher_gets_a_desktop(
+    enclave, browser_for, screenshots
+):
     from selenium.webdriver.common.by import By
 
     driver = browser_for(RESEARCHER)
     driver.get(f"{enclave.hub.url}/hub/home")
     wait_for(driver, "#start").click()  # "Start My Server", as a person does
+    wait_for(driver, "input[name=kind]")
+    choices = {
+        e.get_attribute("value"): e.is_selected()
+        for e in driver.find_elements(By.CSS_SELECTOR, "input[name=kind]")
+    }
+    assert choices == {"desktop": True, "notebook": False}
+    text = driver.find_element(By.CSS_SELECTOR, "fieldset").text
+    assert "Only its image reaches your browser" in text and "marked for notebooks" in text
+    shoot(driver, screenshots, "06-spawn-choice")
+
+
+def test_jupyterlab_opens_with_the_datasets_folder(enclave, browser_for, screenshots):
+    from selenium.webdriver.common.by import By
+
+    driver = browser_for(RESEARCHER)
+    driver.get(f"{enclave.hub.url}/hub/spawn")
+    wait_for(driver, "input[name=kind][value=notebook]").click()  # this time, a notebook
+    driver.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
     wait_until(
         driver,
         lambda d: f"/user/{RESEARCHER}/lab" in d.current_url,
@@ -279,7 +299,7 @@ def test_jupyterlab_opens_with_the_datasets_folder(enclave, browser_for, screens
     wait_until(driver, lambda d: "datasets" in lab_items(d), "no datasets folder", timeout=60)
     wait_until(driver, lambda d: not d.find_elements(By.ID, "jupyterlab-splash"), "splash stays")
     time.sleep(1)  # let the launcher finish painting before the picture
-    shoot(driver, screenshots, "06-jupyterlab")
+    shoot(driver, screenshots, "07-jupyterlab")
 
 
 def menu_labels(driver: Any) -> list[str]:
@@ -314,7 +334,7 @@ def test_jupyterlab_offers_no_download_command(enclave, browser_for, screenshots
     assert "Rename" in labels and "Copy Path" in labels, labels
     assert "Download" not in labels, labels
     assert "Open in New Browser Tab" not in labels, labels
-    shoot(driver, screenshots, "07-jupyterlab-file-menu")
+    shoot(driver, screenshots, "08-jupyterlab-file-menu")
     ActionChains(driver).send_keys(Keys.ESCAPE).perform()
 
     file_menu = next(
@@ -345,12 +365,142 @@ def test_the_files_url_of_a_dataset_file_is_refused_in_the_browser(
     driver = browser_for(RESEARCHER)
     path = f"datasets/{GRANTED}/{enclave.granted_version}/tables/clinical.csv"
     base = f"/user/{RESEARCHER}"
-    open_lab_at(driver, f"{enclave.hub.url}{base}/lab", "datasets")
-    # Same browser, same cookies: the contents API reads the file, /files/ refuses it.
+    open_lab_at(driver, f"{enclave.hub.url}{base}/lab/tree/datasets", GRANTED)
+    # Same browser, same cookies: the contents API describes the file but does not send it,
+    # and /files/ refuses it.
     assert fetch_status(driver, f"{base}/api/contents/{path}?content=0") == 200
+    assert fetch_status(driver, f"{base}/api/contents/{path}") == 403
     assert fetch_status(driver, f"{base}/files/{path}") == 403
     assert fetch_status(driver, f"{base}/files/{path}?download=1") == 403
     driver.get(f"{enclave.hub.url}{base}/files/{path}")
     body = driver.find_element(By.TAG_NAME, "body").text
     assert "403" in body and "subject_id" not in body
-    shoot(driver, screenshots, "08-files-403")
+    shoot(driver, screenshots, "09-files-403")
+
+
+# ------------------------------------------------------------------------------ desktop
+
+
+def stop_server(enclave: Any, name: str) -> None:
+    enclave.hub.stop(name)
+
+
+def canvas_spread(driver: Any) -> float:
+    """How varied the noVNC canvas's pixels are (0 for a blank canvas)."""
+    return driver.execute_script(
+        "const c = document.querySelector('#screen canvas');"
+        "if (!c || !c.width || !c.height) return 0;"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0, s = 0, s2 = 0;"
+        "for (let i = 0; i < d.length; i += 4 * 97) { const v = d[i] + d[i+1] + d[i+2];"
+        "  n++; s += v; s2 += v * v; }"
+        "return n ? Math.sqrt(s2 / n - (s / n) ** 2) : 0;"
+    )
+
+
+def open_desktop(driver: Any, enclave: Any, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{enclave.hub.url}/hub/spawn")
+    desktop = wait_for(driver, "input[name=kind][value=desktop]")
+    assert desktop.is_selected()  # a researcher's default
+    driver.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
+    wait_until(
+        driver,
+        lambda d: (
+            d.current_url.rstrip("/").endswith(f"/user/{name}")
+            and d.find_elements(By.CSS_SELECTOR, "#screen canvas")
+        ),
+        f"the desktop did not open: {driver.current_url}",
+        timeout=120,
+    )
+    wait_until(driver, lambda d: canvas_spread(d) > 5, "the desktop stays blank", timeout=60)
+
+
+def test_a_desktop_shows_jupyterlab_inside_as_pixels_and_answers_the_keyboard(
+    enclave, browser_for, screenshots
+):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from ..workspace.test_desktops import inside
+
+    stop_server(enclave, RESEARCHER)
+    driver = browser_for(RESEARCHER)
+    open_desktop(driver, enclave, RESEARCHER)
+    status = driver.find_element(By.ID, "status")
+    wait_until(driver, lambda d: "connected" in status.get_attribute("class"), "not connected")
+    time.sleep(8)  # JupyterLab inside the desktop takes a few seconds to draw
+    shoot(driver, screenshots, "10-desktop-jupyterlab")
+    # The browser's own address bar has no lab, files or contents: only this page.
+    assert driver.current_url.rstrip("/").endswith(f"/user/{RESEARCHER}")
+    for path in ("lab", "api/contents", "files/datasets"):
+        assert fetch_status(driver, f"/user/{RESEARCHER}/{path}") == 403, path
+
+    # Typed in the browser, run on the desktop: a terminal opened inside takes a command
+    # whose slashes, tilde and dashes must survive the keyboard mapping.
+    home = inside(enclave.hub, RESEARCHER, "sh", "-c", "echo $HOME").stdout.strip()
+    marker = Path(home) / "outputs" / "typed-in-the-browser"
+    marker.unlink(missing_ok=True)
+    inside(enclave.hub, RESEARCHER, "xfce4-terminal", "--maximize", background=True)
+    time.sleep(3)
+    canvas = driver.find_element(By.CSS_SELECTOR, "#screen canvas")
+    ActionChains(driver).click(canvas).perform()
+    ActionChains(driver).send_keys("touch ~/outputs/typed-in-the-browser\n").perform()
+    wait_until(driver, lambda d: marker.exists(), "the typed command never ran", timeout=20)
+    shoot(driver, screenshots, "11-desktop-terminal")
+    ActionChains(driver).send_keys("exit\n").perform()
+
+
+def test_what_the_browser_receives_in_a_desktop_holds_no_byte_of_an_open_dataset_file(
+    enclave, browser_for, screenshots
+):
+    """The issue's check: every HTTP response and websocket frame the browser gets while a
+    dataset file is open on the desktop, searched for the file's bytes and their base64."""
+    import base64
+    import json
+
+    from ..workspace.test_desktops import inside
+
+    version = Path(f"datasets/{GRANTED}/{enclave.granted_version}")
+    home = Path(inside(enclave.hub, RESEARCHER, "sh", "-c", "echo $HOME").stdout.strip())
+    shown = version / "dataset.yaml"  # open on the desktop, as text
+    others = [version / "tables" / "clinical.csv", next((home / version).rglob("*.dcm"))]
+    contents = [(home / path).read_bytes() for path in (shown, *others)]
+    assert all(len(c) > 40 for c in contents)
+    # The text files, shown on the desktop in a terminal.
+    shown_paths = " ".join(str(home / p) for p in (shown, others[0]))
+    inside(enclave.hub, RESEARCHER, "xfce4-terminal", "--maximize", "--hold",
+           "-x", "sh", "-c", f"cat {shown_paths}", background=True)  # fmt: skip
+    driver = browser_for(RESEARCHER, record_network=True)
+    log_in(driver, enclave, RESEARCHER, next_path=f"/user/{RESEARCHER}/")
+    wait_until(driver, lambda d: canvas_spread(d) > 5, "the desktop stays blank", timeout=60)
+    time.sleep(6)  # the file is drawn and the frames are sent while we watch
+    shoot(driver, screenshots, "12-desktop-dataset-open")
+
+    received: list[bytes] = []
+    for entry in driver.get_log("performance"):
+        event = json.loads(entry["message"])["message"]
+        if event["method"] == "Network.webSocketFrameReceived":
+            frame = event["params"]["response"]
+            data = frame["payloadData"]
+            received.append(base64.b64decode(data) if frame["opcode"] == 2 else data.encode())
+        elif event["method"] == "Network.responseReceived":
+            try:
+                body = driver.execute_cdp_cmd(
+                    "Network.getResponseBody", {"requestId": event["params"]["requestId"]}
+                )
+            except Exception:  # a body the browser no longer keeps (redirects, 304s)
+                continue
+            text = body["body"]
+            received.append(base64.b64decode(text) if body["base64Encoded"] else text.encode())
+    frames = b"".join(received)
+    assert len(frames) > 10_000  # the desktop's pixels did arrive
+    for content in contents:
+        needles = [content[i : i + 24] for i in range(0, len(content) - 24, 53)]
+        needles += [base64.b64encode(content[s:])[8:32] for s in range(3)]
+        # Runs of one byte (a DICOM preamble's zeros) are in any image; the rest is the file.
+        needles = [n for n in needles if len(set(n)) >= 8]
+        assert needles
+        for needle in needles:
+            assert needle not in frames, needle

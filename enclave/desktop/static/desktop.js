@@ -17,7 +17,7 @@ function say(text, kind) {
 }
 
 function connect() {
-  const rfb = new RFB(screen, url, { wsProtocols: ["binary"] });
+  const rfb = new RFB(screen, url);
   rfb.resizeSession = true;   // the desktop takes the window's size
   rfb.scaleViewport = false;
   rfb.clipViewport = false;
