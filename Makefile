@@ -17,7 +17,7 @@ TORCH_PIP_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),,--extra-inde
 # (TigerVNC's Xvnc, a light Xfce desktop, noVNC for the browser; xclip for the tests).
 APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2 \
   tigervnc-standalone-server xfwm4 xfce4-panel xfdesktop4 xfce4-settings xfconf xfce4-terminal \
-  dbus-x11 x11-utils fonts-dejavu-core novnc xclip
+  dbus-x11 x11-utils fonts-dejavu-core novnc websockify xclip
 # `make test-latest` builds this throwaway virtualenv from the newest versions pyproject allows.
 LATEST_VENV := .venv-latest
 

@@ -121,12 +121,17 @@ def write_private_file(path: Path, data: bytes, uid: int, gid: int) -> None:
 
 
 def xvnc_command(
-    xvnc: str, paths: DesktopPaths, *, geometry: str, extra: Sequence[str] = ()
+    xvnc: str,
+    paths: DesktopPaths,
+    *,
+    geometry: str,
+    extra: Sequence[str] = (),
+    display: int = DISPLAY_NUMBER,
 ) -> list[str]:
     """The VNC server's command line: the site's ``extra`` parameters, then the enforced ones."""
     return [
         xvnc,
-        display_name(),
+        display_name(display),
         "-auth",
         str(paths.vnc_xauthority),
         "-rfbunixpath",
@@ -145,7 +150,11 @@ def xvnc_command(
 
 
 def prepare_runtime(
-    paths: DesktopPaths, *, user: tuple[int, int], display: tuple[int, int]
+    paths: DesktopPaths,
+    *,
+    user: tuple[int, int],
+    display: tuple[int, int],
+    number: int = DISPLAY_NUMBER,
 ) -> DesktopPaths:
     """Make a fresh runtime folder for a session (as root): the two subfolders, each owned by
     its account, and the same new X cookie in each. Anything a previous session left is gone."""
@@ -160,7 +169,7 @@ def prepare_runtime(
         (paths.user_dir, paths.user_xauthority, user),
     ):
         folder.mkdir(mode=0o700)
-        write_private_file(auth, xauthority_entry(cookie), uid, gid)
+        write_private_file(auth, xauthority_entry(cookie, number), uid, gid)
         os.chown(folder, uid, gid)
     return paths
 

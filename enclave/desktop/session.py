@@ -113,6 +113,10 @@ class Session:
         self.paths = DesktopPaths(Path(args.runtime))
         self.children: list[subprocess.Popen] = []
 
+    @property
+    def display(self) -> int:
+        return int(self.args.display)
+
     def environment(self) -> dict[str, str]:
         policy = Path(self.args.policy)
         env = {
@@ -121,7 +125,7 @@ class Session:
             if not k.startswith(("JUPYTERHUB_", "JPY_")) and k != "DBUS_SESSION_BUS_ADDRESS"
         }
         env.update(
-            DISPLAY=display_name(),
+            DISPLAY=display_name(self.display),
             XAUTHORITY=str(self.paths.user_xauthority),
             XDG_RUNTIME_DIR=str(self.paths.user_dir),
             XDG_CONFIG_DIRS=f"{policy / 'xdg'}:/etc/xdg",
@@ -137,7 +141,7 @@ class Session:
         return proc
 
     def run(self) -> int:
-        wait_for_display()
+        wait_for_display(self.display)
         env = self.environment()
         os.environ.update(env)
         bus = subprocess.run(
@@ -210,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         help="the session's runtime folder (default: $ENCLAVE_DESKTOP_RUNTIME)",
     )
     parser.add_argument("--lab-port", type=int, default=8889)
+    parser.add_argument("--display", type=int, default=DISPLAY_NUMBER, help=argparse.SUPPRESS)
     parser.add_argument("--terminal", action="store_true", help="offer a terminal")
     parser.add_argument("--open-lab", action="store_true", help="only open JupyterLab again")
     parser.add_argument("lab_args", nargs="*", help="further options for the Jupyter server")

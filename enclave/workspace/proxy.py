@@ -8,7 +8,11 @@ defects of its 0.4.0 mended.
 * It answers the browser's upgrade without a ``Sec-WebSocket-Protocol``, whatever the server
   chose, and a browser that asked for a subprotocol then drops the connection.
 
-``python -m enclave.workspace.proxy ARGS`` is ``configurable-http-proxy ARGS`` with both
+And it leaves Nagle's algorithm on for websockets, on both of its connections: a small frame
+(a key press, the pixels of one echoed character) then waits for the previous one's
+acknowledgement, which the peer delays. Interactive traffic turns it off.
+
+``python -m enclave.workspace.proxy ARGS`` is ``configurable-http-proxy ARGS`` with these
 methods mended.
 """
 
@@ -35,9 +39,24 @@ def _select_subprotocol(self: Any, subprotocols: list[str]) -> str | None:
     return chosen if chosen in subprotocols else None
 
 
+_original_start_ws_client = handlers.ProxyHandler.start_ws_client
+
+
+async def _start_ws_client(self: Any, path: str | None = None) -> None:
+    await _original_start_ws_client(self, path)
+    if self.ws_client is not None:
+        self.ws_client.protocol.set_nodelay(True)  # the connection to the server
+
+
+def _open(self: Any, *args: Any, **kwargs: Any) -> None:
+    self.set_nodelay(True)
+
+
 def patch() -> None:
     handlers.ProxyHandler.on_message = _on_message
     handlers.ProxyHandler.select_subprotocol = _select_subprotocol
+    handlers.ProxyHandler.start_ws_client = _start_ws_client
+    handlers.ProxyHandler.open = _open
 
 
 if __name__ == "__main__":
