@@ -569,7 +569,7 @@ class IsolatedSpawner(LocalProcessSpawner):
         session_env["ENCLAVE_DESKTOP_POLICY"] = str(Path(self.desktop_policy_dir) / profile.name)
         session_env["ENCLAVE_SESSION_KIND"] = AccessMode.DESKTOP.value
         lab_args = [
-            *profile.server_args(),
+            *profile.server_args(idle_shutdown=False),
             *policy.user_state_args(account.home),
             *policy.desktop_server_policy_args(),
         ]

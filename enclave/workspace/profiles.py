@@ -55,14 +55,17 @@ class Profile:
     # The session a spawn gets unless the person picks the other kind on the spawn form.
     default_session: AccessMode = AccessMode.NOTEBOOK
 
-    def server_args(self) -> list[str]:
-        """Jupyter Server options that carry the profile (command line beats user config)."""
+    def server_args(self, *, idle_shutdown: bool = True) -> list[str]:
+        """Jupyter Server options that carry the profile (command line beats user config).
+
+        ``idle_shutdown=False`` for the Jupyter server inside a desktop: a person working in
+        the desktop's terminal is not idle, and the hub's idle culler judges the desktop."""
         args = [
             f"--ServerApp.terminals_enabled={self.terminals}",
             f"--MappingKernelManager.cull_idle_timeout={self.kernel_idle_seconds}",
             "--MappingKernelManager.cull_interval=60",
         ]
-        if self.idle_shutdown_seconds:
+        if self.idle_shutdown_seconds and idle_shutdown:
             args.append(f"--ServerApp.shutdown_no_activity_timeout={self.idle_shutdown_seconds}")
         return args
 

@@ -451,6 +451,21 @@ def test_a_desktop_shows_jupyterlab_inside_as_pixels_and_answers_the_keyboard(
     shoot(driver, screenshots, "11-desktop-terminal")
     ActionChains(driver).send_keys("exit\n").perform()
 
+    # A dropped connection comes back by itself, to the same running desktop.
+    driver.execute_script(
+        "window.enclaveDesktop.before = true; window.enclaveDesktop._sock._websocket.close()"
+    )
+    wait_until(
+        driver,
+        lambda d: d.execute_script(
+            "const rfb = window.enclaveDesktop;"
+            "return !rfb.before && rfb._rfbConnectionState === 'connected'"
+        ),
+        "the desktop did not reconnect",
+        timeout=30,
+    )
+    wait_until(driver, lambda d: canvas_spread(d) > 5, "blank after reconnecting")
+
 
 def test_what_the_browser_receives_in_a_desktop_holds_no_byte_of_an_open_dataset_file(
     enclave, browser_for, screenshots
