@@ -121,11 +121,6 @@ class RfbRelay(_Authenticated, websocket.WebSocketHandler):
             raise web.HTTPError(403, "not logged in to this server")
         await super().get(*args, **kwargs)
 
-    def check_origin(self, origin: str) -> bool:
-        # The page is served by this server under the hub's address; the proxy passes the
-        # browser's Host header along, so same-origin is what tornado checks by default.
-        return super().check_origin(origin)
-
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return "binary" if "binary" in subprotocols else None
 

@@ -159,7 +159,7 @@ class Session:
         self.start(["xfce4-panel", "--disable-wm-check"], env)
         self.start(["xfdesktop", "--disable-wm-check"], env)
         wait_for_http(f"http://127.0.0.1:{self.args.lab_port}/api", proc=lab)
-        self.browser = open_lab(self.paths)
+        open_lab(self.paths)  # closed, it opens again from the panel's JupyterLab launcher
         log.info("desktop session ready")
         while True:
             if lab.poll() is not None:
@@ -189,8 +189,7 @@ class Session:
             "--ServerApp.allow_remote_access=False",
             *self.args.lab_args,  # the profile's (terminals, culling) and the lab policy
         ]
-        lab_env = dict(env)
-        return self.start(argv, lab_env)
+        return self.start(argv, env)
 
     def stop(self) -> None:
         for proc in reversed(self.children):
