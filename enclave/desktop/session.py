@@ -159,7 +159,8 @@ class Session:
         self.start(["xfce4-panel", "--disable-wm-check"], env)
         self.start(["xfdesktop", "--disable-wm-check"], env)
         wait_for_http(f"http://127.0.0.1:{self.args.lab_port}/api", proc=lab)
-        open_lab(self.paths)  # closed, it opens again from the panel's JupyterLab launcher
+        # Closed, it opens again from the panel's JupyterLab launcher.
+        self.children.append(open_lab(self.paths))
         log.info("desktop session ready")
         while True:
             if lab.poll() is not None:
