@@ -4,6 +4,7 @@ Other services use this package through ``open_catalog`` and the ``Catalog`` met
 the schema changes only through the Alembic migrations shipped in ``catalog/migrations``.
 """
 
+from catalog import airlock as airlock  # registers the airlock's tables with the models
 from catalog.auth import Principal, PrincipalResolver
 from catalog.db import DB_URL_ENV, default_database_url, resolve_database_url
 from catalog.errors import (

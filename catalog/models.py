@@ -430,3 +430,25 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(512))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AuditCheckpoint(Base):
+    """A signed Merkle tree head over the audit log's first ``tree_size`` entries.
+
+    ``leaf_hashes`` holds the leaves this checkpoint added (entries ``previous tree_size``
+    up to ``tree_size``, 32 bytes each) and ``frontier`` the tree's compact range after them,
+    so the next checkpoint continues from it. Append-only in the database, like the log.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger, unique=True)
+    # The id of the entry at leaf tree_size - 1: entries with a larger id are not yet covered.
+    last_entry_id: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    key_fingerprint: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hashes: Mapped[bytes] = mapped_column(LargeBinary)
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)

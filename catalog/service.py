@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Select, and_, case, exists, func, insert, or_, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from catalog import migrate
+from catalog.airlock import DIGEST_BYTES as CHUNK_DIGEST_LENGTH
+from catalog.airlock import index_version_content
 from catalog.auth import (
     PROVIDER_TOKEN_PREFIX,
     ROLES,
@@ -75,6 +79,12 @@ TRANSFER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # Groups and user names come from JupyterHub, which allows a few more characters.
 SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 MODALITY_RE = re.compile(r"^[A-Z0-9]{1,16}$")
+# pg_advisory_xact_lock key every catalog write transaction takes on PostgreSQL ("enclwrit"):
+# writers commit one at a time, so audit ids are assigned in commit order.
+WRITE_LOCK_KEY = 0x656E636C77726974
+_WRITE_LOCK_HELD = "enclave_write_lock_held"
+# The engines this thread has a write transaction open on (see Catalog._tx).
+_write_transactions = threading.local()
 # Manifest fields a curator may override with ``edit``.
 EDITABLE_FIELDS = ("title", "description", "license", "tags")
 
@@ -218,8 +228,23 @@ class Catalog:
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
+        """A write transaction. On PostgreSQL it first takes the catalog's write lock, so
+        writers commit one at a time and audit ids follow commit order (SQLite's
+        ``BEGIN IMMEDIATE`` already does that); taken first, it cannot deadlock with the row
+        locks the transaction takes later."""
+        held: set[int] = _write_transactions.__dict__.setdefault("engines", set())
+        if id(self.engine) in held:
+            raise RuntimeError(
+                "a catalog write transaction inside another on the same thread would wait "
+                "forever for the write lock the outer one holds: do the work in one transaction"
+            )
+        held.add(id(self.engine))
+        try:
+            with self._sessions.begin() as session:
+                _take_write_lock(session)
+                yield session
+        finally:
+            held.discard(id(self.engine))
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -230,9 +255,13 @@ class Catalog:
             yield session
 
     @staticmethod
-    def _audit(session: Session, actor: str, action: str, target: str, **details: Any) -> None:
+    def _audit(session: Session, actor: str, action: str, target: str, /, **details: Any) -> None:
+        """Append one entry to the audit log (``catalog/audit.py``) in ``session``'s
+        transaction, which should come from ``_tx``: a session that does not hold the write
+        lock yet takes it here, late, so that ids still follow commit order."""
         if not actor or not isinstance(actor, str):
             raise InvalidInput("every catalog change needs an actor (who is making it)")
+        _take_write_lock(session)
         session.add(AuditEvent(actor=actor, action=action, target=target, details=details))
 
     def _locked(self, stmt: Any) -> Any:
@@ -515,9 +544,15 @@ class Catalog:
         series: Sequence[dict[str, Any]] = (),
         report_json: str | None = None,
         feature_tables: Sequence[dict[str, Any]] = (),
+        chunks: Mapping[str, Sequence[bytes]] | None = None,
+        identifiers: Sequence[bytes] = (),
         actor: str,
     ) -> DatasetVersion:
         """Turn a validated transfer into a new pending-review version, all or nothing.
+
+        ``chunks`` (file path -> digests of its aligned chunks) and ``identifiers`` (digests of
+        its subject identifiers) go into the airlock's content index with the version
+        (``ingestion/content_index.py``).
 
         Calling it again for a cataloged transfer returns the version it made, and
         content identical to an existing version of the dataset is recorded as a
@@ -538,6 +573,7 @@ class Catalog:
         series_rows = self._check_series(name, series)
         features = self._check_features(name, feature_tables)
         report = _report_counts(report_json)
+        digests = _check_digests(name, chunks or {}, identifiers)
         for attempt in range(3):
             try:
                 with self._tx() as s:
@@ -553,6 +589,7 @@ class Catalog:
                         series=series_rows,
                         report=report,
                         features=features,
+                        digests=digests,
                         actor=actor,
                     )
             except IntegrityError:
@@ -674,6 +711,7 @@ class Catalog:
         series: list[dict[str, Any]],
         report: tuple[bool, int, int, int, str],
         features: list[dict[str, Any]],
+        digests: tuple[dict[str, list[bytes]], list[bytes]],
         actor: str,
     ) -> DatasetVersion:
         name = manifest["name"]
@@ -826,6 +864,8 @@ class Catalog:
             )
         )
         s.add_all(FeatureTable(version_id=version.id, **f) for f in features)
+        s.flush()
+        index_version_content(s, version.id, chunks=digests[0], identifiers=digests[1])
 
         self._apply_manifest(dataset, manifest)
         t.state = "cataloged"
@@ -1320,6 +1360,18 @@ class Catalog:
                 stmt = stmt.where(Grant.revoked_at.is_(None))
             return [GrantView.from_row(g) for g in s.scalars(stmt).unique()]
 
+    def record_event(
+        self, actor: str, action: str, target: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """Append an event the catalog did not cause itself (a login, a spawn, a dataset
+        mount, a download) to the same tamper-evident audit log, in a transaction of its own."""
+        if not isinstance(action, str) or not action or len(action) > 64:
+            raise InvalidInput(f"audit action {action!r} must be 1 to 64 characters")
+        if not isinstance(target, str) or len(target) > 512:
+            raise InvalidInput("audit target must be text of at most 512 characters")
+        with self._tx() as s:
+            self._audit(s, actor, action, target, **(details or {}))
+
     def audit_events(self, limit: int = 100) -> list[AuditView]:
         """The newest audit events first."""
         with self._read() as s:
@@ -1574,6 +1626,32 @@ class Catalog:
             if p is None:
                 raise NotFound(f"unknown principal {name!r}")
             return Principal.of(p.name, p.role, (g.group_name for g in p.groups))  # type: ignore[arg-type]
+
+
+def _check_digests(
+    name: str, chunks: Mapping[str, Sequence[bytes]], identifiers: Sequence[bytes]
+) -> tuple[dict[str, list[bytes]], list[bytes]]:
+    """The content index's digests, each 16 bytes (anything else is a caller's bug)."""
+    out: dict[str, list[bytes]] = {}
+    for path, digests in chunks.items():
+        found = [bytes(d) for d in digests]
+        if any(len(d) != CHUNK_DIGEST_LENGTH for d in found):
+            raise InvalidInput(f"dataset {name!r}: a chunk digest of {path} is not 16 bytes")
+        out[str(path)] = found
+    ids = [bytes(d) for d in identifiers]
+    if any(len(d) != CHUNK_DIGEST_LENGTH for d in ids):
+        raise InvalidInput(f"dataset {name!r}: an identifier digest is not 16 bytes")
+    return out, ids
+
+
+def _take_write_lock(session: Session) -> None:
+    """Hold the catalog's write lock until ``session``'s transaction ends (PostgreSQL only)."""
+    transaction = session.get_transaction()
+    if transaction is not None and session.info.get(_WRITE_LOCK_HELD) is transaction:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
+    session.info[_WRITE_LOCK_HELD] = session.get_transaction()
 
 
 def _like_escape(word: str) -> str:
