@@ -42,13 +42,14 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ingestion.content_index import ChunkHasher
 from ingestion.diskio import drop_behind, fdatasync, start_writeback
 from secret_sharing.errors import EnclaveError
 from secret_sharing.fileio import writev_at
@@ -92,13 +93,15 @@ class StoredFile:
 
 @dataclass(frozen=True)
 class StoredVersion:
-    """Where a version lies and its wrapped key: what the catalog keeps about a stored version."""
+    """Where a version lies and its wrapped key: what the catalog keeps about a stored version,
+    with the chunk digests of its files (``ingestion.content_index``) for the airlock's index."""
 
     store_location: str
     wrapped_key: bytes
     store_id: str
     size_bytes: int
     file_count: int
+    chunk_digests: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
 
 
 def key_context(store_id: str) -> bytes:
@@ -350,6 +353,7 @@ class VersionWriter:
         self._aead = AESGCM(self._data_key)
         self._files: dict[str, StoredFile] = {}
         self._reserved: set[str] = set()  # paths given an object number, stored or not yet
+        self._chunks: dict[str, list[bytes]] = {}  # path -> digests of its aligned chunks
         self._lock = threading.Lock()
         self.tmp.mkdir(parents=True)
         self._packs = _Packs(self.tmp / "packs")
@@ -383,6 +387,7 @@ class VersionWriter:
         """Encrypt one file from disk as ``rel``, streaming it segment by segment."""
         number = self._reserve(rel)
         digest = hashlib.sha256() if hashed else None
+        hasher = ChunkHasher()
         with open(path, "rb") as src:
             size = os.fstat(src.fileno()).st_size
 
@@ -395,25 +400,28 @@ class VersionWriter:
                     left -= len(chunk)
                     if digest is not None:
                         digest.update(chunk)
+                    hasher.update(chunk)
                     yield chunk
 
             records = _encrypt_chunks(self._aead, self.store_id, number, rel, chunks())
             stored = self._write_object(rel, number, size, records)
-        return self._stored(stored, digest)
+        return self._stored(stored, digest, hasher)
 
     def add_data(self, rel: str, data: Sequence[Any], *, hashed: bool = True) -> StoredFile:
         """Encrypt one file whose bytes are already in memory (``data``: buffers, e.g. views of
         reconstruction's decrypted segments), without reading it back from staging."""
         number = self._reserve(rel)
         digest = hashlib.sha256() if hashed else None
+        hasher = ChunkHasher()
         size = 0
         for piece in data:
             size += len(piece)
             if digest is not None:
                 digest.update(piece)
+            hasher.update(piece)
         chunks = _memory_chunks(data, self.segment_size)
         records = _encrypt_chunks(self._aead, self.store_id, number, rel, chunks)
-        return self._stored(self._write_object(rel, number, size, records), digest)
+        return self._stored(self._write_object(rel, number, size, records), digest, hasher)
 
     def _write_object(
         self, rel: str, number: int, size: int, records: Iterator[bytes]
@@ -443,11 +451,12 @@ class VersionWriter:
             self._packs.release(pack)
         return StoredFile(rel, number, size, "", pack, offset, length)
 
-    def _stored(self, stored: StoredFile, digest: Any) -> StoredFile:
+    def _stored(self, stored: StoredFile, digest: Any, hasher: ChunkHasher) -> StoredFile:
         if digest is not None:
             stored = dataclasses.replace(stored, sha256=digest.hexdigest())
         with self._lock:
             self._files[stored.path] = stored
+            self._chunks[stored.path] = hasher.digests
         return stored
 
     def _reserve(self, rel: str) -> int:
@@ -502,7 +511,9 @@ class VersionWriter:
             self.abort()
             raise
         wrapped = self.master_key.wrap(self._data_key, key_context(self.store_id))
-        return StoredVersion(str(self.final), wrapped, self.store_id, size_bytes, len(files))
+        return StoredVersion(
+            str(self.final), wrapped, self.store_id, size_bytes, len(files), dict(self._chunks)
+        )
 
     def abort(self) -> None:
         self._packs.close()

@@ -75,6 +75,8 @@ class ValidationOutcome:
     tables: list[dict[str, Any]] = field(default_factory=list)
     feature_tables: list[dict[str, Any]] = field(default_factory=list)
     content_hash: str = ""
+    # subject identifiers of the images and tables: the airlock's identifier index
+    subject_ids: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -174,6 +176,7 @@ def validate_dataset(
     outcome.files += inventory.derived_entries(outcome.feature_tables)
     outcome.series = list(dicom.series) if dicom is not None else []
     outcome.content_hash = content_hash(outcome.files)
+    outcome.subject_ids = _subject_ids(outcome, table_checks)
     report.summary = _summary(outcome, dicom, table_checks, timings)
     return outcome
 
@@ -396,13 +399,22 @@ class _Inventory:
         return entries
 
 
+def _subject_ids(outcome: ValidationOutcome, table_checks: list[Any]) -> list[str]:
+    subjects = {
+        str(f["subject_id"])
+        for f in outcome.files
+        if f.get("kind") == "dicom" and f.get("subject_id")
+    }
+    for check in table_checks:
+        subjects |= {str(s) for s in check.subject_ids}
+    return sorted(subjects)
+
+
 def _summary(
     outcome: ValidationOutcome, dicom: Any, table_checks: list[Any], timings: dict[str, float]
 ) -> dict[str, Any]:
     dicom_files = [f for f in outcome.files if f.get("kind") == "dicom"]
-    subjects = {str(f["subject_id"]) for f in dicom_files if f.get("subject_id")}
-    for check in table_checks:
-        subjects |= check.subject_ids
+    subjects = outcome.subject_ids
     studies = {s.get("study_uid") for s in outcome.series if s.get("study_uid")}
     provider_files = [f for f in outcome.files if f.get("kind") != "derived"]
     return {

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from ingestion import quarantine, shares, store
+from ingestion.content_index import identifier_digests
 from ingestion.settings import WORKER_ACTOR, IngestPaths, WorkerSettings
 from secret_sharing.errors import EnclaveError
 
@@ -458,6 +459,8 @@ class ReconstructionWorker:
                 series=list(outcome.series),
                 report_json=report.to_json(),
                 feature_tables=list(outcome.feature_tables),
+                chunks=stored.chunk_digests,
+                identifiers=identifier_digests(outcome.subject_ids),
                 actor=WORKER_ACTOR,
             )
         except BaseException:
