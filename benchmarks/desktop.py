@@ -222,6 +222,7 @@ def enclave_site() -> Iterator[Any]:
         proxy_api_port=free_port(),
         hub_port=free_port(),
         catalog_port=free_port(),
+        airlock_port=free_port(),
         ingest_port=free_port(),
         address_range="10.219.128.0/22",
         netns_table="enclave_deskbench",

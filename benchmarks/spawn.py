@@ -62,6 +62,7 @@ def make_settings(state_dir: Path, tag: str):
         proxy_api_port=free_port(),
         hub_port=free_port(),
         catalog_port=free_port(),
+        airlock_port=free_port(),
         address_range="10.219.64.0/20",
         netns_table="enclave_bench",
         namespace_prefix=f"encb{tag}-",

@@ -50,7 +50,7 @@ from traitlets import Bool, Dict, Float, Instance, Int, Unicode, Union, default
 
 from catalog.models import AccessMode
 from enclave.desktop.layout import DesktopPaths, prepare_runtime, remove_runtime
-from enclave.workspace import accounts, policy, profiles
+from enclave.workspace import access_log, accounts, policy, profiles
 from enclave.workspace.datasets import DatasetMounter, MountedDataset
 from enclave.workspace.profiles import Profile
 
@@ -172,6 +172,9 @@ class IsolatedSpawner(LocalProcessSpawner):
     catalog_url = Unicode("", help="Catalog database URL; empty: no datasets are mounted.").tag(
         config=True
     )
+    airlock_url = Unicode(
+        "", help="The airlock service as sessions reach it (ENCLAVE_AIRLOCK_URL); empty: none."
+    ).tag(config=True)
     grants_source = AnyTrait(
         None,
         allow_none=True,
@@ -340,6 +343,12 @@ class IsolatedSpawner(LocalProcessSpawner):
         env["ENCLAVE_DATASETS"] = str(account.home / "datasets")
         env["ENCLAVE_OUTPUTS"] = str(account.home / "outputs")
         env["ENCLAVE_PROFILE"] = self._profile.name if self._profile else ""
+        if self.airlock_url:
+            env["ENCLAVE_AIRLOCK_URL"] = self.airlock_url
+        if self.cmd:  # the server interpreter's folder first: `enclave ...` in a terminal
+            env["PATH"] = os.pathsep.join(
+                p for p in (os.path.dirname(self.cmd[0]), env.get("PATH", "")) if p
+            )
         return env
 
     def get_args(self) -> list[str]:
@@ -377,6 +386,15 @@ class IsolatedSpawner(LocalProcessSpawner):
             if AccessMode(getattr(g, "mode", AccessMode.DESKTOP)).allows(kind)
         ]
         mounted = self.mounter.mount_for(account, grants)
+        for m in mounted:
+            access_log.record(
+                self.catalog_url,
+                self.user.name,
+                "dataset.mount",
+                f"dataset:{m.name}@{m.version}",
+                user=self.user.name,
+                session=kind.value,
+            )
         if kind is AccessMode.DESKTOP:
             self._display = accounts.ensure_display_account(self.user.name, self.unix_prefix)
             self._desktop = prepare_runtime(
@@ -456,6 +474,15 @@ class IsolatedSpawner(LocalProcessSpawner):
         )
         marks["answered"] = time.time()
         self._timings = {**marks, "path": path}
+        await asyncio.to_thread(
+            access_log.record,
+            self.catalog_url,
+            self.user.name,
+            "server.start",
+            f"user:{self.user.name}",
+            session=self.session_kind.value,
+            datasets=[f"{m.name}@{m.version}" for m in self.mounted],
+        )
         self.log.info(
             "Server of %s answers after %.2f s: prepare %.2f s, launch %.2f s (%s), "
             "server start %.2f s",
@@ -685,6 +712,13 @@ class IsolatedSpawner(LocalProcessSpawner):
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
         await asyncio.to_thread(self._cleanup)
+        await asyncio.to_thread(
+            access_log.record,
+            self.catalog_url,
+            self.user.name,
+            "server.stop",
+            f"user:{self.user.name}",
+        )
 
     def get_state(self) -> dict:
         state = super().get_state()

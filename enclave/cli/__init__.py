@@ -27,6 +27,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "catalog",
         "Curate the dataset catalog: list, publish, grant.",
     ),
+    "audit": (
+        "enclave.cli.audit",
+        "audit",
+        "Checkpoint, verify, prove and export the tamper-evident audit log.",
+    ),
     "ingest": (
         "enclave.cli.ingest",
         "ingest",
@@ -36,6 +41,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "enclave.cli.ingest",
         "providers",
         "Register data providers and their signing keys.",
+    ),
+    "airlock": (
+        "enclave.cli.airlock",
+        "airlock",
+        "Export results through automated checks and two-person review.",
     ),
     "up": ("enclave.cli.up", "up", "Bring the enclave up on this machine."),
     "down": ("enclave.cli.up", "down", "Stop everything `enclave up` started."),

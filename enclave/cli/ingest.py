@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -189,3 +190,54 @@ def providers_add(
     provider, token = catalog.add_provider(name, pem, fingerprint, actor="cli", quota_bytes=quota)
     click.echo(f"provider {name} registered (key {fingerprint[:16]}...); upload token:", err=True)
     click.echo(token)
+
+
+@providers.command("report")
+@click.argument("name")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the full report, with every inclusion proof, as JSON here.",
+)
+@state_dir_option
+@db_url_option
+def providers_report(name: str, output: Path | None, state_dir: Path, db_url: str | None) -> None:
+    """Where NAME's datasets went: grants, mounts and released files, each with an inclusion
+    proof against a signed audit checkpoint (check one with `enclave audit verify-proof`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from enclave.airlock.setup import open_airlock
+
+    _, transparency = open_airlock(state_dir, db_url)
+    report = transparency.report(name)
+    if output is not None:
+        output.write_text(json.dumps(report, indent=2) + "\n")
+    table = Table("dataset", "event", "who", "when", "audit entry")
+    for v in report["versions"]:
+        label = f"{v['dataset']} v{v['version']}"
+        for g in v["grants"]:
+            table.add_row(
+                label, g["action"], g["subject"] or "", g["at"], str(g["proof"]["entry"]["id"])
+            )
+        for m in v["mounts"]:
+            table.add_row(
+                label, f"mount ({m['session']})", m["user"], m["at"], str(m["proof"]["entry"]["id"])
+            )
+        for r in v["releases"]:
+            entry = str(r["proof"]["entry"]["id"]) if r["proof"] else ""
+            table.add_row(
+                label,
+                f"released {r['file']} (#{r['request_id']})",
+                r["requester"],
+                r["released_at"] or "",
+                entry,
+            )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"signed by audit key {report['verify_key_fingerprint'][:16]}...; "
+        + (f"full report with proofs: {output}" if output else "pass -o FILE for the proofs")
+    )

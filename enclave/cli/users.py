@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from enclave.errors import EnclaveError
+from enclave.workspace.profiles import PEOPLE_GROUPS
 
 state_dir_option = click.option(
     "--state-dir",
@@ -17,7 +18,7 @@ state_dir_option = click.option(
     show_default="$ENCLAVE_STATE_DIR or .enclave",
     help="The running enclave's state directory.",
 )
-ROLES = ("researcher", "student", "provider", "admin")
+ROLES = tuple(PEOPLE_GROUPS)
 
 
 def _settings(state_dir: Path):
@@ -39,11 +40,25 @@ def users() -> None:
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True, help="The hub group it joins.")
 @click.option("--group", "groups", multiple=True, help="Also join this group (e.g. a project).")
+@click.option(
+    "--provider",
+    "provider",
+    default=None,
+    help="For --role provider: the registered provider this person speaks for (their "
+    "datasets' transparency report).",
+)
 @state_dir_option
-def add(name: str, role: str, groups: tuple[str, ...], state_dir: Path) -> None:
+def add(
+    name: str, role: str, groups: tuple[str, ...], provider: str | None, state_dir: Path
+) -> None:
     """Create NAME with ROLE; print the initial password and TOTP secret (shown once)."""
+    from enclave.airlock.scopes import PROVIDER_GROUP_PREFIX
     from enclave.workspace.people import add_person
 
+    if provider is not None:
+        if role != "provider":
+            raise EnclaveError("--provider goes with --role provider")
+        groups = (*groups, PROVIDER_GROUP_PREFIX + provider)
     account = add_person(_settings(state_dir), name.lower(), role, groups=groups)
     click.echo(f"{account.name}: role {account.role}, groups {', '.join(account.groups)}")
     if account.password:

@@ -83,8 +83,9 @@ class DesktopPage(_Authenticated, web.RequestHandler):
     def get(self) -> None:
         prefix = self.settings["prefix"]
         page = (STATIC_DIR / "desktop.html").read_text()
+        hub = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/"
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(page.replace("{{prefix}}", prefix))
+        self.finish(page.replace("{{prefix}}", prefix).replace("{{hub}}", hub))
 
 
 class AuthenticatedStatic(_Authenticated, web.StaticFileHandler):

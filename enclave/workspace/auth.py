@@ -8,10 +8,14 @@ instead (``GenericOAuthenticator``, see docs/workspaces.md).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
+from traitlets import Unicode
+
+from enclave.workspace import access_log
 
 TOTP_STEP_SECONDS = 30
 
@@ -48,7 +52,12 @@ class EnclaveLoginHandler(NativeLoginHandler):
 
 
 class EnclaveAuthenticator(NativeAuthenticator):
-    """NativeAuthenticator with two-factor authentication required for everyone."""
+    """NativeAuthenticator with two-factor authentication required for everyone; every login
+    and failed login is an entry of the audit log (``audit_url``: the catalog database)."""
+
+    audit_url = Unicode("", help="Catalog database URL whose audit log records logins.").tag(
+        config=True
+    )
 
     def get_handlers(self, app: Any) -> list:
         return [
@@ -64,6 +73,20 @@ class EnclaveAuthenticator(NativeAuthenticator):
         """NativeAuthenticator's checks (authorized, password, lockout after failed logins)
         with the second factor required and checked by ``totp_accepted``."""
         username = self.normalize_username(data.get("username", ""))
+        accepted = self._authenticate(username, data)
+        action, why = ("login", None) if accepted else ("login.failed", "refused")
+        await asyncio.to_thread(
+            access_log.record,
+            self.audit_url,
+            username[:128] or "-",
+            action,
+            f"user:{username[:128]}",
+            reason=why,
+            address=getattr(getattr(handler, "request", None), "remote_ip", None),
+        )
+        return accepted
+
+    def _authenticate(self, username: str, data: dict) -> str | None:
         user = self.get_user(username)
         if user is None:
             return None

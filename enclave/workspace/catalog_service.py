@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlparse
-
-from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
+from urllib.parse import urlparse
 
 from enclave.workspace.profiles import role_of
 
@@ -34,7 +31,6 @@ CATALOG_SCOPES = (
     "custom:catalog:curate",
 )
 SERVICE_NAME = "catalog"
-STATE_COOKIE = "enclave_catalog_oauth_state"
 
 
 class HubPrincipalResolver:
@@ -80,9 +76,9 @@ class HubPrincipalResolver:
 def create_service_app(catalog: Any, hub_auth: Any) -> Any:
     """The catalog app mounted under the service prefix, with the hub's OAuth login."""
     from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse, RedirectResponse
 
     from catalog.api import COOKIE, create_app
+    from enclave.workspace.hub_login import HubLogin
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/").rstrip("/")
     hub_base = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/")
@@ -92,52 +88,9 @@ def create_service_app(catalog: Any, hub_auth: Any) -> Any:
     )
     outer = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    def login_redirect(next_path: str) -> RedirectResponse:
-        state = secrets.token_urlsafe(24)
-        params = {
-            "client_id": hub_auth.oauth_client_id,
-            "redirect_uri": hub_auth.oauth_redirect_uri,
-            "response_type": "code",
-            "state": state,
-        }
-        response = RedirectResponse(f"{hub_auth.oauth_authorization_url}?{urlencode(params)}", 302)
-        response.set_cookie(
-            STATE_COOKIE,
-            f"{state}|{next_path}",
-            httponly=True,
-            samesite="lax",
-            path=prefix + "/",
-            max_age=600,
-        )
-        return response
-
-    @outer.get(prefix + "/oauth_callback", include_in_schema=False)
-    def oauth_callback(request: Request, code: str = "", state: str = "") -> Any:
-        expected, _, next_path = request.cookies.get(STATE_COOKIE, "").partition("|")
-        if not code or not state or not secrets.compare_digest(state, expected or "-"):
-            return HTMLResponse(
-                "<p>Login state does not match; <a href='./'>try again</a>.</p>", 400
-            )
-        token = hub_auth.token_for_code(code)
-        target = next_path if next_path.startswith(prefix + "/") else prefix + "/"
-        response = RedirectResponse(target, 302)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="lax", path=prefix + "/")
-        response.delete_cookie(STATE_COOKIE, path=prefix + "/")
-        return response
-
-    @outer.middleware("http")
-    async def hub_login(request: Request, call_next: Any) -> Any:
-        path = request.url.path
-        wants_page = (
-            request.method == "GET"
-            and path in (prefix, prefix + "/")
-            and "authorization" not in request.headers
-            and COOKIE not in request.cookies
-        )
-        if wants_page:
-            return login_redirect(path if path.endswith("/") else path + "/")
-        return await call_next(request)
-
+    HubLogin(hub_auth, prefix, COOKIE).install(
+        outer, wants_login=lambda request: request.url.path in (prefix, prefix + "/")
+    )
     outer.mount(prefix, inner)
     return outer
 

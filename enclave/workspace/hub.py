@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from enclave.airlock import scopes as airlock
 from enclave.errors import EnclaveError
 from enclave.workspace.catalog_service import CATALOG_SCOPES
 from enclave.workspace.interpreter import private_ancestor, readable_by_others
@@ -25,7 +26,6 @@ HUB_DIR = "hub"
 SETTINGS_FILE = "settings.json"
 ADMIN_TOKEN_FILE = "admin-service-token"
 ADMIN_SERVICE = "enclave-admin"
-ROLE_GROUPS = ("researchers", "students", "providers", "admins")
 #: Server files go here when the state directory's parent is private (``--state-dir ~/x`` as
 #: root): they are rebuilt at every hub start, so a tmpfs suits them.
 RUN_DIR = Path("/run/enclave")
@@ -45,6 +45,8 @@ class HubSettings:
     proxy_api_port: int = 8001
     hub_port: int = 8081
     catalog_port: int = 8090
+    # The airlock listens on the service address (sessions submit to it directly).
+    airlock_port: int = 8092
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8470
     ingest_receivers: int = 3
@@ -61,7 +63,7 @@ class HubSettings:
     idle_timeout_seconds: int = 3600
     start_timeout_seconds: int = 120
     managed_services: list[str] = field(
-        default_factory=lambda: ["catalog", "ingest", "idle-culler"]
+        default_factory=lambda: ["catalog", "ingest", "airlock", "idle-culler"]
     )
     log_level: str = "INFO"
     # Root-owned files every user server must read (the Jupyter policy, the server
@@ -95,7 +97,9 @@ class HubSettings:
 
         return NetnsConfig(
             address_range=self.address_range,
-            service_ports=(self.hub_port,),
+            service_ports=(self.hub_port, self.airlock_port)
+            if "airlock" in self.managed_services
+            else (self.hub_port,),
             server_port=self.server_port,
             hub_uids=(0,),
             table=self.netns_table,
@@ -180,6 +184,7 @@ def custom_scopes() -> dict[str, dict[str, str]]:
         "custom:catalog:request": {"description": "Request access to a catalog dataset."},
         "custom:catalog:publish": {"description": "Publish ingested dataset versions."},
         "custom:catalog:curate": {"description": "Edit, grant, revoke and retire datasets."},
+        **{scope: {"description": text} for scope, text in airlock.AIRLOCK_SCOPES.items()},
     }
 
 
@@ -192,23 +197,41 @@ def load_roles(settings: HubSettings | None = None) -> list[dict[str, Any]]:
         {
             "name": "enclave-researcher",
             "groups": ["researchers"],
-            "scopes": ["custom:catalog:read", "custom:catalog:request", catalog_access],
+            "scopes": [
+                "custom:catalog:read",
+                "custom:catalog:request",
+                catalog_access,
+                airlock.SUBMIT,
+                airlock.ACCESS,
+            ],
         },
         {
             "name": "enclave-student",
             "groups": ["students"],
-            "scopes": ["custom:catalog:read", catalog_access],
+            "scopes": ["custom:catalog:read", catalog_access, airlock.SUBMIT, airlock.ACCESS],
         },
         {
             "name": "enclave-provider",
             "groups": ["providers"],
-            "scopes": ["custom:catalog:read", catalog_access, "access:services!service=ingest"],
+            "scopes": [
+                "custom:catalog:read",
+                catalog_access,
+                "access:services!service=ingest",
+                airlock.TRANSPARENCY,
+                airlock.ACCESS,
+            ],
+        },
+        {
+            "name": "enclave-reviewer",
+            "groups": [airlock.REVIEWERS_GROUP],
+            "scopes": [airlock.REVIEW, airlock.ACCESS],
         },
         {
             "name": "enclave-admin",
             "groups": ["admins"],
             "scopes": [
                 *CATALOG_SCOPES,
+                airlock.OVERSEE,
                 "access:services",
                 "admin-ui",
                 "admin:users",
@@ -271,6 +294,29 @@ def services(settings: HubSettings) -> list[dict[str, Any]]:
                 "info": {"description": "Datasets granted to you, with their validation summaries"},
             }
         )
+    if "airlock" in settings.managed_services:
+        # On the service address, where the proxy routes /services/airlock/ and where
+        # `enclave airlock submit` inside a session reaches it (the only port besides the hub's).
+        address = settings.netns_config().service_address
+        found.append(
+            {
+                "name": airlock.SERVICE_NAME,
+                "url": f"http://{address}:{settings.airlock_port}",
+                "command": [
+                    python,
+                    "-m",
+                    "enclave.airlock.web",
+                    "--state-dir",
+                    settings.state_dir,
+                ],
+                "environment": env,
+                "oauth_no_confirm": True,
+                # The login token carries the airlock scopes the person holds (no others).
+                "oauth_client_allowed_scopes": list(airlock.AIRLOCK_SCOPES),
+                "display": True,
+                "info": {"description": "Export results: automated checks, two-person review"},
+            }
+        )
     if "ingest" in settings.managed_services:
         # Unseals from the mnemonics the hub re-offers on its standard input (see
         # master_key_from_environment); reached directly by providers, not through the proxy.
@@ -318,7 +364,7 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     from enclave.spawner import set_master_key
     from enclave.workspace.interpreter import server_python
     from enclave.workspace.policy import install_server_policy
-    from enclave.workspace.profiles import PROFILES
+    from enclave.workspace.profiles import PEOPLE_GROUPS, PROFILES
 
     hub_dir = settings.hub_dir
     hub_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +419,7 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.NativeAuthenticator.seconds_before_next_try = 300
 
     c.JupyterHub.custom_scopes = custom_scopes()
-    c.JupyterHub.load_groups = {name: {"users": []} for name in ROLE_GROUPS}
+    c.JupyterHub.load_groups = {name: {"users": []} for name in PEOPLE_GROUPS.values()}
     c.JupyterHub.load_roles = load_roles(settings)
     c.JupyterHub.services = services(settings)
 
@@ -391,7 +437,20 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     c.IsolatedSpawner.desktop_policy_dir = str(desktop_policy)
     c.IsolatedSpawner.cmd = server_cmd
     c.IsolatedSpawner.catalog_url = settings.catalog_url or _default_catalog_url(settings)
+    c.EnclaveAuthenticator.audit_url = c.IsolatedSpawner.catalog_url
     c.IsolatedSpawner.server_log_dir = str(settings.hub_dir / "server-logs")
+    if "airlock" in settings.managed_services:
+        # A session's own token may submit to the airlock (when its owner may): the
+        # `enclave airlock` command inside it needs nothing else.
+        c.Spawner.server_token_scopes = [
+            "users:activity!user",
+            "access:servers!server",
+            airlock.SUBMIT,
+            airlock.ACCESS,
+        ]
+        c.IsolatedSpawner.airlock_url = (
+            f"http://{netns.service_address}:{settings.airlock_port}/services/airlock/"
+        )
 
 
 def _default_catalog_url(settings: HubSettings) -> str:

@@ -90,6 +90,12 @@ def server_python(bridge_dir: Path) -> str:
             )
         pth.parent.mkdir(parents=True, exist_ok=True)
         pth.write_text(wanted)
+    # `enclave airlock submit` and `enclave lineage` typed in a session's terminal.
+    command = bridge / "bin" / "enclave"
+    script = f"#!{python}\nfrom enclave.cli import main\n\nmain()\n"
+    if not command.is_file() or command.read_text() != script:
+        command.write_text(script)
+        command.chmod(0o755)
     for dirpath, _dirnames, filenames in os.walk(bridge):
         os.chmod(dirpath, 0o755)
         for name in filenames:

@@ -10,6 +10,7 @@ every server and service) and then removes anything a crash could have left behi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -85,12 +86,17 @@ def check_ports_free(settings: HubSettings) -> None:
     ]
     if "ingest" in settings.managed_services:
         wanted.append(("ingest_port", settings.ingest_host, settings.ingest_port))
+    if "airlock" in settings.managed_services:
+        service_address = str(settings.netns_config().service_address)
+        wanted.append(("airlock_port", service_address, settings.airlock_port))
     for name, host, port in wanted:
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # the service address is made at hub start: nothing listens yet
                 raise LaunchError(
                     f"port {port} on {host} ({name}) is not free ({exc.strerror}): stop what "
                     f"listens there or set another {name} in {settings.hub_dir / 'settings.json'}"

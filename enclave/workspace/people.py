@@ -22,7 +22,7 @@ import httpx
 
 from enclave.errors import EnclaveError
 from enclave.workspace.hub import HubSettings, admin_token
-from enclave.workspace.profiles import ROLE_TO_GROUP
+from enclave.workspace.profiles import PEOPLE_GROUPS
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 COURSE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
@@ -134,9 +134,9 @@ def add_person(
 ) -> NewAccount:
     """A hub user in the role's group (and ``groups``), able to log in with password + TOTP."""
     check_name(name)
-    if role not in ROLE_TO_GROUP:
-        raise PeopleError(f"role {role!r} is not one of {', '.join(sorted(ROLE_TO_GROUP))}")
-    all_groups = (ROLE_TO_GROUP[role], *groups)
+    if role not in PEOPLE_GROUPS:
+        raise PeopleError(f"role {role!r} is not one of {', '.join(sorted(PEOPLE_GROUPS))}")
+    all_groups = (PEOPLE_GROUPS[role], *groups)
     with HubAdmin(settings) as hub:
         hub.ensure_user(name)
         for group in all_groups:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from catalog.models import AccessMode
+from enclave.airlock.scopes import REVIEWERS_GROUP
 from enclave.errors import EnclaveError
 
 if TYPE_CHECKING:
@@ -31,6 +32,10 @@ ROLE_GROUPS: dict[str, Role] = {
     "students": "student",
 }
 ROLE_TO_GROUP = {role: group for group, role in ROLE_GROUPS.items()}
+#: What `enclave users add --role` offers: the catalog roles, and reviewers (of the airlock),
+#: who have no catalog role of their own.
+PEOPLE_GROUPS: dict[str, str] = {str(role): group for role, group in ROLE_TO_GROUP.items()}
+PEOPLE_GROUPS["reviewer"] = REVIEWERS_GROUP
 
 
 class NoWorkspace(EnclaveError):
