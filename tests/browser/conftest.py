@@ -38,6 +38,9 @@ from ..workspace.conftest import (
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 RESEARCHER, STUDENT = "rhea", "stu"
+#: The airlock's people: a researcher who exports, two reviewers, a provider's data manager.
+EXPORTER, REVIEWER_1, REVIEWER_2, DATA_MANAGER = "ada", "rev1", "rev2", "dm"
+PROVIDER = "test-hospital"
 GRANTED, NOT_GRANTED = "lung-ct", "restricted-mr"
 CHROMIUM_FLAGS = (
     "--headless=new",
@@ -118,6 +121,8 @@ def catalog_validated(catalog: Any, folder: Path, key: Any, store_root: Path) ->
         transfer_id, "test-hospital", dataset_name=manifest["name"], k=2, n=3, share_length=1
     )
     stored = write_version(folder, store_root, key, name_hint=transfer_id)
+    from ingestion.content_index import identifier_digests
+
     version = catalog.catalog_version(
         transfer_id,
         manifest=manifest,
@@ -129,13 +134,15 @@ def catalog_validated(catalog: Any, folder: Path, key: Any, store_root: Path) ->
         series=list(outcome.series),
         report_json=outcome.report.to_json(),
         feature_tables=list(outcome.feature_tables),
+        chunks=stored.chunk_digests,
+        identifiers=identifier_digests(outcome.subject_ids),
         actor="test",
     )
     catalog.publish(manifest["name"], version.version, actor="test")
     return version, manifest
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def enclave(tmp_path_factory) -> Iterator[Enclave]:
     needs_root_and_tools()
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
@@ -156,6 +163,7 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
         proxy_api_port=free_port(),
         hub_port=free_port(),
         catalog_port=free_port(),
+        airlock_port=free_port(),
         address_range=private_range(),
         netns_table="enclave_brtest",
         namespace_prefix=f"encbr{tag}-",
@@ -164,7 +172,7 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
         home_root=str(homes),
         plaintext_root=str(state_dir / "plaintext"),
         lock_path=str(state_dir / "netns.lock"),
-        managed_services=["catalog"],
+        managed_services=["catalog", "airlock"],
         log_level="INFO",
     )
     hub = None
@@ -194,8 +202,16 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
             summary = next(d for d in catalog.list_datasets(None) if d.name == GRANTED)
         hub = start_hub(state_dir, settings, mnemonics)
         logins = {}
-        for name, role in ((RESEARCHER, "researcher"), (STUDENT, "student")):
-            account = add_person(settings, name, role)
+        people = (
+            (RESEARCHER, "researcher", ()),
+            (STUDENT, "student", ()),
+            (EXPORTER, "researcher", ()),
+            (REVIEWER_1, "reviewer", ()),
+            (REVIEWER_2, "reviewer", ()),
+            (DATA_MANAGER, "provider", (f"provider-{PROVIDER}",)),
+        )
+        for name, role, groups in people:
+            account = add_person(settings, name, role, groups=groups)
             # Both are set for a person new to the hub, as everyone is in this fresh state dir.
             assert account.password is not None and account.otp_secret is not None
             logins[name] = Login(name, account.password, account.otp_secret)
@@ -210,12 +226,12 @@ def enclave(tmp_path_factory) -> Iterator[Enclave]:
         if hub is not None:
             stop_hub(hub)
             shutil.copyfile(hub.log, Path(tempfile.gettempdir()) / "enclave-browser-tests-hub.log")
-        cleanup_everything(settings, [RESEARCHER, STUDENT])
+        cleanup_everything(settings, [RESEARCHER, STUDENT, EXPORTER])
         for path in (state_dir, homes, settings.server_files_dir):
             shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def screenshots(tmp_path_factory) -> Path:
     wanted = os.environ.get("ENCLAVE_SCREENSHOTS")
     if wanted:
