@@ -7,15 +7,16 @@ STATE_DIR ?= $(CURDIR)/.enclave
 # Every install takes exactly these versions (with hashes); `make lock` refreshes it on purpose.
 LOCK := requirements.lock
 PIP_VERSION := 26.3
-EXTRAS := server,ml,dev
+EXTRAS := server,ml,dev,provider
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) Makefile | sha256sum | cut -c1-12)
 # The locked torch is PyTorch's CPU build (2.13.0+cpu). These machines keep its wheel in
 # /opt/wheels (pip's configured find-links); elsewhere it comes from PyTorch's CPU index.
 TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 TORCH_PIP_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),,--extra-index-url https://download.pytorch.org/whl/cpu)
-# Debian packages the suite and the embedded enclave need: the base, then desktop sessions
+# Debian packages the suite and the embedded enclave need: the base (fuse3: the decrypting
+# dataset mounts), then desktop sessions
 # (TigerVNC's Xvnc, a light Xfce desktop, noVNC for the browser; xclip for the tests).
-APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2 \
+APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2 fuse3 \
   tigervnc-standalone-server xfwm4 xfce4-panel xfdesktop4 xfce4-settings xfconf xfce4-terminal \
   dbus-x11 x11-utils fonts-dejavu-core novnc websockify xclip
 # `make test-latest` builds this throwaway virtualenv from the newest versions pyproject allows.
@@ -40,7 +41,7 @@ venv: $(STAMP)
 # Linux x86_64. Commit the result with a message that names what moved.
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet "uv>=0.13,<0.14"
-	$(BIN)/uv pip compile pyproject.toml --extra server --extra ml --extra dev \
+	$(BIN)/uv pip compile pyproject.toml --extra server --extra ml --extra dev --extra provider \
 	  --python-version 3.11 --generate-hashes $(TORCH_SOURCE) \
 	  --custom-compile-command "make lock" --quiet -o $(LOCK)
 

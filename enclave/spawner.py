@@ -257,6 +257,7 @@ class IsolatedSpawner(LocalProcessSpawner):
             "mounter", self.plaintext_root, lambda: DatasetMounter(Path(self.plaintext_root))
         )
         mounter.master_key = _MASTER_KEY[0]
+        mounter.catalog_url = self.catalog_url  # where read faults are audited
         return mounter
 
     def _grants(self, principal: Any) -> list[Any]:

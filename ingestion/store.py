@@ -12,7 +12,9 @@ Each version has its own fresh 32-byte data key, kept only wrapped by the enclav
 (``MasterKey.wrap(data_key, context=b"enclave-store/1:" + store id)``); the catalog holds the
 wrapped key, the store never holds it in the clear.
 
-An object is ``MAGIC`` followed by segments of at most ``segment_size`` plaintext bytes (4 MiB),
+An object is ``MAGIC`` followed by segments of at most ``segment_size`` plaintext bytes (64 KiB
+since the decrypting mounts, which read any segment on its own; 4 MiB before: ``store.json``
+says which),
 each ``u32 ciphertext length | u8 flags | AES-256-GCM ciphertext+tag``. The nonce is
 ``u32 object number | u64 segment index`` (unique under a per-version key, so no randomness is
 drawn per segment); the associated data binds the store id, the file's path, the segment index
@@ -61,7 +63,9 @@ CRYPTO_LABEL = "enclave-store/1"
 #: A new pack file starts once the current one holds this many bytes.
 PACK_BYTES = 256 * 1024 * 1024
 MAGIC = b"ENCSTOR1"
-SEGMENT_SIZE = 4 * 1024 * 1024
+#: Plaintext bytes a segment holds: the unit a random read decrypts and authenticates, so
+#: small enough that reading 64 KiB anywhere in a file decrypts little more than 64 KiB.
+SEGMENT_SIZE = 64 * 1024
 INDEX_OBJECT = 0
 _SEG_HEADER = struct.Struct(">IB")
 _TAG_LEN = 16
@@ -589,23 +593,13 @@ def _location_and_key(version: Any) -> tuple[Path, bytes]:
 class StoredDataset:
     """An opened stored version: list its files and stream any of them, decrypted."""
 
-    def __init__(self, version: Any, master_key: KeyWrapper) -> None:
-        self.location, wrapped = _location_and_key(version)
-        meta_path = self.location / "store.json"
-        if not meta_path.is_file():
-            raise StoreError(f"no stored dataset version at {self.location}")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format") not in READABLE_FORMATS:
-            raise StoreError(f"{meta_path} has unknown format {self.meta.get('format')!r}")
+    def __init__(self, location: Path, data_key: bytes) -> None:
+        """Open the version at ``location`` with its (unwrapped) data key; ``open_version``
+        unwraps it with the master key first."""
+        self.location = Path(location)
+        self.meta = read_meta(self.location)
         self.store_id: str = self.meta["store_id"]
-        try:
-            data_key = master_key.unwrap(wrapped, key_context(self.store_id))
-        except EnclaveError:
-            raise
-        except Exception as exc:  # the custody module decides its own error types
-            raise StoreError(
-                f"the master key does not open stored version {self.store_id} ({exc})"
-            ) from None
+        self.data_key = data_key
         self._aead = AESGCM(data_key)
         with open(self.location / "index.enc", "rb") as src:
             raw = b"".join(
@@ -638,12 +632,133 @@ class StoredDataset:
         if digest.hexdigest() != entry.sha256:
             raise StoreError(f"{path} in stored version {self.store_id} does not match its hash")
 
+    @property
+    def segment_size(self) -> int:
+        """Plaintext bytes per segment of this version's objects (``store.json``; versions
+        written before it was recorded used ``4 MiB``)."""
+        return int(self.meta.get("segment_size") or 4 * 1024 * 1024)
+
+    def ranges(self, path: str) -> RangeReader:
+        """Random access to one file: each read decrypts and authenticates only the segments
+        it touches (the decrypting mounts, ``enclave.datafs``)."""
+        try:
+            entry = self.files[path]
+        except KeyError:
+            raise StoreError(f"{path} is not in stored version {self.store_id}") from None
+        if entry.pack is None:
+            obj = self.location / "objects" / f"{entry.object:06d}.enc"
+            base, length = 0, obj.stat().st_size
+        else:
+            obj = self.location / "packs" / f"{entry.pack:06d}.pack"
+            base, length = entry.offset, entry.length
+        return RangeReader(self, entry, obj, base, length)
+
     def open(self, path: str) -> BinaryIO:
         """A read-only file object over one decrypted file (for pydicom, pandas, nibabel)."""
         return io.BufferedReader(_SegmentReader(self.iter_bytes(path)), buffer_size=1 << 20)
 
     def read_bytes(self, path: str) -> bytes:
         return b"".join(self.iter_bytes(path))
+
+
+class RangeReader:
+    """Reads any byte range of one stored file, decrypting only the segments it covers.
+
+    Every segment is authenticated on its own (AES-GCM under the version's key, with the
+    file's path, the segment's index and whether it is the last in the associated data), and
+    each segment's length and last flag must be where the file's size puts them; so a range
+    is either the cataloged bytes or a ``StoreError``, never other bytes. The whole file's
+    SHA-256 is checked by whole-file reads (``iter_bytes``), not per range.
+    """
+
+    def __init__(
+        self, dataset: StoredDataset, entry: StoredFile, obj: Path, base: int, length: int
+    ) -> None:
+        self.path = entry.path
+        self.size = entry.size
+        self.object_path = obj
+        self._aead = dataset._aead
+        self._store_id = dataset.store_id
+        self._object = entry.object
+        self._seg = dataset.segment_size
+        self._record = _SEG_HEADER.size + self._seg + _TAG_LEN
+        self._segments = max(1, -(-entry.size // self._seg))
+        self._base = base
+        self._end = base + length
+        expected = object_length(entry.size, self._seg)
+        if length != expected:
+            raise StoreError(
+                f"{entry.path} in stored version {dataset.store_id}: its object is {length} "
+                f"bytes, {expected} expected for {entry.size} bytes of plaintext (damaged store)"
+            )
+        self._fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RangeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def segment(self, index: int) -> bytes:
+        """The plaintext of segment ``index``, authenticated."""
+        return self._decrypt(index, index)[0]
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` plaintext bytes from ``offset`` (fewer only at the end of the file)."""
+        if offset < 0 or size < 0:
+            raise ValueError("offset and size must not be negative")
+        end = min(self.size, offset + size)
+        if end <= offset:
+            return b""
+        first, last = offset // self._seg, (end - 1) // self._seg
+        parts = self._decrypt(first, last)
+        skip = offset - first * self._seg
+        if len(parts) == 1:
+            return parts[0][skip : skip + end - offset]
+        return b"".join(parts)[skip : skip + end - offset]
+
+    def _decrypt(self, first: int, last: int) -> list[bytes]:
+        start = self._base + len(MAGIC) + first * self._record
+        want = min((last - first + 1) * self._record, self._end - start)
+        raw = os.pread(self._fd, want, start)
+        while len(raw) < want:
+            more = os.pread(self._fd, want - len(raw), start + len(raw))
+            if not more:
+                raise StoreError(f"{self.path} ({self.object_path.name}) is truncated")
+            raw += more
+        view = memoryview(raw)
+        out = []
+        at = 0
+        for index in range(first, last + 1):
+            final = index == self._segments - 1
+            plain = self.size - index * self._seg if final else self._seg
+            length, flags = _SEG_HEADER.unpack_from(view, at)
+            if length != plain + _TAG_LEN or bool(flags & _FLAG_LAST) != final:
+                raise StoreError(
+                    f"{self.path} ({self.object_path.name}) segment {index} has the wrong "
+                    "length or flags (damaged store)"
+                )
+            at += _SEG_HEADER.size
+            try:
+                out.append(
+                    self._aead.decrypt(
+                        _nonce(self._object, index),
+                        view[at : at + length],
+                        _aad(self._store_id, self.path, index, final),
+                    )
+                )
+            except InvalidTag:
+                raise StoreError(
+                    f"{self.path} ({self.object_path.name}) segment {index} failed "
+                    "authentication (damaged, moved or wrong key)"
+                ) from None
+            at += length
+        return out
 
 
 class _Window:
@@ -687,8 +802,35 @@ class _SegmentReader(io.RawIOBase):
         return n
 
 
+def read_meta(location: Path) -> dict[str, Any]:
+    """A stored version's ``store.json`` (plaintext facts: format, store id, segment size)."""
+    meta_path = Path(location) / "store.json"
+    if not meta_path.is_file():
+        raise StoreError(f"no stored dataset version at {location}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") not in READABLE_FORMATS:
+        raise StoreError(f"{meta_path} has unknown format {meta.get('format')!r}")
+    return dict(meta)
+
+
+def unwrap_data_key(version: Any, master_key: KeyWrapper) -> bytes:
+    """The data key of a cataloged version, unwrapped with the enclave master key."""
+    location, wrapped = _location_and_key(version)
+    store_id = read_meta(location)["store_id"]
+    try:
+        return master_key.unwrap(wrapped, key_context(store_id))
+    except EnclaveError:
+        raise
+    except Exception as exc:  # the custody module decides its own error types
+        raise StoreError(
+            f"the master key does not open stored version {store_id} ({exc})"
+        ) from None
+
+
 def open_version(version: Any, master_key: KeyWrapper) -> StoredDataset:
-    return StoredDataset(version, master_key)
+    """Open a cataloged version (``store_location`` and ``wrapped_key``) for reading."""
+    location, _ = _location_and_key(version)
+    return StoredDataset(location, unwrap_data_key(version, master_key))
 
 
 def materialize(version: Any, dest_dir: Path, master_key: KeyWrapper) -> Path:
@@ -697,7 +839,7 @@ def materialize(version: Any, dest_dir: Path, master_key: KeyWrapper) -> Path:
     Files are written under a temporary name and renamed when their hash has been checked,
     so a damaged object never leaves a plausible-looking file behind.
     """
-    dataset = StoredDataset(version, master_key)
+    dataset = open_version(version, master_key)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):

@@ -1,16 +1,17 @@
-"""Granted dataset versions, decrypted inside the enclave and mounted read-only in a home.
+"""Granted dataset versions, served decrypted inside the enclave and mounted read-only in a home.
 
 Where plaintext exists, and for how long:
 
 * Stored versions stay encrypted on disk (``ingestion.store``). When a user server that is
-  granted a version starts, the hub decrypts that version once into a RAM-backed tmpfs
-  (``plaintext_root``, mode 0700, root only; never written to disk, and this machine has no swap
-  to page it out to unless the operator adds one).
+  granted a version starts, the hub mounts the version through a decrypting filesystem
+  (``enclave.datafs``) at ``plaintext_root/<name>`` (root only, mode 0700): each read decrypts
+  the store segments it covers, so plaintext lives in the page cache and never on a disk, and
+  mounting costs the same for any size of version.
 * Each granted user gets a read-only, nosuid, nodev, noexec bind mount of it at
-  ``~/datasets/NAME/VERSION``. The plaintext tree itself is root-owned and read-only.
+  ``~/datasets/NAME/VERSION``. Every file is root-owned and read-only.
 * At every spawn a user's mounts are rebuilt from the catalog's current grants, so a revoked or
   expired grant disappears at the next spawn. When a server stops its mounts go, and a version
-  nobody has mounted any more is deleted from the tmpfs. ``enclave down`` unmounts the tmpfs.
+  nobody has mounted any more is unmounted. ``enclave down`` unmounts them all.
 
 The hub (root) never follows a link the user could have planted: ``~/datasets`` is replaced when
 it is not a root-owned directory.
@@ -23,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -33,10 +33,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from enclave.datafs.mounts import DatafsError, DatafsProcesses, answers, datafs_mounts
 from enclave.errors import EnclaveError
 
 DATASETS_DIR = "datasets"
 OUTPUTS_DIR = "outputs"
+#: The RAM tmpfs earlier enclaves decrypted versions into (``release_all`` still removes one).
 PLAINTEXT_FS = "enclave-plaintext"
 BIND_OPTIONS = "remount,bind,ro,nosuid,nodev,noexec"
 
@@ -93,15 +95,6 @@ def _run(argv: Sequence[str], what: str) -> None:
         raise DatasetMountError(f"{what} failed: {proc.stderr.strip() or proc.returncode}")
 
 
-def _make_read_only(tree: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), 0o444)
-        os.chmod(dirpath, 0o555)
-        for name in dirnames:
-            os.chmod(os.path.join(dirpath, name), 0o555)
-
-
 def write_grants_file(datasets_dir: Path, mounted: list[MountedDataset]) -> Path:
     """``~/datasets/.enclave-grants.json``: this user's grant of each mounted version (its
     access mode and expiry), which ``enclave.data.list_datasets()`` shows. The decrypted trees
@@ -145,91 +138,74 @@ def _root_owned_dir(path: Path, mode: int = 0o755) -> None:
 
 
 class DatasetMounter:
-    """Decrypts granted versions into a RAM tmpfs and bind-mounts them read-only into homes."""
+    """Serves granted versions through decrypting mounts and bind-mounts them read-only into
+    homes."""
 
-    def __init__(
-        self, plaintext_root: Path, master_key: Any = None, tmpfs_size: str = "50%"
-    ) -> None:
+    def __init__(self, plaintext_root: Path, master_key: Any = None, catalog_url: str = "") -> None:
         self.plaintext_root = Path(plaintext_root)
         self.master_key = master_key
-        self.tmpfs_size = tmpfs_size
+        self.catalog_url = catalog_url
         self._lock = threading.Lock()
         self._version_locks: dict[str, threading.Lock] = {}
+        self._processes = DatafsProcesses(self.plaintext_root)
 
-    # ---- the plaintext tmpfs
+    # ---- the decrypting mounts
 
-    def _tmpfs(self) -> MountInfo | None:
-        target = str(self.plaintext_root.resolve())
-        for m in read_mountinfo():
-            if m.mount_point == target and m.root == "/" and m.source == PLAINTEXT_FS:
-                return m
-        return None
-
-    def ensure_plaintext_fs(self) -> None:
-        """Mount the RAM-backed tmpfs for decrypted datasets (root only) if it is not there."""
-        with self._lock:
-            if self._tmpfs() is not None:
-                return
-            self.plaintext_root.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.plaintext_root, 0o700)
-            _run(
-                [
-                    "mount",
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    f"mode=0700,size={self.tmpfs_size},nosuid,nodev,noexec",
-                    PLAINTEXT_FS,
-                    str(self.plaintext_root),
-                ],
-                f"mounting the plaintext tmpfs at {self.plaintext_root}",
-            )
+    def _prepare_root(self) -> None:
+        """``plaintext_root``: root's, mode 0700 (only the bind mounts in homes reach in)."""
+        self.plaintext_root.mkdir(parents=True, exist_ok=True)
+        os.chown(self.plaintext_root, 0, 0)
+        os.chmod(self.plaintext_root, 0o700)
 
     @staticmethod
     def plaintext_name(version: Any) -> str:
-        """One folder per stored version (its store location identifies it)."""
+        """One mount per stored version (its store location identifies it)."""
         return hashlib.sha256(str(version.store_location).encode()).hexdigest()[:32]
 
     def plaintext_for(self, version: Any) -> Path:
-        """The decrypted, read-only tree of ``version``, decrypting it on first use."""
+        """The decrypting mount of ``version``, started on first use (and again when the
+        process behind it died)."""
         name = self.plaintext_name(version)
-        target = self.plaintext_root / name
         with self._lock:
             lock = self._version_locks.setdefault(name, threading.Lock())
         with lock:
-            if target.is_dir():
-                return target
+            mounted = datafs_mounts(self.plaintext_root, read_mountinfo()).get(name)
+            if mounted is not None:
+                if answers(mounted.mount_point):
+                    return Path(mounted.mount_point)
+                self._processes.stop(mounted)  # its process died: no stale plaintext
             if self.master_key is None:
                 raise DatasetMountError(
                     f"dataset {version.name} version {version.version} is granted but the enclave "
                     "is sealed: unseal it (enclave up asks the custodians) to mount datasets"
                 )
-            from enclave.data.mounts import write_version_info
-            from ingestion.store import materialize
+            from enclave.data.mounts import VERSION_INFO_FILE, version_info
+            from ingestion.store import StoreError, unwrap_data_key
 
-            partial = self.plaintext_root / f".partial-{name}"
-            shutil.rmtree(partial, ignore_errors=True)
+            self._prepare_root()
+            # The catalog's content hash for lineage, so notebooks need not re-hash the data.
+            # The mount is shared by every grantee, so no one user's grant expiry goes in it.
+            shared = (
+                dataclasses.replace(version, expires_at=None)
+                if dataclasses.is_dataclass(version)
+                and not isinstance(version, type)  # an instance, not the class itself
+                and hasattr(version, "expires_at")
+                else version
+            )
+            info = json.dumps(version_info(shared), indent=2, sort_keys=True) + "\n"
+            label = f"{version.name} v{version.version}"
             try:
-                materialize(version, partial, self.master_key)
-                # The catalog's content hash for lineage, so notebooks need not re-hash the data.
-                # The tree is shared by every grantee, so no one user's grant expiry goes in it.
-                shared = (
-                    dataclasses.replace(version, expires_at=None)
-                    if dataclasses.is_dataclass(version)
-                    and not isinstance(version, type)  # an instance, not the class itself
-                    and hasattr(version, "expires_at")
-                    else version
+                key = unwrap_data_key(version, self.master_key)
+                return self._processes.start(
+                    name,
+                    store_location=str(version.store_location),
+                    data_key=key,
+                    label=label,
+                    extra_files={VERSION_INFO_FILE: info},
+                    catalog_url=self.catalog_url,
                 )
-                write_version_info(partial, shared)
-                _make_read_only(partial)
-                os.rename(partial, target)
-            except BaseException:
-                if partial.exists():
-                    for dirpath, _, _ in os.walk(partial):
-                        os.chmod(dirpath, 0o700)
-                    shutil.rmtree(partial, ignore_errors=True)
-                raise
-            return target
+            except (StoreError, DatafsError) as exc:
+                raise DatasetMountError(f"mounting {label}: {exc}") from None
 
     # ---- per-user mounts
 
@@ -264,8 +240,6 @@ class DatasetMounter:
         if not outputs.exists() and not outputs.is_symlink():
             outputs.mkdir()
             os.chown(outputs, account.uid, account.gid)
-        if versions:
-            self.ensure_plaintext_fs()
         mounted = []
         for v in versions:
             source = self.plaintext_for(v)
@@ -289,33 +263,36 @@ class DatasetMounter:
         return mounted
 
     def collect_garbage(self) -> list[str]:
-        """Delete decrypted versions that no home mounts any more."""
-        tmpfs = self._tmpfs()
-        if tmpfs is None:
-            return []
-        in_use = {
-            m.root.strip("/").split("/")[0]
-            for m in read_mountinfo()
-            if m.device == tmpfs.device and m.root != "/"
-        }
+        """Unmount the decrypting mounts that no home binds any more."""
+        mountinfo = read_mountinfo()
         removed = []
         with self._lock:
-            for entry in self.plaintext_root.iterdir():
-                if entry.name in in_use or entry.name.startswith(".partial-"):
+            for name, mount in datafs_mounts(self.plaintext_root, mountinfo).items():
+                if any(
+                    m.device == mount.device and m.mount_point != mount.mount_point
+                    for m in mountinfo
+                ):
                     continue
-                for dirpath, _, _ in os.walk(entry):
-                    os.chmod(dirpath, 0o700)
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry.name)
+                self._processes.stop(mount)
+                removed.append(name)
+            self._processes.reap()
         return removed
 
     def release_all(self, homes: Iterable[Path] = ()) -> None:
-        """Unmount every dataset mount and the plaintext tmpfs itself (``enclave down``)."""
-        tmpfs = self._tmpfs()
+        """Unmount every dataset mount and every decrypting mount (``enclave down``); also a
+        plaintext tmpfs left by an enclave from before the decrypting mounts."""
         for home in homes:
             self.unmount_user(home)
-        if tmpfs is not None:
-            for m in sorted(read_mountinfo(), key=lambda m: m.mount_point, reverse=True):
-                if m.device == tmpfs.device and m.mount_id != tmpfs.mount_id:
-                    _run(["umount", "--lazy", m.mount_point], f"unmounting {m.mount_point}")
-            _run(["umount", "--lazy", str(self.plaintext_root)], "unmounting the plaintext tmpfs")
+        mountinfo = read_mountinfo()
+        served = {m.device for m in datafs_mounts(self.plaintext_root, mountinfo).values()}
+        for m in sorted(mountinfo, key=lambda m: m.mount_point, reverse=True):
+            if m.device in served and not m.mount_point.startswith(
+                str(self.plaintext_root.resolve()) + "/"
+            ):
+                _run(["umount", "--lazy", m.mount_point], f"unmounting {m.mount_point}")
+        for mount in datafs_mounts(self.plaintext_root, read_mountinfo()).values():
+            self._processes.stop(mount)
+        target = str(self.plaintext_root.resolve())
+        for m in read_mountinfo():
+            if m.mount_point == target and m.source == PLAINTEXT_FS:
+                _run(["umount", "--lazy", target], "unmounting the old plaintext tmpfs")

@@ -263,3 +263,64 @@ def test_writers_in_several_threads_share_packs_that_roll_over(tmp_path, master_
     packs = list((Path(version.store_location) / "packs").iterdir())
     assert len(packs) > 5 and all(p.stat().st_size <= 64 * 1024 + 60_000 for p in packs)
     assert _files(store.materialize(version, tmp_path / "out", master_key)) == files
+
+
+# ---- random access (the decrypting mounts read ranges, not whole files)
+
+
+def _random_access_version(tmp_path, master_key, segment_size=64 * 1024):
+    src = tmp_path / "ra"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(5 * segment_size + 1234))
+    (src / "exact.bin").write_bytes(os.urandom(2 * segment_size))
+    (src / "empty").write_bytes(b"")
+    version = store.write_version(
+        src, tmp_path / "ra-store", master_key, name_hint="ra", segment_size=segment_size
+    )
+    return src, version
+
+
+@pytest.mark.parametrize("segment_size", [64 * 1024, 4 * 1024 * 1024])
+def test_any_range_of_a_stored_file_reads_back_exactly(tmp_path, master_key, segment_size):
+    import random
+
+    src, version = _random_access_version(tmp_path, master_key, segment_size)
+    opened = store.open_version(version, master_key)
+    assert opened.segment_size == segment_size
+    rng = random.Random(7)
+    for name in ("big.bin", "exact.bin", "empty"):
+        plain = (src / name).read_bytes()
+        with opened.ranges(name) as reader:
+            cases = [(0, len(plain) + 10), (len(plain), 5), (max(0, len(plain) - 1), 4)]
+            cases += [(rng.randrange(len(plain) + 1), rng.randrange(1, 200_000)) for _ in range(40)]
+            for offset, size in cases:
+                assert reader.read(offset, size) == plain[offset : offset + size], (offset, size)
+
+
+def test_a_range_over_a_tampered_segment_fails_naming_the_segment(tmp_path, master_key):
+    src, version = _random_access_version(tmp_path, master_key)
+    opened = store.open_version(version, master_key)
+    entry = opened.files["big.bin"]
+    pack = Path(version.store_location) / "packs" / f"{entry.pack:06d}.pack"
+    record = 5 + 64 * 1024 + 16
+    at = entry.offset + len(store.MAGIC) + 2 * record + 100  # inside segment 2
+    with open(pack, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 1]))
+    with opened.ranges("big.bin") as reader:
+        assert reader.read(0, 1000) == (src / "big.bin").read_bytes()[:1000]  # segment 0 is fine
+        with pytest.raises(StoreError, match="big.bin .* segment 2 failed authentication"):
+            reader.read(2 * 64 * 1024 + 10, 10)
+
+
+def test_a_range_reader_refuses_an_object_of_the_wrong_length(tmp_path, master_key):
+    _, version = _random_access_version(tmp_path, master_key)
+    opened = store.open_version(version, master_key)
+    entry = opened.files["big.bin"]
+    opened.files["big.bin"] = store.StoredFile(**{**entry.__dict__, "size": entry.size + 1})
+    with pytest.raises(StoreError, match="object is .* bytes, .* expected"):
+        opened.ranges("big.bin")
+    with pytest.raises(StoreError, match="not in stored version"):
+        opened.ranges("no/such/file")

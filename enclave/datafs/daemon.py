@@ -1,0 +1,135 @@
+"""``python -m enclave.datafs``: one decrypting mount of one stored version, in the foreground.
+
+The hub (root) starts it and writes its configuration as one JSON object to its standard
+input, so the version's data key never appears in an argument list, the environment or a
+file::
+
+    {"store": "/var/lib/enclave/store/ID", "data_key": "<64 hex>", "mountpoint": "...",
+     "label": "demo-ct v1", "extra_files": {".enclave-version.json": "..."},
+     "catalog_url": "sqlite:///...", "mtime_ns": 0}
+
+It prints ``ready`` on its standard output once the kernel has the mount, and serves until
+the mount is unmounted or it gets SIGTERM/SIGINT. A read that fails authentication is an
+``EIO`` for the reader, a line on standard error, and an audit entry
+(``dataset.read_failed``) naming the version, the file and the store object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from enclave.errors import EnclaveError
+
+#: The FUSE mount options: read-only for everyone, the kernel checks the mode bits.
+MOUNT_OPTIONS: dict[str, Any] = {
+    "ro": True,
+    "allow_other": True,
+    "default_permissions": True,
+    "nosuid": True,
+    "nodev": True,
+    "noexec": True,
+    "fsname": "enclave-datafs",
+    "subtype": "enclave",
+}
+
+
+class DatafsConfigError(EnclaveError):
+    """The configuration on the daemon's standard input is missing or wrong."""
+
+
+def read_config(text: str) -> dict[str, Any]:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatafsConfigError(f"datafs configuration is not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise DatafsConfigError("datafs configuration must be a JSON object")
+    for key in ("store", "data_key", "mountpoint", "label"):
+        if not isinstance(config.get(key), str) or not config[key]:
+            raise DatafsConfigError(f"datafs configuration needs {key!r} (text)")
+    try:
+        data_key = bytes.fromhex(config["data_key"])
+    except ValueError:
+        raise DatafsConfigError("datafs configuration's data_key is not hex") from None
+    if len(data_key) != 32:
+        raise DatafsConfigError("datafs configuration's data_key must be 32 bytes")
+    config["data_key"] = data_key
+    return config
+
+
+class AuditFaults:
+    """Reports read faults to standard error and, with a catalog, to the audit log."""
+
+    def __init__(self, label: str, catalog_url: str | None) -> None:
+        self.label = label
+        self.catalog_url = catalog_url
+        self._catalog: Any = None
+
+    def __call__(self, stored: str, message: str) -> None:
+        print(f"enclave-datafs: {self.label}: {message}", file=sys.stderr, flush=True)
+        if not self.catalog_url:
+            return
+        try:
+            if self._catalog is None:
+                from catalog.service import open_catalog
+
+                self._catalog = open_catalog(self.catalog_url)
+            self._catalog.record_event(
+                "enclave-datafs",
+                "dataset.read_failed",
+                self.label,
+                {"path": stored, "error": message},
+            )
+        except Exception as exc:  # the reader already has its EIO; say the audit failed
+            print(
+                f"enclave-datafs: {self.label}: could not write the audit entry ({exc})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def serve(config: dict[str, Any]) -> None:
+    import mfusepy
+
+    from enclave.datafs.fs import DecryptingFS
+    from enclave.datafs.tree import Attributes, Tree
+    from ingestion.store import StoredDataset
+
+    store = StoredDataset(Path(config["store"]), config["data_key"])
+    extra = {k: str(v).encode() for k, v in (config.get("extra_files") or {}).items()}
+    tree = Tree(
+        {f.path: f.size for f in store.files.values()},
+        extra,
+        Attributes(mtime_ns=int(config.get("mtime_ns") or 0)),
+    )
+    ready = os.dup(1)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+
+    def signal_ready() -> None:
+        os.write(ready, b"ready\n")
+        os.close(ready)
+
+    fs = DecryptingFS(
+        tree,
+        store,
+        on_fault=AuditFaults(config["label"], config.get("catalog_url")),
+        on_ready=signal_ready,
+    )
+    mfusepy.FUSE(fs, config["mountpoint"], foreground=True, raw_fi=True, **MOUNT_OPTIONS)
+
+
+def main() -> int:
+    try:
+        config = read_config(sys.stdin.read())
+        serve(config)
+    except EnclaveError as exc:
+        print(f"enclave-datafs: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # libfuse's own failure (it printed why)
+        print(f"enclave-datafs: the mount failed ({exc})", file=sys.stderr)
+        return 1
+    return 0

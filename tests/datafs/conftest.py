@@ -1,0 +1,62 @@
+"""Fixtures of the decrypting-mount tests: a stored version and a mounter (root, /dev/fuse)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from enclave.custody import MasterKey
+from ingestion import store
+
+
+@pytest.fixture
+def as_root() -> None:
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        # Mounts are tested for real or not at all; `make test` runs as root.
+        pytest.fail("decrypting-mount tests need root and /dev/fuse", pytrace=False)
+
+
+@dataclass
+class Version:
+    """The fields of a catalog version the mounter reads."""
+
+    name: str
+    version: int
+    store_location: str
+    wrapped_key: bytes
+    content_hash: str
+    expires_at: datetime | None = None
+    mode: str = "desktop"
+
+
+@dataclass
+class Stored:
+    source: Path
+    version: Version
+    master_key: MasterKey
+    hashes: dict[str, str]
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> Stored:
+    src = tmp_path / "src"
+    (src / "dicom" / "series-1").mkdir(parents=True)
+    (src / "dicom" / "series-1" / "a.dcm").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (src / "dicom" / "series-1" / "b.dcm").write_bytes(os.urandom(65536))
+    (src / "tables").mkdir()
+    (src / "tables" / "clinical.csv").write_text("subject,age\ns1,40\n")
+    (src / "empty.txt").write_bytes(b"")
+    key = MasterKey(os.urandom(32))
+    written = store.write_version(src, tmp_path / "store", key, name_hint="demo")
+    hashes = {
+        p.relative_to(src).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in src.rglob("*")
+        if p.is_file()
+    }
+    version = Version("demo", 1, written.store_location, written.wrapped_key, "c" * 64)
+    return Stored(src, version, key, hashes)
