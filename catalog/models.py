@@ -126,6 +126,9 @@ class Provider(Base):
     )
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: PS3.16 codes of the de-identification options (PS3.15 E.3) this provider may declare;
+    #: ingestion applies a file's declared options only where they are listed here.
+    deid_options: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
 
     provider_quota_bytes = synonym("quota_bytes")
 

@@ -89,6 +89,25 @@ _write_transactions = threading.local()
 EDITABLE_FIELDS = ("title", "description", "license", "tags")
 
 
+#: A PS3.16 code value (CID 7050 codes are six digits); which codes exist is the caller's
+#: vocabulary (``ingestion.validators.deid_options.DeidOption``), a layer above the catalog.
+_CODE_VALUE = re.compile(r"[0-9]{6}")
+
+
+def _deid_option_codes(provider: str, codes: Iterable[str]) -> list[str]:
+    """Sorted, de-duplicated option codes; raises InvalidInput naming a malformed one."""
+    out = set()
+    for code in codes:
+        text = str(code).strip()
+        if not _CODE_VALUE.fullmatch(text):
+            raise InvalidInput(
+                f"provider {provider!r}: de-identification option {code!r} is not a PS3.16 "
+                "code value such as 113108"
+            )
+        out.add(text)
+    return sorted(out)
+
+
 def check_name(name: object, what: str = "dataset") -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidInput(
@@ -281,9 +300,13 @@ class Catalog:
         *,
         actor: str,
         quota_bytes: int | None = None,
+        deid_options: Iterable[str] = (),
     ) -> tuple[Provider, str]:
-        """Register a provider and return it with its upload token (shown only now)."""
+        """Register a provider and return it with its upload token (shown only now).
+
+        ``deid_options``: PS3.16 codes of the de-identification options it may declare."""
         check_name(name, "provider")
+        options = _deid_option_codes(name, deid_options)
         if not verify_key_pem or not isinstance(verify_key_pem, bytes):
             raise InvalidInput(f"provider {name!r}: verify key must be PEM bytes")
         if not fingerprint:
@@ -298,12 +321,20 @@ class Catalog:
                     verify_key_pem=verify_key_pem,
                     fingerprint=fingerprint,
                     token_hash=hash_token(token),
+                    deid_options=options,
                 )
                 if quota_bytes is not None:
                     provider.quota_bytes = int(quota_bytes)
                 s.add(provider)
                 s.flush()
-                self._audit(s, actor, "provider.add", f"provider:{name}", fingerprint=fingerprint)
+                self._audit(
+                    s,
+                    actor,
+                    "provider.add",
+                    f"provider:{name}",
+                    fingerprint=fingerprint,
+                    deid_options=options,
+                )
         except IntegrityError:
             raise Conflict(f"provider {name!r} already exists") from None
         return provider, token
@@ -340,6 +371,21 @@ class Catalog:
             old = provider.quota_bytes
             provider.quota_bytes = int(quota_bytes)
             self._audit(s, actor, "provider.quota", f"provider:{name}", old=old, new=quota_bytes)
+            return provider
+
+    def set_provider_deid_options(
+        self, name: str, deid_options: Iterable[str], *, actor: str
+    ) -> Provider:
+        """Replace the de-identification options (PS3.16 codes) ``name`` may declare;
+        audited with the old and new lists. Transfers already validated keep their verdict."""
+        options = _deid_option_codes(name, deid_options)
+        with self._tx() as s:
+            provider = s.scalar(select(Provider).where(Provider.name == name))
+            if provider is None:
+                raise UnknownProvider(name)
+            old = list(provider.deid_options or [])
+            provider.deid_options = options
+            self._audit(s, actor, "provider.deid-options", f"provider:{name}", old=old, new=options)
             return provider
 
     def rotate_provider_token(self, name: str, *, actor: str) -> str:

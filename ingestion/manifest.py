@@ -66,7 +66,7 @@ TABLE_KEYS = (
     "expectations",
 )
 SEGMENTATION_KEYS = ("mask", "series")
-DEID_KEYS = ("method", "profile")
+DEID_KEYS = ("method", "profile", "options")
 
 
 class ManifestError(EnclaveError):
@@ -106,6 +106,8 @@ class Deidentification:
 
     method: str | None = None
     profile: str | None = None
+    #: PS3.16 codes of the PS3.15 E.3 options applied (``113108``...), sorted.
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,11 @@ class DatasetManifest:
             "body_part": self.body_part,
             "tags": list(self.tags),
             "deidentification": (
-                {"method": self.deidentification.method, "profile": self.deidentification.profile}
+                {
+                    "method": self.deidentification.method,
+                    "profile": self.deidentification.profile,
+                    "options": list(self.deidentification.options),
+                }
                 if self.deidentification
                 else None
             ),
@@ -469,7 +475,28 @@ class _Checker:
         return Deidentification(
             method=self.text(value, "method", ("deidentification",), required=False),
             profile=self.text(value, "profile", ("deidentification",), required=False),
+            options=self.deid_options(value.get("options")),
         )
+
+    def deid_options(self, value: object) -> tuple[str, ...]:
+        """PS3.16 codes (or option names such as ``retain-patient-characteristics``)."""
+        from ingestion.validators.deid_options import DeidOption
+
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.fail(
+                ("deidentification", "options"),
+                f"must be a list of PS3.16 option codes, not a {_type_name(value)}",
+            )
+            return ()
+        codes: set[str] = set()
+        for i, item in enumerate(value):
+            try:
+                codes.add(DeidOption.parse(str(item)).code)
+            except ValueError as exc:
+                self.fail(("deidentification", "options", i), str(exc))
+        return tuple(sorted(codes))
 
     def labels(self, value: object) -> dict[int, str]:
         if value is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -79,9 +79,20 @@ class StreamingIngest:
     """Hears of each unpacked file (``file_ready``), encrypts it into ``writer`` and
     pre-checks DICOM files in a process pool; ``drain`` before the paths change."""
 
-    def __init__(self, writer: VersionWriter, *, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        writer: VersionWriter,
+        *,
+        workers: int | None = None,
+        allowed_options: Iterable[str] | None = (),
+    ) -> None:
+        """``allowed_options``: PS3.16 codes of the de-identification options the sending
+        provider may use (``DeidPolicy``); the pre-checks apply them as validation will."""
         self.writer = writer
+        from ingestion.validators.deid_options import DeidPolicy
         from ingestion.validators.dicom import pool_size
+
+        self.policy = DeidPolicy.of((), allowed_options)
 
         self.workers = workers or pool_size()
         self.subject_attribute = DEFAULT_SUBJECT_ATTRIBUTE
@@ -130,7 +141,9 @@ class StreamingIngest:
                 self.workers, mp_context=pool_context(), initializer=tune_allocator
             )
         rels, self._pending = self._pending, []
-        future = self._pool.submit(precheck_files, self._pending_root, rels, self.subject_attribute)
+        future = self._pool.submit(
+            precheck_files, self._pending_root, rels, self.subject_attribute, self.policy
+        )
         self._checks.append((self.subject_attribute, future))
 
     def drain(self) -> None:
@@ -157,6 +170,7 @@ class StreamingIngest:
         return PrecheckedDicom(
             attribute,
             {rel: outcome for rel, (used, outcome) in self._outcomes.items() if used == attribute},
+            policy=self.policy,
         )
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -61,6 +61,8 @@ class PrecheckedDicom:
 
     subject_attribute: str
     outcomes: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``DeidPolicy`` they were checked under: reused only under the same one.
+    policy: Any = None
 
 
 @dataclass
@@ -89,8 +91,13 @@ def validate_dataset(
     transfer_id: str | None = None,
     progress: Progress | None = None,
     prechecked: PrecheckedDicom | None = None,
+    allowed_options: Iterable[str] | None = (),
 ) -> ValidationOutcome:
     """Check the dataset in ``root`` and compute its derived tables.
+
+    ``allowed_options``: PS3.16 codes of the de-identification options the catalog lets the
+    sending provider use; ``None`` when the provider is not known here (a provider checking
+    its own folder): declared options then apply and the enclave checks them on arrival.
 
     ``progress(stage, done, total)`` is called as stages advance (stages: manifest, files,
     dicom, tables, radiomics). Writes ``root/derived/radiomics.parquet`` when the dataset
@@ -134,8 +141,9 @@ def validate_dataset(
     if manifest is not None:
         dicom_paths = inventory.dicom_candidates()
         with stage("dicom"):
-            dicom = _run_dicom(root, manifest, dicom_paths, progress, prechecked)
+            dicom = _run_dicom(root, manifest, dicom_paths, progress, prechecked, allowed_options)
             report.extend(dicom.findings)
+            report.extend(_declared_options_findings(manifest, dicom, allowed_options))
 
         with stage("tables"):
             from ingestion.validators.tables import check_linkage, validate_tables
@@ -220,10 +228,16 @@ def _run_dicom(
     paths: list[str],
     progress: Progress | None,
     prechecked: PrecheckedDicom | None = None,
+    allowed_options: Iterable[str] | None = (),
 ):
+    from ingestion.validators.deid_options import DeidPolicy
     from ingestion.validators.dicom import validate_dicom_files
 
-    usable = prechecked is not None and prechecked.subject_attribute == manifest.subject_id
+    usable = (
+        prechecked is not None
+        and prechecked.subject_attribute == manifest.subject_id
+        and prechecked.policy == DeidPolicy.of((), allowed_options)
+    )
 
     def dicom_progress(done: int, total: int | None = None) -> None:
         if progress:
@@ -235,7 +249,55 @@ def _run_dicom(
         progress=dicom_progress if progress else None,
         subject_attribute=manifest.subject_id,
         precomputed=prechecked.outcomes if usable and prechecked is not None else None,
+        allowed_options=allowed_options,
     )
+
+
+def _declared_options_findings(
+    manifest: DatasetManifest, dicom: Any, allowed_options: Iterable[str] | None
+) -> list[Finding]:
+    """The manifest's de-identification options against the provider's and the files'.
+
+    Every option a file declares must be declared in ``dataset.yaml`` too (the catalog entry
+    tells researchers what was kept), and the manifest may declare only options the provider
+    is allowed. Per-file problems (a file using an option the provider may not use) are the
+    DICOM checks' findings.
+    """
+    from ingestion.validators.deid_options import DeidOption
+
+    declared = set(manifest.deidentification.options if manifest.deidentification else ())
+    allowed = (
+        None if allowed_options is None else {DeidOption.parse(o).code for o in allowed_options}
+    )
+    findings = []
+    for code in sorted(declared):
+        option = DeidOption(code)
+        if allowed is not None and code not in allowed:
+            findings.append(
+                Finding(
+                    "deid.option-not-allowed",
+                    "error",
+                    f"deidentification.options declares the {option.label()}, which this "
+                    "provider is not allowed (enclave providers set PROVIDER --deid-option "
+                    f"{code})",
+                    path=MANIFEST_NAME,
+                    tag="deidentification.options",
+                )
+            )
+    for code, files in sorted(dicom.deid_options.items()):
+        if code not in declared:
+            findings.append(
+                Finding(
+                    "deid.option-undeclared",
+                    "error",
+                    f"{files} DICOM file(s) declare the {DeidOption(code).label()} in "
+                    "DeidentificationMethodCodeSequence, but deidentification.options does not "
+                    "list it: declare every option the files use",
+                    path=MANIFEST_NAME,
+                    tag="deidentification.options",
+                )
+            )
+    return findings
 
 
 class _Inventory:

@@ -365,6 +365,8 @@ class ReconstructionWorker:
         owner = _name(_attr(record, "provider_name", "provider"))
         provider = self.catalog.get_provider(owner)
         verify_key = shares.verify_key_from_pem(_attr(provider, "verify_key_pem", "verify_key"))
+        # The de-identification options the catalog lets this provider declare (PS3.16 codes).
+        allowed_options = list(_attr(provider, "deid_options", default=()) or ())
         if _attr(record, "state") != "reconstructing":
             self._state(tid, "reconstructing")
 
@@ -382,7 +384,7 @@ class ReconstructionWorker:
         # nothing becomes visible before validation passes and the version is committed.
         writer = store.VersionWriter(self.paths.store, self.master_key, name_hint=tid)
         try:
-            with StreamingIngest(writer) as streaming:
+            with StreamingIngest(writer, allowed_options=allowed_options) as streaming:
                 try:
                     result = combine_shares(
                         share_paths,
@@ -407,7 +409,12 @@ class ReconstructionWorker:
             self._state(tid, "validating")
             started = time.perf_counter()
             root = Path(result.output_path)
-            outcome = validate_dataset(root, transfer_id=tid, prechecked=prechecked)
+            outcome = validate_dataset(
+                root,
+                transfer_id=tid,
+                prechecked=prechecked,
+                allowed_options=allowed_options,
+            )
             timings["validate_s"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
         except BaseException:

@@ -160,6 +160,29 @@ def providers() -> None:
     """Register data providers and their signing keys."""
 
 
+def _deid_option_codes(values: tuple[str, ...]) -> list[str]:
+    """PS3.16 codes from ``--deid-option`` values (codes or names); a bad one is a usage error."""
+    from ingestion.validators.deid_options import DeidOption
+
+    codes = []
+    for value in values:
+        try:
+            codes.append(DeidOption.parse(value).code)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--deid-option") from None
+    return sorted(set(codes))
+
+
+deid_option_option = click.option(
+    "--deid-option",
+    "deid_options",
+    multiple=True,
+    metavar="CODE",
+    help="A de-identification option (PS3.15 E.3) the provider may declare, by PS3.16 code "
+    "or name (113108 or retain-patient-characteristics); repeat for several.",
+)
+
+
 @providers.command("add")
 @click.argument("name")
 @click.option(
@@ -174,10 +197,16 @@ def providers() -> None:
     default=None,
     help="Bytes in flight this provider may have on each receiver (default 50 GB).",
 )
+@deid_option_option
 @state_dir_option
 @db_url_option
 def providers_add(
-    name: str, verify_key: Path, quota_gb: float | None, state_dir: Path, db_url: str | None
+    name: str,
+    verify_key: Path,
+    quota_gb: float | None,
+    deid_options: tuple[str, ...],
+    state_dir: Path,
+    db_url: str | None,
 ) -> None:
     """Register NAME with its verify key and print its upload token (shown once, stored hashed)."""
     from catalog import open_catalog, resolve_database_url
@@ -187,9 +216,68 @@ def providers_add(
     fingerprint = fingerprint_of_pem(pem)
     catalog = open_catalog(resolve_database_url(state_dir, db_url))
     quota = None if quota_gb is None else int(quota_gb * 1e9)
-    provider, token = catalog.add_provider(name, pem, fingerprint, actor="cli", quota_bytes=quota)
+    provider, token = catalog.add_provider(
+        name,
+        pem,
+        fingerprint,
+        actor="cli",
+        quota_bytes=quota,
+        deid_options=_deid_option_codes(deid_options),
+    )
     click.echo(f"provider {name} registered (key {fingerprint[:16]}...); upload token:", err=True)
     click.echo(token)
+
+
+@providers.command("set")
+@click.argument("name")
+@deid_option_option
+@click.option(
+    "--no-deid-options",
+    is_flag=True,
+    help="Allow no de-identification option: the Basic Profile alone.",
+)
+@state_dir_option
+@db_url_option
+def providers_set(
+    name: str,
+    deid_options: tuple[str, ...],
+    no_deid_options: bool,
+    state_dir: Path,
+    db_url: str | None,
+) -> None:
+    """Replace the de-identification options NAME may declare (audited)."""
+    from catalog import open_catalog, resolve_database_url
+    from ingestion.validators.deid_options import DeidOption, describe
+
+    if not deid_options and not no_deid_options:
+        raise click.UsageError("give --deid-option CODE (repeatable) or --no-deid-options")
+    if deid_options and no_deid_options:
+        raise click.UsageError("--deid-option and --no-deid-options exclude each other")
+    catalog = open_catalog(resolve_database_url(state_dir, db_url))
+    provider = catalog.set_provider_deid_options(
+        name, _deid_option_codes(deid_options), actor="cli"
+    )
+    allowed = [DeidOption(code) for code in provider.deid_options]
+    click.echo(f"provider {name} may declare: {describe(allowed)}")
+
+
+@providers.command("list")
+@state_dir_option
+@db_url_option
+def providers_list(state_dir: Path, db_url: str | None) -> None:
+    """Registered providers, their key fingerprints and allowed de-identification options."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from catalog import open_catalog, resolve_database_url
+    from ingestion.validators.deid_options import DeidOption
+
+    catalog = open_catalog(resolve_database_url(state_dir, db_url))
+    table = Table("provider", "key", "active", "de-identification options")
+    for p in catalog.list_providers():
+        options = ", ".join(f"{code} {DeidOption(code).slug}" for code in (p.deid_options or []))
+        table.add_row(p.name, p.fingerprint[:16], "yes" if p.active else "no", options or "-")
+    Console().print(table)
 
 
 @providers.command("report")

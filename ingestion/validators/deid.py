@@ -23,6 +23,13 @@ and refuses what a re-identification attack could use:
   values the profile tolerates at the top level (X/Z/D) are refused there;
 - identifiers that disagree across one submission (``DeidConsistency``).
 
+Profile options (PS3.15 E.3) change the verdicts: a file declares them as PS3.16 codes in its
+DeidentificationMethodCodeSequence, and those the provider is allowed (``DeidPolicy``, from the
+catalog) apply Table E.1-1's option columns, so an attribute an active option keeps (K) or
+cleans (C) may hold a value, and the Retain Safe Private Option admits the private attributes
+of PS3.15 Table E.3.10-1 (``deid_options``). A finding about a value that only an option
+would have allowed names that option, and whether the provider may use it.
+
 Findings name the attribute and the file, never the value.
 """
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -42,6 +50,15 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from ingestion.report import Finding, Severity
+from ingestion.validators.deid_options import (
+    BASIC_PROFILE_CODE,
+    DCM,
+    DeidOption,
+    DeidPolicy,
+    masked_option_table,
+    options_keeping,
+    safe_private_keys,
+)
 
 ElementVisitor = Callable[[DataElement | RawDataElement, str, str], None]
 
@@ -246,14 +263,89 @@ def _allowed_private(ds: Dataset, private_tags: list[int], allowlist: frozenset)
     return allowed | blocks_in_use
 
 
+@dataclass(frozen=True)
+class DeclaredOptions:
+    """What a file's DeidentificationMethodCodeSequence declares."""
+
+    options: frozenset[DeidOption] = frozenset()
+    basic_profile: bool = False
+    #: ``scheme:value`` of codes that are not CID 7050 codes (ignored, reported).
+    unknown: tuple[str, ...] = ()
+
+
+def declared_options(ds: Dataset) -> DeclaredOptions:
+    """The profile and options a file declares (PS3.15 E.1.1 step 6), from its
+    DeidentificationMethodCodeSequence (0012,0064); converts that one sequence."""
+    if DEIDENTIFICATION_METHOD_CODES not in ds:
+        return DeclaredOptions()
+    # Converting a sequence can fail on a malformed file (pydicom converts
+    # PixelRepresentation with it): the caller reports the file as one that cannot be checked.
+    items = ds[DEIDENTIFICATION_METHOD_CODES].value or []
+    options: set[DeidOption] = set()
+    unknown: list[str] = []
+    basic = False
+    for item in items:
+        scheme = str(item.get("CodingSchemeDesignator", "") or "").strip()
+        value = str(item.get("CodeValue", "") or "").strip()
+        if scheme == DCM and value == BASIC_PROFILE_CODE:
+            basic = True
+            continue
+        try:
+            option = DeidOption(value) if scheme == DCM else None
+        except ValueError:
+            option = None
+        if option is None:
+            unknown.append(f"{scheme or '?'}:{value or '?'}")
+        else:
+            options.add(option)
+    return DeclaredOptions(frozenset(options), basic, tuple(unknown))
+
+
+def _option_advice(
+    candidates: Iterable[DeidOption], policy: DeidPolicy, declared: frozenset[DeidOption]
+) -> str:
+    """``; allowed only under the Retain ... Option (DCM 113108), which ...``: what would
+    have let the value stay, and what stands in the way (never a value)."""
+    parts = []
+    for option in sorted(candidates, key=lambda o: o.code):
+        if not policy.allows(option):
+            why = (
+                "declared, but this provider is not allowed it"
+                if option in declared
+                else "this provider is not allowed it"
+            )
+        else:
+            why = "this provider may use it: declare it in DeidentificationMethodCodeSequence"
+        parts.append(f"{option.label()} ({why})")
+    if not parts:
+        return ""
+    return "; the value may stay only under the " + " or the ".join(parts)
+
+
+def _safe_private_tags(ds: Dataset, tags: list[int]) -> set[int]:
+    """Those of ``tags`` that PS3.15's Safe Private list (as Enclave retains it) names."""
+    return _allowed_private(ds, tags, frozenset(safe_private_keys()))
+
+
 class _Walk:
     """One pass over a dataset tree, collecting findings (no values in messages)."""
 
     def __init__(
-        self, path: str, allowlist: frozenset, visitor: ElementVisitor | None = None
+        self,
+        path: str,
+        policy: DeidPolicy,
+        visitor: ElementVisitor | None = None,
+        declared: DeclaredOptions = DeclaredOptions(),
     ) -> None:
         self.path = path
-        self.allowlist = allowlist
+        self.policy = policy
+        self.declared = declared.options
+        #: The declared options this provider may use: those that change verdicts.
+        self.active = frozenset(o for o in declared.options if policy.allows(o))
+        self.allowlist = policy.private_tags
+        if DeidOption.RETAIN_SAFE_PRIVATE in self.active:
+            self.allowlist = self.allowlist | safe_private_keys()
+        self.cache_key = (self.allowlist, self.active, policy.allowed_options)
         self.visitor = visitor
         self.profile = basic_profile()
         self.findings: list[Finding] = []
@@ -286,14 +378,15 @@ class _Walk:
             if not vr or type(vr) is not str:
                 vr = element_vr(elem)
             entry = profile_get(tag)
-            if equipment_item and tag in EQUIPMENT_SITE_TAGS:
+            if equipment_item and tag in EQUIPMENT_SITE_TAGS and not self._kept(tag):
                 if has_value(elem, vr):
                     self.add(
                         "deid.contributing-equipment",
                         prefix + tag_label(tag),
                         "a ContributingEquipmentSequence item names a site or person; an item "
                         "may describe equipment and software only (Manufacturer, "
-                        "ManufacturerModelName, SoftwareVersions): remove the attribute",
+                        "ManufacturerModelName, SoftwareVersions): remove the attribute"
+                        + self._advice(tag),
                     )
                 continue
             if vr == "SQ":
@@ -323,6 +416,8 @@ class _Walk:
                 # Without a profile entry only person names and MUST_BE_EMPTY get this far.
                 assert entry is not None
                 action = entry[1]
+                if self.active and self._kept(tag):
+                    continue
                 if action in REMOVE_ACTIONS:
                     self._remove_finding(prefix, tag, action)
                 elif action in DUMMY_ACTIONS:
@@ -333,20 +428,43 @@ class _Walk:
             by_group: dict[int, list[int]] = {}
             for t in refused:
                 by_group.setdefault(t >> 16, []).append(t)
+            safe = _safe_private_tags(ds, refused)
             for group, tags in by_group.items():
+                on_list = sum(1 for t in tags if t in safe)
+                advice = ""
+                if on_list:
+                    advice = (
+                        f"; {on_list} of them are on the Retain Safe Private list (PS3.15 "
+                        "Table E.3.10-1)"
+                        + _option_advice(
+                            [DeidOption.RETAIN_SAFE_PRIVATE], self.policy, self.declared
+                        )
+                    )
                 self.add(
                     "deid.private-tag",
                     prefix + tag_label(tags[0]),
                     f"{len(tags)} private element(s) in group {group:04X} not on the "
-                    "allow-list; private tags can carry identifiers and must be removed",
+                    "allow-list; private tags can carry identifiers and must be removed" + advice,
                 )
         for group, tags in repeating.items():
             kind = "curve" if group & 0xFF00 == 0x5000 else "overlay"
+            if DeidOption.CLEAN_GRAPHICS in self.active:
+                self.add(
+                    "deid.cleaned-graphics",
+                    prefix + tag_label(tags[0]),
+                    f"{kind} group {group:04X} kept under the Clean Graphics Option "
+                    f"(DCM {DeidOption.CLEAN_GRAPHICS.code}): the de-identifier must have "
+                    "cleaned its text and graphics",
+                    severity="warning",
+                )
+                continue
+            advice = _option_advice(masked_option_table().get(kind, {}), self.policy, self.declared)
             self.add(
                 "deid.repeating-group",
                 prefix + tag_label(tags[0]),
                 f"{kind} group {group:04X} present ({len(tags)} element(s)); curves (50xx) and "
-                "overlays (60xx) can carry identifying text or graphics and must be removed",
+                "overlays (60xx) can carry identifying text or graphics and must be removed"
+                + advice,
             )
 
     def _replay_sequence(
@@ -383,7 +501,7 @@ class _Walk:
             elem.is_implicit_VR,
             elem.is_little_endian,
             charset_key,
-            self.allowlist,
+            self.cache_key,
             visitor_key,
         )
         outcome = _SEQUENCE_OUTCOMES.get(key)
@@ -423,7 +541,16 @@ class _Walk:
             ]
         return True
 
+    def _kept(self, tag: int) -> bool:
+        """Whether an active option keeps or cleans ``tag`` (Table E.1-1 option K or C)."""
+        return bool(self.active) and not self.active.isdisjoint(options_keeping(tag))
+
+    def _advice(self, tag: int) -> str:
+        return _option_advice(options_keeping(tag), self.policy, self.declared)
+
     def _walk_sequence(self, items: Any, tag: int, entry: Any, prefix: str = "") -> None:
+        if self._kept(tag):
+            entry = None  # kept or cleaned: its items are still checked one by one
         if entry and entry[1] in REMOVE_ACTIONS and len(items):
             self._remove_finding(prefix, tag, entry[1])
             return
@@ -436,7 +563,8 @@ class _Walk:
         self.add(
             "deid.basic-profile",
             prefix + tag_label(tag),
-            f"has a value, but the Basic Profile action is {action}: remove the attribute",
+            f"has a value, but the Basic Profile action is {action}: remove the attribute"
+            + self._advice(tag),
         )
 
     def _dummy_finding(self, prefix: str, tag: int, action: str) -> None:
@@ -444,7 +572,7 @@ class _Walk:
             "deid.dummy-value",
             prefix + tag_label(tag),
             f"has a value; the Basic Profile action is {action}, so it must be removed or hold "
-            "a dummy value: confirm it is a dummy",
+            "a dummy value: confirm it is a dummy" + self._advice(tag),
             severity="warning",
         )
 
@@ -518,16 +646,61 @@ def _declaration_findings(
     return findings
 
 
+def _option_findings(declared: DeclaredOptions, policy: DeidPolicy, path: str) -> list[Finding]:
+    """A declared option the provider may not use, and codes that are no CID 7050 code."""
+    label = tag_label(DEIDENTIFICATION_METHOD_CODES)
+    findings = [
+        Finding(
+            "deid.option-not-allowed",
+            "error",
+            f"declares the {option.label()}, which this provider is not allowed: the enclave "
+            f"applies no option it has not agreed (enclave providers set PROVIDER "
+            f"--deid-option {option.code}), so what the option keeps is refused below",
+            path=path,
+            tag=label,
+        )
+        for option in sorted(declared.options, key=lambda o: o.code)
+        if not policy.allows(option)
+    ]
+    if declared.unknown:
+        findings.append(
+            Finding(
+                "deid.option-unknown",
+                "warning",
+                f"{len(declared.unknown)} code(s) that are not PS3.16 CID 7050 "
+                f"de-identification codes ({', '.join(sorted(set(declared.unknown)))}): ignored",
+                path=path,
+                tag=label,
+            )
+        )
+    if declared.options and not declared.basic_profile:
+        findings.append(
+            Finding(
+                "deid.option-without-profile",
+                "warning",
+                f"declares options but not the {BASIC_PROFILE_CODE} Basic Application "
+                "Confidentiality Profile code they modify",
+                path=path,
+                tag=label,
+            )
+        )
+    return findings
+
+
 def check_deidentification(
     ds: Dataset,
     path: str,
     *,
     private_tag_allowlist: Iterable[Any] = frozenset(),
     element_visitor: ElementVisitor | None = None,
+    policy: DeidPolicy | None = None,
+    declared: DeclaredOptions | None = None,
 ) -> list[Finding]:
     """Every de-identification problem of one DICOM dataset.
 
-    ``private_tag_allowlist`` holds full private tags (``0x00431027``) or
+    ``policy`` (or, without one, ``private_tag_allowlist`` and no options) says what the
+    submission may keep: declared options (``declared``, read from the file when not given)
+    apply only where the policy allows them. ``private_tag_allowlist`` holds full private tags (``0x00431027``) or
     ``(private creator, group, element offset)`` tuples (``("GEMS_PARM_01", 0x0043, 0x27)``)
     a curator has reviewed and accepted as free of identifiers.
     ``element_visitor(elem, vr, prefix)`` is called for every public, non-sequence element the
@@ -535,9 +708,17 @@ def check_deidentification(
     share this one pass over the file; a visitor with a ``vrs`` attribute (a set of VRs) is
     called only for elements of those VRs.
     """
-    walk = _Walk(path, frozenset(private_tag_allowlist), element_visitor)
+    if policy is None:
+        policy = DeidPolicy(frozenset(private_tag_allowlist))
+    if declared is None:
+        declared = declared_options(ds)
+    walk = _Walk(path, policy, element_visitor, declared)
     walk.walk(ds)
-    return walk.findings + _declaration_findings(ds, path, walk.unconverted)
+    return (
+        _option_findings(declared, policy, path)
+        + walk.findings
+        + _declaration_findings(ds, path, walk.unconverted)
+    )
 
 
 def _uid(ds: Dataset, tag: int) -> str:

@@ -57,10 +57,12 @@ from ingestion.report import Finding
 from ingestion.validators.deid import (
     DeidConsistency,
     check_deidentification,
+    declared_options,
     element_vr,
     has_value,
     tag_label,
 )
+from ingestion.validators.deid_options import DeidOption, DeidPolicy
 from ingestion.validators.seg import (
     UID_REFERENCE_SEQUENCES,
     check_segmentations,
@@ -88,6 +90,8 @@ class DicomResult:
     findings: list[Finding] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
     series: list[dict[str, Any]] = field(default_factory=list)
+    #: PS3.16 option code -> number of files that declare it.
+    deid_options: dict[str, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Finding]:
@@ -423,6 +427,8 @@ class _FileOutcome:
     ids: dict[str, str] | None = None
     geometry: dict[str, Any] | None = None
     seg: dict[str, Any] | None = None  # seg_summary() of a DICOM Segmentation
+    #: PS3.16 codes of the options the file declares (DeidentificationMethodCodeSequence).
+    deid_options: tuple[str, ...] = ()
 
 
 class _BufferReader:
@@ -623,9 +629,19 @@ def _parse_fast(view: memoryview) -> Dataset | None:
     return ds
 
 
+def _as_policy(policy: DeidPolicy | frozenset) -> DeidPolicy:
+    """A bare private-tag allow-list (older callers) is a policy with no options allowed."""
+    return policy if isinstance(policy, DeidPolicy) else DeidPolicy(frozenset(policy))
+
+
 def _check_file(
-    root: str, rel: str, allowlist: frozenset, subject_attribute: str, fast: bool = True
+    root: str,
+    rel: str,
+    policy: DeidPolicy | frozenset,
+    subject_attribute: str,
+    fast: bool = True,
 ) -> _FileOutcome:
+    policy = _as_policy(policy)
     full = os.path.join(root, rel)
     record: dict[str, Any] = {
         "path": rel,
@@ -655,7 +671,7 @@ def _check_file(
     try:
         record["size"] = len(view)
         record["sha256"] = hashlib.sha256(view).hexdigest()
-        return _parse_and_check(view, rel, record, allowlist, subject_attribute, fast)
+        return _parse_and_check(view, rel, record, policy, subject_attribute, fast)
     finally:
         view.release()
         if mapped is not None:
@@ -669,7 +685,7 @@ def _parse_and_check(
     view: memoryview,
     rel: str,
     record: dict[str, Any],
-    allowlist: frozenset,
+    policy: DeidPolicy,
     subject_attribute: str,
     fast: bool,
 ) -> _FileOutcome:
@@ -704,7 +720,7 @@ def _parse_and_check(
                 ],
             )
         try:
-            return _check_dataset(ds, view, rel, record, allowlist, subject_attribute)
+            return _check_dataset(ds, view, rel, record, policy, subject_attribute)
         except Exception as exc:
             return _FileOutcome(
                 record,
@@ -742,7 +758,7 @@ def _check_dataset(
     data: memoryview,
     rel: str,
     record: dict[str, Any],
-    allowlist: frozenset,
+    policy: DeidPolicy,
     subject_attribute: str,
 ) -> _FileOutcome:
     findings: list[Finding] = []
@@ -760,7 +776,8 @@ def _check_dataset(
             )
         )
     values = _ValueChecker(rel, _encodings(ds))
-    deid = check_deidentification(ds, rel, private_tag_allowlist=allowlist, element_visitor=values)
+    declared = declared_options(ds)
+    deid = check_deidentification(ds, rel, policy=policy, declared=declared, element_visitor=values)
     findings += values.findings
     findings += _check_required(ds, elems, rel)
     findings += deid
@@ -784,7 +801,14 @@ def _check_dataset(
         "patient_id": patient_id or "",
     }
     seg = seg_summary(ds) if is_segmentation(_raw_text(elems, SOP_CLASS_UID)) else None
-    return _FileOutcome(record, findings, ids, _geometry_of(elems, rel, record), seg)
+    return _FileOutcome(
+        record,
+        findings,
+        ids,
+        _geometry_of(elems, rel, record),
+        seg,
+        tuple(sorted(o.code for o in declared.options)),
+    )
 
 
 def _meta_uid(meta: Dataset, tag: int, keyword: str) -> str:
@@ -1006,22 +1030,22 @@ def _vector(elems: Elements, tag: int, length: int) -> tuple[float, ...] | None:
 
 
 def _check_chunk(
-    root: str, rels: list[str], allowlist: frozenset, subject_attribute: str
+    root: str, rels: list[str], policy: DeidPolicy, subject_attribute: str
 ) -> list[_FileOutcome]:
     """One pool task: a few files, to keep inter-process traffic small."""
-    return [_check_file(root, rel, allowlist, subject_attribute) for rel in rels]
+    return [_check_file(root, rel, policy, subject_attribute) for rel in rels]
 
 
 def precheck_files(
     root: str,
     rels: list[str],
     subject_attribute: str = "PatientID",
-    allowlist: frozenset = frozenset(),
+    policy: DeidPolicy | frozenset = frozenset(),
 ) -> list[tuple[str, Any]]:
     """The per-file checks of ``validate_dicom_files`` for a few files, as (path, outcome)
     pairs to hand back as its ``precomputed``: lets the ingestion worker check files in a
     process pool while reconstruction is still unpacking the rest. Picklable, top level."""
-    return [(rel, _check_file(root, rel, allowlist, subject_attribute)) for rel in rels]
+    return [(rel, _check_file(root, rel, policy, subject_attribute)) for rel in rels]
 
 
 def pool_context() -> Any:
@@ -1316,12 +1340,17 @@ def validate_dicom_files(
     subject_attribute: str = "PatientID",
     workers: int | None = None,
     precomputed: Mapping[str, Any] | None = None,
+    allowed_options: Iterable[str | DeidOption] | None = (),
 ) -> DicomResult:
     """Check every DICOM file of a submission and summarise its series.
 
     ``precomputed`` maps relative paths to the outcome ``precheck_files`` gave for them
-    (with the same subject attribute and allowlist) while the files were being unpacked;
+    (with the same subject attribute and policy) while the files were being unpacked;
     only the files it lacks are read here. The checks across files run here either way.
+
+    ``allowed_options``: the de-identification options (PS3.16 codes) the provider may use;
+    ``None`` applies whatever the files declare (a provider's own check before sending).
+    ``result.deid_options`` counts the files declaring each option.
 
     ``paths`` are absolute or relative to ``root``; reports name them relative to ``root``.
     ``progress(done, total)`` is called as files finish. ``workers`` defaults to one process
@@ -1335,7 +1364,7 @@ def validate_dicom_files(
         full = p if p.is_absolute() else root / p
         rels.append(full.relative_to(root).as_posix())
     rels.sort()
-    allowlist = frozenset(private_tag_allowlist)
+    policy = DeidPolicy.of(private_tag_allowlist, allowed_options)
     total = len(rels)
     outcomes: list[_FileOutcome] = []
     if precomputed:
@@ -1351,7 +1380,7 @@ def validate_dicom_files(
 
     if workers == 1:
         for rel in rels:
-            done([_check_file(str(root), rel, allowlist, subject_attribute)])
+            done([_check_file(str(root), rel, policy, subject_attribute)])
     else:
         chunks = [rels[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
         with ProcessPoolExecutor(
@@ -1361,7 +1390,7 @@ def validate_dicom_files(
                 _check_chunk,
                 [str(root)] * len(chunks),
                 chunks,
-                [allowlist] * len(chunks),
+                [policy] * len(chunks),
                 [subject_attribute] * len(chunks),
             ):
                 done(batch)
@@ -1380,6 +1409,8 @@ def validate_dicom_files(
             by_series[outcome.geometry["series_uid"]].append(outcome.geometry)
         if outcome.seg is not None:
             segs[outcome.record["path"]] = outcome.seg
+        for code in outcome.deid_options:
+            result.deid_options[code] = result.deid_options.get(code, 0) + 1
     findings += consistency.findings()
     if segs:
         seg_findings, resolved = check_segmentations(

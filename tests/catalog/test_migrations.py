@@ -84,7 +84,7 @@ def test_migrations_ship_inside_the_package():
     location = config.get_main_option("script_location")
     assert location == str(migrate.MIGRATIONS_DIR)
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
-    assert migrate.head_revision() == "0006"
+    assert migrate.head_revision() == "0007"
 
 
 def test_grants_made_before_access_modes_become_desktop_grants(catalog, catalog_url, ingest):
