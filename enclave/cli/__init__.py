@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "share",
         "Split, verify, combine and send secret-shared datasets.",
     ),
+    "gateway": (
+        "enclave.cli.gateway",
+        "gateway",
+        "Provider side: a DICOM gateway a PACS pushes studies to; send what it received.",
+    ),
     "keys": ("enclave.cli.keys", "keys", "Enclave master key custody (SLIP-39 mnemonic shares)."),
     "catalog": (
         "enclave.cli.catalog",
@@ -46,6 +51,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "enclave.cli.airlock",
         "airlock",
         "Export results through automated checks and two-person review.",
+    ),
+    "k8s": (
+        "enclave.cli.k8s",
+        "k8s",
+        "Kubernetes mode: render manifests offline, unseal the key holder, migrate.",
     ),
     "up": ("enclave.cli.up", "up", "Bring the enclave up on this machine."),
     "down": ("enclave.cli.up", "down", "Stop everything `enclave up` started."),
