@@ -1,7 +1,8 @@
-"""Where the enclave's data folders are: the hub configuration, the policies, the examples.
+"""Where the enclave's data folders are: the hub configuration, the policies, the examples,
+the Kubernetes deployment.
 
-In a checkout they are its top-level folders ``hub_config/``, ``policies/`` and ``examples/``.
-A wheel installs the same folders as shared data under ``<prefix>/share/enclave/``. They are
+In a checkout they are its top-level folders ``hub_config/``, ``policies/``, ``examples/`` and
+``deploy/``. A wheel installs the same folders as shared data under ``<prefix>/share/enclave/``. They are
 found the way JupyterHub's ``_data.py`` finds ``share/jupyterhub``: walk up from this package,
 then from ``sys.prefix``, taking the first folder that holds them.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from enclave.errors import EnclaveError
 
 #: The shipped data folders, by name in a checkout and under ``share/enclave`` when installed.
-DATA_FOLDERS = ("hub_config", "policies", "examples")
+DATA_FOLDERS = ("hub_config", "policies", "examples", "deploy")
 #: A file every complete data root has.
 MARKER = Path("hub_config") / "jupyterhub_config.py"
 #: Set to a data root to use that one instead (a site's own copy).

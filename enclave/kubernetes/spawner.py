@@ -1,0 +1,269 @@
+"""``EnclaveKubeSpawner``: KubeSpawner with the enclave's profiles, pod security and datasets.
+
+What one spawn does (in the hub, which holds no master key on a cluster):
+
+1. the profile is chosen from the user's hub groups by ``enclave.workspace.profiles.profile_for``
+   (researcher: CPU, memory and one ``nvidia.com/gpu``; student: CPU only); providers get no
+   server;
+2. the spawner asks the key holder for a single-use ticket for this user, their groups and the
+   session kind; the key holder decides what the pod gets with the catalog's
+   ``visible_versions`` (``enclave.kubernetes.keyholder``), the same grant logic as the local
+   spawner;
+3. the pod has an init container, the loader, with that ticket; it fills an in-memory
+   ``emptyDir`` with the decrypted versions, which the notebook container mounts read-only at
+   ``~/datasets``: no plaintext on any persistent volume;
+4. every container runs as a non-root user, without privilege escalation, with all
+   capabilities dropped and the runtime's default seccomp profile; no service-account token is
+   mounted; the root filesystem is read-only (``/tmp`` is an emptyDir).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httpx
+from kubespawner import KubeSpawner
+from traitlets import Any as AnyTrait
+from traitlets import Dict, Int, Unicode, default
+
+from catalog.models import AccessMode
+from enclave.errors import EnclaveError
+from enclave.kubernetes.loader import TARGET_ENV, TICKET_ENV, URL_ENV
+from enclave.kubernetes.profiles import memory_quantity, quantity_bytes
+from enclave.workspace import policy, profiles
+
+DATASETS_VOLUME = "datasets"
+TMP_VOLUME = "tmp"
+LOADER_TARGET = "/datasets"
+#: Where images/user installs the Jupyter policy (root-owned, read-only root filesystem).
+POLICY_DIR = "/etc/enclave/jupyter"
+
+
+class DeliveryError(EnclaveError):
+    """The key holder would not issue a ticket for this spawn."""
+
+
+class Delivery(Protocol):
+    """Issues a pod's dataset ticket: the key holder (``KeyholderClient``)."""
+
+    async def issue(self, user: str, groups: list[str], kind: str, pod: str) -> dict[str, Any]: ...
+
+
+class KeyholderClient:
+    """``POST /tickets`` at the key holder, with the hub's key holder token."""
+
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    async def issue(self, user: str, groups: list[str], kind: str, pod: str) -> dict[str, Any]:
+        body = {"user": user, "groups": groups, "kind": kind, "pod": pod}
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                reply = await client.post(
+                    f"{self.url}/tickets",
+                    json=body,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"the key holder at {self.url} does not answer ({exc})") from None
+        if reply.status_code != 201:
+            try:
+                why = reply.json().get("error", reply.text)
+            except ValueError:
+                why = reply.text[:200]
+            raise DeliveryError(f"the key holder refused {user}'s datasets: {why}")
+        issued: dict[str, Any] = reply.json()
+        return issued
+
+
+class OfflineDelivery:
+    """For ``enclave k8s render``: no key holder is asked; the ticket is issued at spawn."""
+
+    TICKET = "issued-by-the-key-holder-at-spawn"
+
+    async def issue(self, user: str, groups: list[str], kind: str, pod: str) -> dict[str, Any]:
+        return {"ticket": self.TICKET, "versions": []}
+
+
+def profile_list_for(spawner: EnclaveKubeSpawner) -> list[dict[str, Any]]:
+    """``KubeSpawner.profile_list`` as a callable: the one profile the user's groups give."""
+    try:
+        chosen = profiles.profile_for(spawner.group_names)
+    except profiles.NoWorkspace as exc:
+        raise DeliveryError(str(exc)) from None
+    entry = spawner.profile_entries.get(chosen.name)
+    if entry is None:
+        raise DeliveryError(f"profile {chosen.name!r} is not configured (profile_entries)")
+    return [entry]
+
+
+def restricted_container_context(uid: int, gid: int) -> dict[str, Any]:
+    """The Pod Security Standards' *restricted* profile, and a read-only root filesystem."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+class EnclaveKubeSpawner(KubeSpawner):
+    """A KubeSpawner whose pods are restricted and get their granted datasets in memory."""
+
+    profile_entries = Dict(
+        help="Profile name -> profile_list entry (enclave.kubernetes.profiles.all_entries)."
+    ).tag(config=True)
+    keyholder_url = Unicode("", help="The key holder's in-cluster URL.").tag(config=True)
+    loader_keyholder_url = Unicode(
+        "",
+        help="""The key holder's URL as the loader reaches it (user pods have no DNS: a
+        $(SERVICE_HOST) reference Kubernetes expands). Empty: keyholder_url.""",
+    ).tag(config=True)
+    keyholder_token = Unicode(
+        "", help="The hub's key holder token (from a Secret, through the environment)."
+    ).tag(config=True)
+    delivery = AnyTrait(
+        None,
+        allow_none=True,
+        help="Who issues dataset tickets (Delivery); defaults to the key holder at keyholder_url.",
+    ).tag(config=True)
+    datasets_size = Unicode("16Gi", help="Size limit of the in-memory datasets volume.").tag(
+        config=True
+    )
+    loader_uid = Int(10001, help="The loader's user id (not the notebook user's).").tag(config=True)
+    home_dir = Unicode("/home/enclave", help="The user's home inside the pod.").tag(config=True)
+
+    @default("profile_list")
+    def _default_profile_list(self) -> Any:
+        return profile_list_for
+
+    @default("automount_service_account_token")
+    def _default_automount(self) -> bool:
+        return False
+
+    @default("allow_privilege_escalation")
+    def _default_allow_privilege_escalation(self) -> bool:
+        return False
+
+    @default("container_security_context")
+    def _default_container_security_context(self) -> dict[str, Any]:
+        return restricted_container_context(int(self.uid), int(self.gid))
+
+    @default("pod_security_context")
+    def _default_pod_security_context(self) -> dict[str, Any]:
+        return {
+            "runAsNonRoot": True,
+            "fsGroup": int(self.fs_gid) if self.fs_gid is not None else int(self.gid),
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+
+    @property
+    def group_names(self) -> list[str]:
+        return sorted(g.name for g in getattr(self.user, "groups", []) or [])
+
+    @property
+    def session_kind(self) -> AccessMode:
+        """Notebook: the one kind Kubernetes mode runs (see profiles.profile_entry)."""
+        chosen = next(
+            (v for k, v in (self.user_options or {}).items() if k.endswith("--kind")), None
+        )
+        if chosen not in (None, "", AccessMode.NOTEBOOK.value):
+            raise DeliveryError(f"session kind {chosen!r} is not offered on Kubernetes")
+        return AccessMode.NOTEBOOK
+
+    def _delivery(self) -> Delivery:
+        if self.delivery is not None:
+            found: Delivery = self.delivery
+            return found
+        if not self.keyholder_url:
+            raise DeliveryError("keyholder_url is not set: the hub cannot give pods datasets")
+        return KeyholderClient(self.keyholder_url, self.keyholder_token)
+
+    def datasets_path(self) -> str:
+        return f"{self.home_dir}/{DATASETS_VOLUME}"
+
+    async def get_pod_manifest(self) -> Any:
+        """The pod, with the loader's ticket issued now for exactly this spawn."""
+        issued = await self._delivery().issue(
+            self.user.name, self.group_names, self.session_kind.value, self.pod_name
+        )
+        self.granted = list(issued.get("versions", []))
+        self.volumes = {
+            **dict(getattr(self, "volumes", None) or {}),
+            DATASETS_VOLUME: {
+                "name": DATASETS_VOLUME,
+                "emptyDir": {"medium": "Memory", "sizeLimit": self.datasets_size},
+            },
+            TMP_VOLUME: {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
+        }
+        self.volume_mounts = {
+            **dict(getattr(self, "volume_mounts", None) or {}),
+            DATASETS_VOLUME: {
+                "name": DATASETS_VOLUME,
+                "mountPath": self.datasets_path(),
+                "readOnly": True,
+            },
+            TMP_VOLUME: {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        }
+        self.init_containers = {
+            **dict(getattr(self, "init_containers", None) or {}),
+            "datasets": self._loader(str(issued["ticket"])),
+        }
+        self.extra_annotations = {
+            **dict(getattr(self, "extra_annotations", None) or {}),
+            "enclave.example.org/datasets": ", ".join(
+                f"{v['name']}@{v['version']}" for v in self.granted
+            )
+            or "none",
+        }
+        return await super().get_pod_manifest()
+
+    granted: list[dict[str, Any]] = []
+
+    def _loader(self, ticket: str) -> dict[str, Any]:
+        return {
+            "name": "datasets",
+            "image": self.image,
+            "imagePullPolicy": self.image_pull_policy or "IfNotPresent",
+            "command": ["python", "-m", "enclave.kubernetes.loader"],
+            # Service links give it the key holder's address without DNS.
+            "env": [
+                {"name": URL_ENV, "value": self.loader_keyholder_url or self.keyholder_url},
+                {"name": TICKET_ENV, "value": ticket},
+                {"name": TARGET_ENV, "value": LOADER_TARGET},
+            ],
+            "volumeMounts": [{"name": DATASETS_VOLUME, "mountPath": LOADER_TARGET}],
+            # The tmpfs pages it writes are charged to it until it exits (then to the pod).
+            "resources": {
+                "limits": {
+                    "cpu": "1",
+                    "memory": memory_quantity(quantity_bytes(self.datasets_size) + 512 * 2**20),
+                },
+                "requests": {"cpu": "100m", "memory": "128Mi"},
+            },
+            "securityContext": restricted_container_context(self.loader_uid, int(self.gid)),
+        }
+
+    def get_args(self) -> list[str]:
+        """The profile's switches and the no-download policy, last so nothing overrides them
+        (the same options ``IsolatedSpawner.get_args`` gives a local server)."""
+        args = list(super().get_args())
+        args += profiles.profile_for(self.group_names).server_args()
+        args += policy.user_state_args(self.home_dir)
+        return args + policy.server_policy_args()
+
+    def get_env(self) -> dict[str, Any]:
+        env: dict[str, Any] = super().get_env()
+        env["HOME"] = self.home_dir
+        # The root-owned policy the user image installs (enclave.workspace.policy).
+        env["JUPYTER_CONFIG_DIR"] = POLICY_DIR
+        env["ENCLAVE_DATASETS"] = self.datasets_path()
+        env["ENCLAVE_OUTPUTS"] = f"{self.home_dir}/outputs"
+        env["PYTHONNOUSERSITE"] = "1"
+        return env
