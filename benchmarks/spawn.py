@@ -78,16 +78,25 @@ def make_settings(state_dir: Path, tag: str):
 
 
 class Bench:
-    def __init__(self, settings, mnemonics: list[str], *, baseline: bool = False) -> None:
+    def __init__(
+        self,
+        settings,
+        mnemonics: list[str],
+        *,
+        baseline: bool = False,
+        config_text: str | None = None,
+    ) -> None:
+        """``baseline``: the plain LocalProcessSpawner hub; ``config_text``: a hub
+        configuration of the caller's (another benchmark's) instead of the shipped one."""
         from enclave.workspace.hub import admin_token
         from enclave.workspace.launcher import start_hub
 
         self.settings = settings
         settings.save()
         config = None
-        if baseline:
-            config = settings.hub_dir / "baseline_jupyterhub_config.py"
-            config.write_text(BASELINE_CONFIG)
+        if baseline or config_text:
+            config = settings.hub_dir / "bench_jupyterhub_config.py"
+            config.write_text(BASELINE_CONFIG if baseline else str(config_text))
         start_hub(settings, mnemonics, config_file=config)
         self.api = httpx.Client(
             base_url=f"{settings.public_url}hub/api",

@@ -704,35 +704,31 @@ class RangeReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def segment(self, index: int) -> bytes:
-        """The plaintext of segment ``index``, authenticated."""
-        return self._decrypt(index, index)[0]
-
     def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` plaintext bytes from ``offset`` (fewer only at the end of the file)."""
         if offset < 0 or size < 0:
             raise ValueError("offset and size must not be negative")
-        end = min(self.size, offset + size)
-        if end <= offset:
-            return b""
-        first, last = offset // self._seg, (end - 1) // self._seg
-        parts = self._decrypt(first, last)
-        skip = offset - first * self._seg
-        if len(parts) == 1:
-            return parts[0][skip : skip + end - offset]
-        return b"".join(parts)[skip : skip + end - offset]
+        out = bytearray(max(0, min(self.size, offset + size) - offset))
+        return bytes(memoryview(out)[: self.read_into(offset, memoryview(out))])
 
-    def _decrypt(self, first: int, last: int) -> list[bytes]:
+    def read_into(self, offset: int, out: memoryview) -> int:
+        """Decrypt the plaintext from ``offset`` into ``out`` (as much as fits, up to the end
+        of the file) and return how many bytes were written. Whole segments are decrypted in
+        place; on a ``StoreError`` what ``out`` holds must not be used."""
+        end = min(self.size, offset + len(out))
+        if end <= offset:
+            return 0
+        first, last = offset // self._seg, (end - 1) // self._seg
         start = self._base + len(MAGIC) + first * self._record
         want = min((last - first + 1) * self._record, self._end - start)
-        raw = os.pread(self._fd, want, start)
-        while len(raw) < want:
-            more = os.pread(self._fd, want - len(raw), start + len(raw))
+        raw = bytearray(want)
+        got = os.preadv(self._fd, [raw], start)
+        while got < want:
+            more = os.preadv(self._fd, [memoryview(raw)[got:]], start + got)
             if not more:
                 raise StoreError(f"{self.path} ({self.object_path.name}) is truncated")
-            raw += more
+            got += more
         view = memoryview(raw)
-        out = []
         at = 0
         for index in range(first, last + 1):
             final = index == self._segments - 1
@@ -744,21 +740,24 @@ class RangeReader:
                     "length or flags (damaged store)"
                 )
             at += _SEG_HEADER.size
+            seg_start = index * self._seg
+            lo, hi = max(offset, seg_start), min(end, seg_start + plain)
+            nonce, aad = _nonce(self._object, index), _aad(self._store_id, self.path, index, final)
             try:
-                out.append(
-                    self._aead.decrypt(
-                        _nonce(self._object, index),
-                        view[at : at + length],
-                        _aad(self._store_id, self.path, index, final),
+                if lo == seg_start and hi == seg_start + plain:  # the whole segment: in place
+                    self._aead.decrypt_into(
+                        nonce, view[at : at + length], aad, out[lo - offset : hi - offset]
                     )
-                )
+                else:
+                    segment = self._aead.decrypt(nonce, view[at : at + length], aad)
+                    out[lo - offset : hi - offset] = segment[lo - seg_start : hi - seg_start]
             except InvalidTag:
                 raise StoreError(
                     f"{self.path} ({self.object_path.name}) segment {index} failed "
                     "authentication (damaged, moved or wrong key)"
                 ) from None
             at += length
-        return out
+        return end - offset
 
 
 class _Window:

@@ -93,9 +93,7 @@ class AuditFaults:
 
 
 def serve(config: dict[str, Any]) -> None:
-    import mfusepy
-
-    from enclave.datafs.fs import DecryptingFS
+    from enclave.datafs.fs import DecryptingFS, DirectFUSE
     from enclave.datafs.tree import Attributes, Tree
     from ingestion.store import StoredDataset
 
@@ -119,7 +117,7 @@ def serve(config: dict[str, Any]) -> None:
         on_fault=AuditFaults(config["label"], config.get("catalog_url")),
         on_ready=signal_ready,
     )
-    mfusepy.FUSE(fs, config["mountpoint"], foreground=True, raw_fi=True, **MOUNT_OPTIONS)
+    DirectFUSE(fs, config["mountpoint"], foreground=True, raw_fi=True, **MOUNT_OPTIONS)
 
 
 def main() -> int:

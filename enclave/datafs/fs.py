@@ -10,6 +10,7 @@ the page cache's, not ours.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
@@ -126,13 +127,20 @@ class DecryptingFS(mfusepy.Operations):
         return 0
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        handle = self._handles.get(fi.fh)
+        out = bytearray(size)
+        return bytes(memoryview(out)[: self.read_into(fi.fh, offset, memoryview(out))])
+
+    def read_into(self, fh: int, offset: int, out: memoryview) -> int:
+        """Decrypt from ``offset`` straight into ``out`` (libfuse's reply buffer)."""
+        handle = self._handles.get(fh)
         if handle is None:
             raise mfusepy.FuseOSError(errno.EBADF)
         if isinstance(handle, Node):
-            return (handle.content or b"")[offset : offset + size]
+            data = (handle.content or b"")[offset : offset + len(out)]
+            out[: len(data)] = data
+            return len(data)
         try:
-            return handle.read(offset, size)
+            return handle.read_into(offset, out)
         except (StoreError, OSError) as exc:
             self._fault(handle.path, str(exc))
             raise mfusepy.FuseOSError(errno.EIO) from None
@@ -151,3 +159,14 @@ class DecryptingFS(mfusepy.Operations):
             self._reported.add(message)
         if self.on_fault is not None:
             self.on_fault(stored, message)
+
+
+class DirectFUSE(mfusepy.FUSE):
+    """mfusepy's FUSE with reads decrypted straight into libfuse's reply buffer: the
+    operations' ``read`` returns bytes that mfusepy then copies, one copy of every byte more
+    than needed."""
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        address = ctypes.cast(buf, ctypes.c_void_p).value
+        out = memoryview((ctypes.c_char * size).from_address(address or 0)).cast("B")
+        return int(self.operations.read_into(fip.contents.fh, offset, out))

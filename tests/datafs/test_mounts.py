@@ -36,20 +36,8 @@ def _tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
-def _pid_of(point: Path) -> int:
-    out = subprocess.run(
-        ["pgrep", "-f", "enclave.datafs"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    for pid in out:
-        try:
-            environ = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"enclave.datafs" in environ:
-            with open(f"/proc/{pid}/mountinfo") as fh:
-                if str(point) in fh.read():
-                    return int(pid)
-    raise AssertionError(f"no datafs process serves {point}")
+def _pid_of(mounter: DatasetMounter, point: Path) -> int:
+    return mounter._processes._procs[point.name].pid
 
 
 def test_a_mounted_version_serves_every_file_with_the_hash_it_was_cataloged_with(mounter, stored):
@@ -137,7 +125,7 @@ def test_killing_the_filesystem_process_fails_reads_and_the_next_mount_starts_ag
     point = mounter.plaintext_for(stored.version)
     target = point / "tables" / "clinical.csv"
     assert target.read_bytes() == b"subject,age\ns1,40\n"
-    os.kill(_pid_of(point), signal.SIGKILL)
+    os.kill(_pid_of(mounter, point), signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

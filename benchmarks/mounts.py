@@ -1,0 +1,356 @@
+"""Decrypting dataset mounts: spawn time against a version's size, and reads through the mount
+next to reading the same plaintext from the local disk.
+
+    python -m benchmarks.mounts [--small-gb 1] [--large-gb auto] [--spawns 5]
+                                [--random-reads 4000] [--skip-large] [--skip-training]   (root)
+
+In one run:
+
+* two stored versions: ``--small-gb`` (files of 64 MiB, also kept as plaintext on the same
+  disk as the floor for reads) and ``--large-gb`` (default: the machine's available memory
+  plus 10%, files of 256 MiB, written straight into the store);
+* spawn time: a real hub (the shipped configuration, its catalog replaced by a grants file),
+  one user granted the small version and one the large, spawned and stopped ``--spawns``
+  times each, alternating; every spawn starts the version's decrypting mount afresh (a
+  stopped server's mount is collected). Goal: the two medians within 0.3 s;
+* sequential reads (1 MiB) of every small-version file, and ``--random-reads`` 64 KiB reads
+  at random 64 KiB-aligned offsets, through the mount and from the plaintext files, each
+  after dropping the page cache (``/proc/sys/vm/drop_caches``), twice, alternating, best of
+  two. Goals: sequential >= 0.7x, random >= 0.5x the local disk;
+* one epoch of the training benchmark's model over a version twice a server's memory limit
+  (``benchmarks.training.epoch_larger_than_memory``), served through a decrypting mount.
+
+Prints figures and, last, one line of JSON with ``spawn_small_s``, ``spawn_large_s``,
+``seq_read_ratio`` and ``random_read_ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+GOALS = {"spawn_difference_s": 0.3, "seq_read_ratio": 0.7, "random_read_ratio": 0.5}
+
+# The hub under test: the shipped configuration, with the grants read from a file the
+# benchmark writes (user name -> versions) instead of from a catalog.
+HUB_CONFIG = """
+import json
+from dataclasses import dataclass
+
+from enclave.workspace.launcher import hub_config_file
+
+c = get_config()
+load_subconfig(str(hub_config_file()))
+
+
+@dataclass(frozen=True)
+class BenchVersion:
+    name: str
+    version: int
+    store_location: str
+    wrapped_key: bytes
+    content_hash: str
+    mode: str = "notebook"
+    expires_at: object = None
+
+
+def bench_grants(principal):
+    with open({grants_file!r}) as fh:
+        granted = json.load(fh).get(principal.name, [])
+    return [
+        BenchVersion(g["name"], g["version"], g["store_location"], bytes.fromhex(g["wrapped_key"]),
+                     g["content_hash"])
+        for g in granted
+    ]
+
+
+c.IsolatedSpawner.grants_source = bench_grants
+"""
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    version: int
+    store_location: str
+    wrapped_key: bytes
+    content_hash: str
+    mode: str = "notebook"
+    expires_at: Any = None
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def available_memory() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit("error: no MemAvailable in /proc/meminfo")
+
+
+def make_small(folder: Path, total: int) -> list[Path]:
+    """Plaintext files of 64 MiB of random bytes, on the local disk."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(max(1, total // (64 * MiB))):
+        path = folder / "series" / f"volume-{i:03d}.bin"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "wb") as fh:
+            for _ in range(8):
+                fh.write(os.urandom(8 * MiB))
+        paths.append(path)
+    return paths
+
+
+def store_large(store_root: Path, master_key: Any, total: int) -> Any:
+    """A version of ``total`` bytes written straight into the store, 256 MiB a file (each
+    file's first bytes differ, so no two are the same)."""
+    from ingestion.store import VersionWriter
+
+    block = bytearray(os.urandom(256 * MiB))
+    writer = VersionWriter(store_root, master_key, name_hint="large")
+    try:
+        for i in range(-(-total // (256 * MiB))):
+            block[:8] = i.to_bytes(8, "big")
+            writer.add_data(f"series/volume-{i:04d}.bin", [block])
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def sequential_read(paths: list[Path]) -> float:
+    """MB/s reading every file once in 1 MiB reads, from a cold page cache."""
+    drop_caches()
+    buf = bytearray(MiB)
+    total = 0
+    started = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                total += n
+    return total / 1e6 / (time.perf_counter() - started)
+
+
+def random_read(paths: list[Path], plan: list[tuple[int, int]]) -> float:
+    """MB/s of 64 KiB reads at the planned (file, offset) pairs, from a cold page cache."""
+    drop_caches()
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        total = 0
+        started = time.perf_counter()
+        for index, offset in plan:
+            total += len(os.pread(fds[index], 64 * 1024, offset))
+        return total / 1e6 / (time.perf_counter() - started)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def measure_reads(
+    plain: list[Path], mounted: list[Path], reads: int, seed: int = 0
+) -> dict[str, Any]:
+    size = plain[0].stat().st_size
+    rng = random.Random(seed)
+    plan = [
+        (rng.randrange(len(plain)), rng.randrange(size // (64 * 1024)) * 64 * 1024)
+        for _ in range(reads)
+    ]
+    seq = {"disk": [], "mount": []}  # type: dict[str, list[float]]
+    rand = {"disk": [], "mount": []}  # type: dict[str, list[float]]
+    for _ in range(2):
+        seq["disk"].append(sequential_read(plain))
+        seq["mount"].append(sequential_read(mounted))
+        rand["disk"].append(random_read(plain, plan))
+        rand["mount"].append(random_read(mounted, plan))
+    best = {k: {w: max(v) for w, v in d.items()} for k, d in (("seq", seq), ("rand", rand))}
+    return {
+        "seq_disk_mb_s": round(best["seq"]["disk"], 1),
+        "seq_mount_mb_s": round(best["seq"]["mount"], 1),
+        "seq_read_ratio": round(best["seq"]["mount"] / best["seq"]["disk"], 3),
+        "random_disk_mb_s": round(best["rand"]["disk"], 1),
+        "random_mount_mb_s": round(best["rand"]["mount"], 1),
+        "random_read_ratio": round(best["rand"]["mount"] / best["rand"]["disk"], 3),
+        "runs": {"seq": seq, "random": rand},
+    }
+
+
+def version_record(name: str, stored: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": 1,
+        "store_location": stored.store_location,
+        "wrapped_key": bytes(stored.wrapped_key).hex(),
+        "content_hash": "0" * 64,
+    }
+
+
+def measure_spawns(
+    state_dir: Path, mnemonics: list[str], grants: dict[str, dict[str, Any]], spawns: int
+) -> dict[str, Any]:
+    from benchmarks.spawn import Bench, make_settings
+
+    grants_file = state_dir / "bench-grants.json"
+    grants_file.write_text(json.dumps({user: [v] for user, v in grants.items()}))
+    settings = make_settings(state_dir, uuid.uuid4().hex[:4])
+    bench = Bench(settings, mnemonics, config_text=HUB_CONFIG.format(grants_file=str(grants_file)))
+    times: dict[str, list[float]] = {user: [] for user in grants}
+    prepare: dict[str, list[float]] = {user: [] for user in grants}
+    try:
+        for user in grants:
+            bench.add_user(user)
+        for _ in range(spawns):
+            for user in grants:
+                times[user].append(bench.spawn_time(user))
+                phases = bench.phases(user) or {}
+                if isinstance(phases.get("prepare"), float):
+                    prepare[user].append(float(phases["prepare"]))
+                bench.stop([user])
+    finally:
+        bench.close()
+    return {
+        user: {
+            "median_s": round(statistics.median(values), 3),
+            "min_s": round(min(values), 3),
+            "max_s": round(max(values), 3),
+            "prepare_median_s": round(statistics.median(prepare[user]), 3)
+            if prepare[user]
+            else None,
+        }
+        for user, values in times.items()
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from enclave.custody import init_custody, unseal
+    from enclave.workspace.datasets import DatasetMounter
+    from ingestion.store import write_version
+
+    if os.geteuid() != 0:
+        raise SystemExit("error: the mounts benchmark needs root (mounts, a hub, drop_caches)")
+    work = Path(tempfile.mkdtemp(prefix="enclave-bench-mounts-", dir="/var/tmp"))
+    os.chmod(work, 0o755)  # the hub's homes are below it; the state folder stays private
+    state_dir = work / "state"
+    state_dir.mkdir()
+    result: dict[str, Any] = {"cpus": os.cpu_count(), "available_memory": available_memory()}
+    try:
+        mnemonics = init_custody(state_dir, custodians=2, threshold=2)
+        key = unseal(state_dir, mnemonics)
+        started = time.perf_counter()
+        plain = make_small(work / "plain", int(args.small_gb * 1024**3))
+        small = write_version(work / "plain", work / "store", key, name_hint="small")
+        result["small_bytes"] = small.size_bytes
+        print(
+            f"small version: {small.size_bytes / 1e9:.2f} GB in {len(plain)} files "
+            f"(made and stored in {time.perf_counter() - started:.0f} s)"
+        )
+        grants = {"small": version_record("bench-small", small)}
+        if not args.skip_large:
+            large_bytes = (
+                int(args.large_gb * 1024**3) if args.large_gb else int(available_memory() * 1.1)
+            )
+            started = time.perf_counter()
+            large = store_large(work / "store", key, large_bytes)
+            result["large_bytes"] = large.size_bytes
+            print(
+                f"large version: {large.size_bytes / 1e9:.1f} GB (available memory "
+                f"{result['available_memory'] / 1e9:.1f} GB), stored in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
+            grants["large"] = version_record("bench-large", large)
+
+        mounter = DatasetMounter(work / "plaintext", key)
+        try:
+            point = mounter.plaintext_for(
+                Version("bench-small", 1, small.store_location, small.wrapped_key, "0" * 64)
+            )
+            mounted = [point / p.relative_to(work / "plain") for p in plain]
+            reads = measure_reads(plain, mounted, args.random_reads)
+        finally:
+            mounter.release_all()
+        result.update({k: v for k, v in reads.items() if k != "runs"})
+        result["read_runs"] = reads["runs"]
+        print(
+            f"sequential 1 MiB reads, cold cache: mount {reads['seq_mount_mb_s']} MB/s, local "
+            f"disk {reads['seq_disk_mb_s']} MB/s: {reads['seq_read_ratio']}x "
+            f"(goal >= {GOALS['seq_read_ratio']}x)"
+        )
+        print(
+            f"random 64 KiB reads ({args.random_reads}), cold cache: mount "
+            f"{reads['random_mount_mb_s']} MB/s, local disk {reads['random_disk_mb_s']} MB/s: "
+            f"{reads['random_read_ratio']}x (goal >= {GOALS['random_read_ratio']}x)"
+        )
+
+        spawns = measure_spawns(state_dir, mnemonics, grants, args.spawns)
+        result["spawn_small_s"] = spawns["small"]["median_s"]
+        result["spawns"] = spawns
+        line = f"spawn (median of {args.spawns}): small {result['spawn_small_s']} s"
+        if "large" in spawns:
+            result["spawn_large_s"] = spawns["large"]["median_s"]
+            result["spawn_difference_s"] = round(
+                abs(result["spawn_large_s"] - result["spawn_small_s"]), 3
+            )
+            line += (
+                f", larger than memory {result['spawn_large_s']} s: difference "
+                f"{result['spawn_difference_s']} s (goal <= {GOALS['spawn_difference_s']} s)"
+            )
+        print(line + f"; per user {spawns}")
+
+        if not args.skip_training:
+            result["training"] = measure_training(work, key, args.memory_limit_mib)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["goals"] = GOALS
+    return result
+
+
+def measure_training(work: Path, key: Any, memory_limit_mib: int) -> dict[str, Any]:
+    """One epoch over a version twice a server's memory limit, through a decrypting mount."""
+    from benchmarks import training
+
+    epoch = getattr(training, "epoch_larger_than_memory", None)
+    if epoch is None:
+        print("training: benchmarks.training has no epoch_larger_than_memory; skipped")
+        return {"skipped": "no epoch_larger_than_memory in benchmarks.training"}
+    figures: dict[str, Any] = epoch(
+        work / "training", memory_limit_mib * MiB, store_root=work / "store", master_key=key
+    )
+    print(f"training, one epoch over twice the memory limit: {figures}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small-gb", type=float, default=1.0)
+    parser.add_argument(
+        "--large-gb", type=float, default=0.0, help="default: available memory plus 10%%"
+    )
+    parser.add_argument("--spawns", type=int, default=5)
+    parser.add_argument("--random-reads", type=int, default=4000)
+    parser.add_argument("--memory-limit-mib", type=int, default=1024)
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    result = run(args)
+    result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
