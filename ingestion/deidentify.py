@@ -48,6 +48,7 @@ from ingestion.validators.deid_options import (
     BASIC_PROFILE_CODE,
     BASIC_PROFILE_MEANING,
     CLEAN,
+    DATA_DIR,
     DCM,
     KEEP,
     DeidOption,
@@ -55,7 +56,10 @@ from ingestion.validators.deid_options import (
     options_keeping,
     safe_private_keys,
 )
-from ingestion.validators.dicom import REQUIRED_ATTRIBUTES_PATH
+
+#: The validator's per-IOD Type 1/2 table (read here without importing the validator, which
+#: needs numpy: a provider's machine has only the provider extra).
+REQUIRED_ATTRIBUTES_PATH = DATA_DIR / "required_attributes.json"
 
 #: Options whose cleaning needs pixels, graphics or report text this tool does not touch.
 UNSUPPORTED_OPTIONS = frozenset(
