@@ -5,8 +5,9 @@ What one spawn does, in order (all of it as root, in the hub, outside the user's
 1. choose the profile from the user's hub groups (researcher, student sandbox; providers have
    no server);
 2. make sure the user's Unix account and home exist (``enclave-<name>``, home mode 0700);
-3. rebuild ``~/datasets`` from the catalog's current grants: decrypted once into a RAM tmpfs,
-   bind-mounted read-only (revoked and expired grants are gone);
+3. rebuild ``~/datasets`` from the catalog's current grants: each version served by its
+   decrypting mount (``enclave.datafs``, started on first use), bind-mounted read-only
+   (revoked and expired grants are gone);
 4. create the user's network namespace (``enclave.netns``): a veth pair, no default route, and
    nftables rules on the host and inside that let it reach the hub API and nothing else;
 5. start ``python -m enclave.workspace.singleuser`` inside it as the user, with no capabilities,
@@ -164,7 +165,8 @@ class IsolatedSpawner(LocalProcessSpawner):
         config=True
     )
     plaintext_root = Unicode(
-        "/run/enclave/plaintext", help="RAM tmpfs for decrypted dataset versions (root only)."
+        "/run/enclave/plaintext",
+        help="Where the versions' decrypting mounts live (root only, mode 0700).",
     ).tag(config=True)
     policy_dir = Unicode(
         help="Root-owned Jupyter config directory every server runs with (JUPYTER_CONFIG_DIR)."

@@ -347,7 +347,7 @@ def stop_everything(settings: HubSettings, *, grace: float = 10) -> Stopped:
 
 
 def clean_leftovers(settings: HubSettings) -> list[str]:
-    """Namespaces, rules, dataset mounts and the plaintext tmpfs a crash may have left."""
+    """Namespaces, rules, dataset mounts and decrypting mounts a crash may have left."""
     from enclave.netns import NamespaceManager
     from enclave.workspace.datasets import DatasetMounter
 

@@ -178,3 +178,49 @@ def test_a_user_reads_the_version_only_through_the_bind_mount_in_their_home(
     assert denied.returncode != 0 and b"Permission denied" in denied.stderr
     mounter.unmount_user(home)
     assert mounter.collect_garbage() != []
+
+
+def test_a_reader_in_a_memory_limited_cgroup_reads_a_file_larger_than_its_limit(tmp_path, stored):
+    """Its page cache is charged to its cgroup and reclaimed as it reads: the reads go on."""
+    from enclave.isolation import ResourceLimits, apply_limits
+    from ingestion.store import write_version
+
+    src = tmp_path / "big"
+    src.mkdir()
+    block = os.urandom(8 * 1024 * 1024)
+    with open(src / "volume.bin", "wb") as fh:
+        for i in range(12):  # 96 MiB against a 48 MiB limit
+            fh.write(i.to_bytes(4, "big") + block[4:])
+    expected = hashlib.sha256((src / "volume.bin").read_bytes()).hexdigest()
+    written = write_version(src, tmp_path / "big-store", stored.master_key, name_hint="big")
+    version = type(stored.version)("big", 1, written.store_location, written.wrapped_key, "d" * 64)
+    mounter = DatasetMounter(tmp_path / "plaintext-big", stored.master_key)
+    limits = apply_limits(f"datafs-test-{os.getpid()}", ResourceLimits(memory_max=48 * 1024**2))
+    try:
+        point = mounter.plaintext_for(version)
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+        def enter() -> None:
+            for procs in limits.procs_files:
+                procs.write_text(str(os.getpid()))
+
+        done = subprocess.run(
+            ["sha256sum", str(point / "volume.bin")],
+            preexec_fn=enter,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[0] == expected
+        peaks = [
+            int((d / name).read_text())
+            for d in limits.cgroup_dirs
+            for name in ("memory.max_usage_in_bytes", "memory.peak")
+            if (d / name).exists()
+        ]
+        assert peaks and max(peaks) > 32 * 1024**2  # the limit was reached, pages reclaimed
+    finally:
+        limits.remove()
+        mounter.release_all()
