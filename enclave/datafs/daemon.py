@@ -9,7 +9,9 @@ file::
      "catalog_url": "sqlite:///...", "mtime_ns": 0}
 
 It prints ``ready`` on its standard output once the kernel has the mount, and serves until
-the mount is unmounted or it gets SIGTERM/SIGINT. A read that fails authentication is an
+the mount is unmounted or it gets SIGTERM/SIGINT. It imports everything before reading its
+input, so the hub can start one ahead of need (a spare) and hand it a version at once; an
+empty input ends it quietly. A read that fails authentication is an
 ``EIO`` for the reader, a line on standard error, and an audit entry
 (``dataset.read_failed``) naming the version, the file and the store object.
 """
@@ -121,8 +123,21 @@ def serve(config: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    # Imported before the configuration is read: the hub keeps one process waiting here, so
+    # that a spawn pays for the index and the mount, not for starting Python.
+    import enclave.datafs.fs  # noqa: F401
+    import ingestion.store  # noqa: F401
+
+    text = sys.stdin.read()
+    if not text.strip():
+        return 0  # a spare the hub no longer needs (it closed our input)
     try:
-        config = read_config(sys.stdin.read())
+        config = read_config(text)
+        print(
+            f"enclave-datafs: serving {config['label']} at {config['mountpoint']}",
+            file=sys.stderr,
+            flush=True,
+        )
         serve(config)
     except EnclaveError as exc:
         print(f"enclave-datafs: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,10 +68,58 @@ def answers(mount_point: str) -> bool:
 class DatafsProcesses:
     """Starts and stops the per-version processes; remembers the ones it started."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, spare: bool = True) -> None:
+        """``spare``: keep one process started ahead, its imports done, waiting for a
+        version (a spawn then pays for the version's index and the mount only)."""
         self.root = Path(root)
         self.logs = self.root / ".logs"
+        self.keep_spare = spare
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._spare: tuple[subprocess.Popen[bytes], Path] | None = None
+        self._lock = threading.Lock()
+
+    def _new_process(self) -> tuple[subprocess.Popen[bytes], Path]:
+        self.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_path = self.logs / f"datafs-{time.time_ns()}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "enclave.datafs"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C to the hub leaves running servers' data
+                close_fds=True,
+            )
+        return proc, log_path
+
+    def _take_process(self) -> tuple[subprocess.Popen[bytes], Path]:
+        """The spare when it is alive, else a new process."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is None or spare[0].poll() is not None:
+            return self._new_process()
+        return spare
+
+    def _replace_spare(self) -> None:
+        with self._lock:
+            if self.keep_spare and self._spare is None:
+                self._spare = self._new_process()
+
+    def close_spare(self) -> None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            proc = spare[0]
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            with contextlib.suppress(OSError):
+                spare[1].unlink()
 
     def start(
         self,
@@ -85,8 +134,6 @@ class DatafsProcesses:
         """Mount the version at ``root/name`` and return the mount point once it answers."""
         point = self.root / name
         point.mkdir(mode=0o755, exist_ok=True)
-        self.logs.mkdir(mode=0o700, exist_ok=True)
-        log_path = self.logs / f"{name}.log"
         config = {
             "store": str(store_location),
             "data_key": data_key.hex(),
@@ -96,15 +143,7 @@ class DatafsProcesses:
             "catalog_url": catalog_url or None,
             "mtime_ns": _mtime_ns(store_location),
         }
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "enclave.datafs"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,  # a Ctrl-C to the hub leaves running servers' data
-                close_fds=True,
-            )
+        proc, log_path = self._take_process()
         assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.write(json.dumps(config).encode())
@@ -132,6 +171,7 @@ class DatafsProcesses:
                 f"(log: {log_path})"
             )
         self._procs[name] = proc
+        self._replace_spare()  # after the mount: its start does not slow this one down
         return point
 
     def stop(self, mount: DatafsMount) -> None:

@@ -292,6 +292,7 @@ class DatasetMounter:
                 _run(["umount", "--lazy", m.mount_point], f"unmounting {m.mount_point}")
         for mount in datafs_mounts(self.plaintext_root, read_mountinfo()).values():
             self._processes.stop(mount)
+        self._processes.close_spare()
         target = str(self.plaintext_root.resolve())
         for m in read_mountinfo():
             if m.mount_point == target and m.source == PLAINTEXT_FS:
