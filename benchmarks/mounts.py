@@ -10,9 +10,9 @@ In one run:
   disk as the floor for reads) and ``--large-gb`` (default: the machine's available memory
   plus 10%, files of 256 MiB, written straight into the store);
 * spawn time: a real hub (the shipped configuration, its catalog replaced by a grants file),
-  one user granted the small version and one the large, spawned and stopped ``--spawns``
-  times each, alternating; every spawn starts the version's decrypting mount afresh (a
-  stopped server's mount is collected). Goal: the two medians within 0.3 s;
+  one user granted the small version, one the large and one nothing (the reference), spawned
+  and stopped ``--spawns`` times each, alternating; every spawn mounts its version afresh (a
+  stopped server's mount is collected). Goal: small and large medians within 0.3 s;
 * sequential reads (1 MiB) of every small-version file, and ``--random-reads`` 64 KiB reads
   at random 64 KiB-aligned offsets, through the mount and from the plaintext files, each
   after dropping the page cache (``/proc/sys/vm/drop_caches``), twice, alternating, best of
@@ -201,12 +201,12 @@ def version_record(name: str, stored: Any) -> dict[str, Any]:
 
 
 def measure_spawns(
-    state_dir: Path, mnemonics: list[str], grants: dict[str, dict[str, Any]], spawns: int
+    state_dir: Path, mnemonics: list[str], grants: dict[str, list[dict[str, Any]]], spawns: int
 ) -> dict[str, Any]:
     from benchmarks.spawn import Bench, make_settings
 
     grants_file = state_dir / "bench-grants.json"
-    grants_file.write_text(json.dumps({user: [v] for user, v in grants.items()}))
+    grants_file.write_text(json.dumps(grants))
     settings = make_settings(state_dir, uuid.uuid4().hex[:4])
     bench = Bench(settings, mnemonics, config_text=HUB_CONFIG.format(grants_file=str(grants_file)))
     times: dict[str, list[float]] = {user: [] for user in grants}
@@ -259,7 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"small version: {small.size_bytes / 1e9:.2f} GB in {len(plain)} files "
             f"(made and stored in {time.perf_counter() - started:.0f} s)"
         )
-        grants = {"small": version_record("bench-small", small)}
+        # "none" is granted nothing: the same spawn without any dataset (the reference).
+        grants = {"none": [], "small": [version_record("bench-small", small)]}
         if not args.skip_large:
             large_bytes = (
                 int(args.large_gb * 1024**3) if args.large_gb else int(available_memory() * 1.1)
@@ -272,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{result['available_memory'] / 1e9:.1f} GB), stored in "
                 f"{time.perf_counter() - started:.0f} s"
             )
-            grants["large"] = version_record("bench-large", large)
+            grants["large"] = [version_record("bench-large", large)]
 
         mounter = DatasetMounter(work / "plaintext", key)
         try:
@@ -298,8 +299,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         spawns = measure_spawns(state_dir, mnemonics, grants, args.spawns)
         result["spawn_small_s"] = spawns["small"]["median_s"]
+        result["spawn_none_s"] = spawns["none"]["median_s"]
         result["spawns"] = spawns
-        line = f"spawn (median of {args.spawns}): small {result['spawn_small_s']} s"
+        line = (
+            f"spawn (median of {args.spawns}): no dataset {result['spawn_none_s']} s, "
+            f"small {result['spawn_small_s']} s"
+        )
         if "large" in spawns:
             result["spawn_large_s"] = spawns["large"]["median_s"]
             result["spawn_difference_s"] = round(
