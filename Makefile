@@ -14,11 +14,15 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) Makefile | sha256
 TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 TORCH_PIP_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),,--extra-index-url https://download.pytorch.org/whl/cpu)
 # Debian packages the suite and the embedded enclave need: the base (fuse3: the decrypting
-# dataset mounts), then desktop sessions
-# (TigerVNC's Xvnc, a light Xfce desktop, noVNC for the browser; xclip for the tests).
+# dataset mounts), desktop sessions (TigerVNC's Xvnc, a light Xfce desktop, noVNC for the
+# browser; xclip for the tests), and the PACS peers the provider gateway is tested against
+# (dcmtk's storescu/echoscu/storescp, Orthanc).
 APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2 fuse3 \
   tigervnc-standalone-server xfwm4 xfce4-panel xfdesktop4 xfce4-settings xfconf xfce4-terminal \
-  dbus-x11 x11-utils fonts-dejavu-core novnc websockify xclip
+  dbus-x11 x11-utils fonts-dejavu-core novnc websockify xclip dcmtk orthanc
+# checkov (Kubernetes mode's static checks) has pins of its own: its own lock and virtualenv.
+CHECKOV_LOCK := requirements-checkov.lock
+CHECKOV_VENV := build/checkov
 # `make test-latest` builds this throwaway virtualenv from the newest versions pyproject allows.
 LATEST_VENV := .venv-latest
 
@@ -73,7 +77,7 @@ typecheck: venv
 
 # Everything, as root: the static gates, then the whole suite (real PostgreSQL, JupyterHub,
 # network namespaces, headless Chromium, the wheel check).
-test: system-deps venv
+test: system-deps venv $(CHECKOV_VENV)/.installed
 	$(call static_checks,$(BIN))
 	$(BIN)/python -m pytest -q
 
@@ -113,8 +117,6 @@ IMAGES := hub user user-gpu services
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
 # checkov pins dependencies the project lock cannot hold: its own throwaway virtualenv,
 # installed only from requirements-checkov.lock (hashes).
-CHECKOV_LOCK := requirements-checkov.lock
-CHECKOV_VENV := build/checkov
 K8S_OUT := build/k8s
 
 .PHONY: images k8s-render checkov checkov-lock
