@@ -12,13 +12,19 @@ The settings are glibc's own knobs (``mallopt``): pieces up to 32 MiB come from 
 and up to 128 MiB of free heap is kept per arena. Memory is bounded by what the process
 used at its peak, which the data path bounds itself (segments in flight, backlogs). Set
 ``ENCLAVE_MALLOC_TUNING=0`` to leave malloc alone; elsewhere than glibc this does nothing.
+
+For the same reason a buffer that is about to be overwritten in full need not be zeroed
+first: ``uninitialized_bytearray`` skips that pass.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
+from collections.abc import Callable
+from typing import cast
 
 #: mallopt parameter numbers from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
@@ -53,3 +59,25 @@ def tune_allocator() -> bool:
     applied = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and applied
     _tuned = applied
     return applied
+
+
+@functools.cache
+def _bytearray_from_size() -> Callable[[None, int], bytearray]:
+    function = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    function.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+    function.restype = ctypes.py_object
+    return cast(Callable[[None, int], bytearray], function)
+
+
+def uninitialized_bytearray(length: int) -> bytearray:
+    """A new ``bytearray`` of ``length`` bytes whose contents are whatever the memory held.
+
+    ``bytearray(length)`` writes zeros over every byte first, which for a buffer that is
+    about to be overwritten in full (a segment decrypted into it) is a wasted pass over
+    the memory, and on fresh pages the pass that faults them in. CPython's own constructor
+    leaves the bytes alone when it is given no source; only use this for a buffer that is
+    written in full before anything reads it, and drop it if the writer fails.
+    """
+    if length < 0:
+        raise ValueError(f"a buffer cannot have {length} bytes")
+    return _bytearray_from_size()(None, length)

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import zfec
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secret_sharing import format as fmt
+from secret_sharing.allocator import uninitialized_bytearray
+from secret_sharing.erasure import ErasureDecoder
 from secret_sharing.errors import (
     NotEnoughSharesError,
     OutputExistsError,
@@ -317,16 +318,18 @@ class _SegmentDecoder:
         self._version = manifest.version
         self._prefix = manifest.nonce_prefix_bytes
         self._local = threading.local()
+        self._erasure = ErasureDecoder(manifest.k, manifest.n)
 
-    def _tools(self) -> tuple[AESGCM, zfec.Decoder, memoryview]:
-        """This thread's cipher, decoder and read buffer (k full blocks, reused every segment)."""
+    def _tools(self) -> tuple[AESGCM, memoryview]:
+        """This thread's cipher and read buffer (reused every segment): k full blocks for
+        the segment's ciphertext, then room for the parity blocks that stand in for missing
+        primary ones."""
         tools = getattr(self._local, "tools", None)
         if tools is None:
-            k = self._manifest.k
+            k, n = self._manifest.k, self._manifest.n
             tools = (
                 AESGCM(self._key),
-                zfec.Decoder(k, self._manifest.n),
-                memoryview(bytearray(self._layout.full_block_length * k)),
+                memoryview(bytearray(self._layout.full_block_length * (k + min(k, n - k)))),
             )
             self._local.tools = tools
         return tools
@@ -336,23 +339,32 @@ class _SegmentDecoder:
     ) -> memoryview | _SegmentFailure:
         """The segment's verified plaintext, or which shares' blocks are bad.
 
-        The k blocks are read side by side into this thread's read buffer: with the primary
-        shares (the usual case, zfec is systematic) that buffer already is the ciphertext,
-        which is decrypted straight into a fresh plaintext buffer. A segment costs one read,
-        one decryption and no copies. (OpenSSL could decrypt over the ciphertext itself, but
-        ``cryptography`` 51 refuses overlapping buffers; reusing the read buffer keeps the
-        allocations at one per segment, as in-place decryption had.) The plaintext is a view
-        of that fresh buffer; the caller owns it.
+        The k blocks are read side by side into this thread's read buffer, each primary
+        block (zfec is systematic) at its place in the segment's ciphertext and each parity
+        block after them; the erasure decoder writes the missing primary blocks into their
+        places, so the buffer's first k blocks are the ciphertext, which is decrypted straight
+        into a fresh plaintext buffer. A segment costs one read, one decryption, the decoding
+        of only the blocks that are missing, and no copies. (OpenSSL could decrypt over the
+        ciphertext itself, but ``cryptography`` 51 refuses overlapping buffers; reusing the
+        read buffer keeps the allocations at one per segment, as in-place decryption had.)
+        The plaintext is a view of that fresh buffer; the caller owns it.
         """
         layout, manifest = self._layout, self._manifest
         k, n = manifest.k, manifest.n
         length = layout.block_length(segment)
         offset = layout.block_offset(segment)
-        aes, decoder, read_buffer = self._tools()
-        view = read_buffer[: length * k]
+        aes, read_buffer = self._tools()
         problems: dict[_OpenShare, str] = {}
-        for position, share in enumerate(shares):
-            block = view[position * length : (position + 1) * length]
+        blocks: list[memoryview] = []
+        next_parity = k
+        for share in shares:
+            number = share.number - 1
+            if number < k:
+                position = number
+            else:
+                position, next_parity = next_parity, next_parity + 1
+            block = read_buffer[position * length : (position + 1) * length]
+            blocks.append(block)
             try:
                 read_into(share.fd, block, offset)
                 # Read once: its page-cache pages serve the next segments' reads instead of
@@ -372,15 +384,16 @@ class _SegmentDecoder:
                 )
         if problems:
             return _SegmentFailure(segment, problems)
-        ciphertext: memoryview | bytes = view
+        ciphertext = read_buffer[: length * k]
         numbers = [share.number - 1 for share in shares]
-        if numbers != list(range(k)):
-            blocks = [view[i * length : (i + 1) * length] for i in range(k)]
-            ciphertext = b"".join(decoder.decode(blocks, numbers))  # decode reorders its arguments
+        if any(number >= k for number in numbers):
+            primaries = [ciphertext[j * length : (j + 1) * length] for j in range(k)]
+            self._erasure.decode_into(blocks, numbers, primaries)
         plaintext_length = layout.segment_length(segment)
         ciphertext_length = plaintext_length + fmt.TAG_LEN
         last = segment == layout.segment_count - 1
-        plaintext = memoryview(bytearray(plaintext_length))
+        # Not zero-filled: decrypt_into writes every byte, and a failure drops the buffer.
+        plaintext = memoryview(uninitialized_bytearray(plaintext_length))
         try:
             if any(ciphertext[ciphertext_length:]):  # fewer than k bytes of padding
                 raise InvalidTag

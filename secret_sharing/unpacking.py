@@ -230,16 +230,17 @@ class _Unpacker:
             os.makedirs(parent, mode=0o700, exist_ok=True)
             self._made.add(parent)
         fd = os.open(target, _OPEN_FLAGS, mode)
-        keep = size <= IN_MEMORY_LIMIT
+        # Written a segment's view at a time, so that without a caller who wants the bytes
+        # a segment is let go as soon as it is written (fewer buffers alive, fewer fresh
+        # pages to fault in).
+        keep = self.on_file is not None and size <= IN_MEMORY_LIMIT
         kept: list[memoryview] = []
         try:
-            if keep:
-                kept = list(self.cursor.views(size))
-                writev_at(fd, kept, 0)
-            else:
-                written = 0
-                for view in self.cursor.views(size):
-                    written += writev_at(fd, [view], written)
+            written = 0
+            for view in self.cursor.views(size):
+                written += writev_at(fd, [view], written)
+                if keep:
+                    kept.append(view)
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)

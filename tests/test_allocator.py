@@ -74,3 +74,16 @@ def test_every_process_on_the_data_path_tunes_itself():
     assert "tune_allocator()" in inspect.getsource(service.IngestService.__post_init__)
     assert "initializer=tune_allocator" in inspect.getsource(pipeline.StreamingIngest)
     assert "initializer=tune_allocator" in inspect.getsource(dicom.validate_dicom_files)
+
+
+def test_an_uninitialized_bytearray_has_the_length_asked_for_and_takes_writes():
+    buffer = allocator.uninitialized_bytearray(5 * 1024 * 1024)
+    assert type(buffer) is bytearray and len(buffer) == 5 * 1024 * 1024
+    buffer[:] = b"\x07" * len(buffer)
+    assert buffer.count(7) == len(buffer)
+    assert allocator.uninitialized_bytearray(0) == bytearray()
+
+
+def test_a_negative_buffer_length_is_refused():
+    with pytest.raises(ValueError, match="-1 bytes"):
+        allocator.uninitialized_bytearray(-1)

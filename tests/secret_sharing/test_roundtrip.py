@@ -12,6 +12,7 @@ from secret_sharing import (
     OutputExistsError,
     ShareParameterError,
     combine_shares,
+    erasure,
     measure_dataset,
     read_share_info,
     split_dataset,
@@ -50,6 +51,32 @@ def test_every_subset_of_a_multi_segment_transfer(
             list(reversed(subset)), tmp_path / f"in-{number}", verify_key=provider_key.public_key()
         )
         assert tree_of(result.output_path) == expected
+
+
+@pytest.mark.parametrize("engine", ["isa-l", "zfec"])
+def test_every_subset_rebuilds_with_either_erasure_engine(
+    tmp_path, monkeypatch, multi_segment_study, split_transfer, provider_key, engine
+):
+    """Shares split with ISA-L's parity decode with zfec, and the other way round."""
+    if engine == "isa-l" and not erasure.isal_available():
+        pytest.skip("ISA-L (Debian libisal2) is missing")
+    monkeypatch.setenv(erasure.USE_ISAL_ENV, "0" if engine == "isa-l" else "1")
+    erasure._isal.cache_clear()
+    transfer = split_transfer(multi_segment_study, 3, 5)  # split by the other engine
+    monkeypatch.setenv(erasure.USE_ISAL_ENV, "1" if engine == "isa-l" else "0")
+    erasure._isal.cache_clear()
+    try:
+        assert erasure.ErasureDecoder(3, 5).engine == engine
+        expected = tree_of(multi_segment_study)
+        for number, subset in enumerate(itertools.combinations(transfer.shares, 3)):
+            result = combine_shares(
+                list(reversed(subset)),
+                tmp_path / f"in-{number}",
+                verify_key=provider_key.public_key(),
+            )
+            assert tree_of(result.output_path) == expected, subset
+    finally:
+        erasure._isal.cache_clear()
 
 
 def test_more_than_k_shares_use_k(tmp_path, radiology_study, split_transfer, provider_key):
