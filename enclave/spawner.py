@@ -51,7 +51,7 @@ from traitlets import Bool, Dict, Float, Instance, Int, Unicode, Union, default
 
 from catalog.models import AccessMode
 from enclave.desktop.layout import DesktopPaths, prepare_runtime, remove_runtime
-from enclave.workspace import access_log, accounts, policy, profiles
+from enclave.workspace import access_log, accounts, grants, policy, profiles
 from enclave.workspace.datasets import DatasetMounter, MountedDataset
 from enclave.workspace.profiles import Profile
 
@@ -277,10 +277,12 @@ class IsolatedSpawner(LocalProcessSpawner):
         return sorted(g.name for g in getattr(self.user, "groups", []) or [])
 
     def principal(self) -> Any:
-        from catalog.auth import Principal
+        return grants.principal_for(self.user.name, self.group_names)
 
-        role = profiles.role_of(self.group_names) or "student"
-        return Principal.of(self.user.name, role, self.group_names)
+    def session_grants(self, kind: AccessMode) -> list[Any]:
+        """The versions a session of ``kind`` gets (``enclave.workspace.grants``: the decision
+        the key holder makes for a Kubernetes pod too)."""
+        return grants.session_grants(self._grants(self.principal()), kind)
 
     # ---- the session's kind
 
@@ -383,12 +385,7 @@ class IsolatedSpawner(LocalProcessSpawner):
         kind = self.session_kind
         account = accounts.ensure_account(self.user.name, Path(self.home_root), self.unix_prefix)
         self._install_examples(account)
-        grants = [
-            g
-            for g in self._grants(self.principal())
-            if AccessMode(getattr(g, "mode", AccessMode.DESKTOP)).allows(kind)
-        ]
-        mounted = self.mounter.mount_for(account, grants)
+        mounted = self.mounter.mount_for(account, self.session_grants(kind))
         for m in mounted:
             access_log.record(
                 self.catalog_url,

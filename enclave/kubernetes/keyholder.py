@@ -11,8 +11,8 @@ standard input, exactly as ``enclave up`` hands them to the hub, so one unseal s
 User pods get their datasets through it:
 
 1. the spawner asks ``POST /tickets`` (with the hub's key holder token) for a user, their groups
-   and the session kind; the grant decision is the catalog's ``visible_versions`` for that
-   principal, filtered by ``AccessMode.allows`` exactly as the local spawner does;
+   and the session kind; the grant decision is ``enclave.workspace.grants.session_versions``,
+   the one the local spawner makes (the catalog's ``visible_versions``, filtered by mode);
 2. the answer is a single-use ticket that expires after ``ticket_ttl`` seconds, and the list of
    versions; the ticket goes into the pod's loader init container only;
 3. the loader (``enclave.kubernetes.loader``) calls ``GET /deliveries/TICKET`` and gets one tar
@@ -34,14 +34,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from catalog.auth import Principal
 from catalog.models import AccessMode
 from enclave.errors import EnclaveError
-from enclave.workspace.profiles import NoWorkspace, profile_for, role_of
+from enclave.workspace.grants import GrantSource, session_versions
+from enclave.workspace.profiles import NoWorkspace, profile_for
 
 #: The member a delivery starts with: the versions it holds, for the loader's grants file.
 DELIVERY_INDEX = ".enclave-delivery.json"
@@ -56,35 +55,12 @@ class KeyholderError(EnclaveError):
         self.status = status
 
 
-class GrantSource(Protocol):
-    """What the key holder asks about grants: the catalog (``catalog.service.Catalog``)."""
-
-    def visible_versions(
-        self, principal: Principal, *, now: datetime | None = None
-    ) -> list[Any]: ...
-
-
 class KeyUnwrapper(Protocol):
     """The unsealed master key (``enclave.custody.MasterKey``)."""
 
     def wrap(self, data_key: bytes, context: bytes) -> bytes: ...
 
     def unwrap(self, blob: bytes, context: bytes) -> bytes: ...
-
-
-def principal_for(user: str, groups: Iterable[str]) -> Principal:
-    """The catalog principal of a hub user, as the local spawner builds it."""
-    names = sorted(groups)
-    return Principal.of(user, role_of(names) or "student", names)
-
-
-def session_versions(source: GrantSource, principal: Principal, kind: AccessMode) -> list[Any]:
-    """What a session of ``kind`` gets: the catalog's grants, filtered by the grant's mode."""
-    return [
-        v
-        for v in source.visible_versions(principal)
-        if AccessMode(getattr(v, "mode", AccessMode.DESKTOP)).allows(kind)
-    ]
 
 
 @dataclass
@@ -251,7 +227,7 @@ class Keyholder:
             profile_for(groups)
         except NoWorkspace as exc:
             raise KeyholderError(str(exc), 403) from None
-        versions = session_versions(self.grants, principal_for(user, groups), session)
+        versions = session_versions(self.grants, user, groups, session)
         if versions and self.sealed:
             raise KeyholderError(
                 f"{user} is granted {len(versions)} dataset version(s) but the enclave is "
