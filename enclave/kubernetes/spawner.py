@@ -14,17 +14,23 @@ What one spawn does (in the hub, which holds no master key on a cluster):
    ``~/datasets``: no plaintext on any persistent volume;
 4. every container runs as a non-root user, without privilege escalation, with all
    capabilities dropped and the runtime's default seccomp profile; no service-account token is
-   mounted; the root filesystem is read-only (``/tmp`` is an emptyDir).
+   mounted; the root filesystem is read-only (``/tmp`` is an emptyDir);
+5. a pod that cannot become ready fails the spawn at once, with the reason (:func:`pod_failure`:
+   phase ``Failed``, an image that cannot be pulled, the loader exiting with an error), instead
+   of KubeSpawner's wait until ``start_timeout``; the failed pod is deleted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import httpx
 from kubespawner import KubeSpawner
 from traitlets import Any as AnyTrait
-from traitlets import Dict, Int, Unicode, default
+from traitlets import Dict, Float, Int, Unicode, default
 
 from catalog.models import AccessMode
 from enclave.errors import EnclaveError
@@ -39,8 +45,70 @@ LOADER_TARGET = "/datasets"
 POLICY_DIR = "/etc/enclave/jupyter"
 
 
+#: Container waiting reasons no wait cures: the spawn fails at once rather than at its timeout.
+FATAL_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+#: Warning events (the kubelet's) that mean a container will not start, e.g. a failed pull.
+FATAL_EVENT_REASONS = frozenset({"Failed", "InspectFailed", "ErrImageNeverPull"})
+
+
 class DeliveryError(EnclaveError):
     """The key holder would not issue a ticket for this spawn."""
+
+
+class PodFailed(EnclaveError):
+    """A user's pod cannot become ready (the message names the pod, the container and why)."""
+
+
+def _container_failure(pod: str, status: dict[str, Any], init: bool) -> str | None:
+    what = f"{'init container' if init else 'container'} {status.get('name')!r} of pod {pod}"
+    if status.get("name") == DATASETS_VOLUME and init:
+        what = f"the datasets loader ({what})"
+    state = status.get("state") or {}
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in FATAL_WAITING_REASONS:
+        detail = waiting.get("message") or f"image {status.get('image')}"
+        return f"{what} cannot start: {waiting['reason']}: {detail}"
+    ended = state.get("terminated") or {}
+    # A notebook that ended before it was ready, or a loader that failed: its ticket was
+    # single-use, so a restart of the loader cannot succeed either.
+    if ended and (not init or ended.get("exitCode") != 0):
+        why = (ended.get("message") or ended.get("reason") or "no message").strip()
+        return f"{what} exited with code {ended.get('exitCode')}: {why}"
+    return None
+
+
+def pod_failure(pod: dict[str, Any] | None, events: Iterable[dict[str, Any]] = ()) -> str | None:
+    """Why ``pod`` (the API's JSON) will not become ready, or None while it still may.
+
+    ``events`` are the pod's events since this spawn began (``KubeSpawner.events``)."""
+    if not pod:
+        return None
+    meta = pod.get("metadata") or {}
+    name = f"{meta.get('namespace')}/{meta.get('name')}"
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        why = status.get("message") or status.get("reason") or "no reason given"
+        return f"pod {name} failed: {why}"
+    for init, key in ((True, "initContainerStatuses"), (False, "containerStatuses")):
+        for container in status.get(key) or []:
+            found = _container_failure(name, container, init)
+            if found:
+                return found
+    for event in events:
+        if event.get("type") == "Warning" and event.get("reason") in FATAL_EVENT_REASONS:
+            return f"pod {name}: {event.get('reason')}: {event.get('message')}"
+    return None
 
 
 class Delivery(Protocol):
@@ -138,6 +206,9 @@ class EnclaveKubeSpawner(KubeSpawner):
     )
     loader_uid = Int(10001, help="The loader's user id (not the notebook user's).").tag(config=True)
     home_dir = Unicode("/home/enclave", help="The user's home inside the pod.").tag(config=True)
+    failure_check_interval = Float(
+        0.5, help="Seconds between start()'s checks whether the new pod failed (pod_failure)."
+    ).tag(config=True)
 
     @default("profile_list")
     def _default_profile_list(self) -> Any:
@@ -184,6 +255,44 @@ class EnclaveKubeSpawner(KubeSpawner):
         if not self.keyholder_url:
             raise DeliveryError("keyholder_url is not set: the hub cannot give pods datasets")
         return KeyholderClient(self.keyholder_url, self.keyholder_token)
+
+    # ---- start, failing fast
+
+    _pod_created = False
+
+    async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
+        created = bool(await super()._make_create_pod_request(pod, request_timeout))
+        self._pod_created = self._pod_created or created
+        return created
+
+    def pod_failure(self) -> str | None:
+        """Why this spawn's pod will not become ready (None: not created yet, or still may)."""
+        reflector = self.pod_reflector
+        if not self._pod_created or reflector is None:
+            return None
+        return pod_failure(reflector.pods.get(f"{self.namespace}/{self.pod_name}"), self.events)
+
+    async def _start(self) -> Any:
+        """KubeSpawner's start, which fails with :class:`PodFailed` as soon as the pod does."""
+        self._pod_created = False
+        starting = asyncio.ensure_future(super()._start())
+        try:
+            while True:
+                await asyncio.wait({starting}, timeout=self.failure_check_interval)
+                if starting.done():
+                    return starting.result()
+                why = self.pod_failure()
+                if why:
+                    break
+        except asyncio.CancelledError:
+            starting.cancel()
+            raise
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting  # whatever it was doing, the failure found is the news
+        self.log.error("Spawn of %s failed: %s", self.pod_name, why)
+        await self.stop(now=True)
+        raise PodFailed(why)
 
     def datasets_path(self) -> str:
         return f"{self.home_dir}/{DATASETS_VOLUME}"
@@ -239,6 +348,8 @@ class EnclaveKubeSpawner(KubeSpawner):
                 {"name": TARGET_ENV, "value": LOADER_TARGET},
             ],
             "volumeMounts": [{"name": DATASETS_VOLUME, "mountPath": LOADER_TARGET}],
+            # Its "error: ..." line becomes the status message a failed spawn reports.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             # The tmpfs pages it writes are charged to it until it exits (then to the pod).
             "resources": {
                 "limits": {
