@@ -3,10 +3,14 @@
 Defaults follow MONAI's fast-training guide and nnU-Net's habits: load (pydicom for series),
 channel first, RAS orientation, resample to the dataset's median spacing, CT windowed to
 [-1000, 1000] HU and scaled to [0, 1] (MR: z-score over the body), then cache that
-deterministic part in memory (``CacheDataset``) so every epoch after the first only crops and
-flips. Training adds foreground-balanced random patches and flips. Cached volumes stay in RAM,
-never on disk: a disk cache under ``~/outputs`` would be plaintext data the airlock could be
-asked to export.
+deterministic part so every epoch after the first only crops and flips. Training adds
+foreground-balanced random patches and flips.
+
+Where the cache lives is chosen per version (``cache="auto"``, see ``enclave.data.cache``): in
+memory (``CacheDataset``) when it fits well within the server's memory limit, else on disk under
+the user's own ``~/.cache`` (``PersistentDataset``, mode 0700, keyed by version and transforms),
+else nowhere (every epoch reads the files again). Never under ``~/outputs``: that would be
+plaintext data the airlock could be asked to export.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from enclave.data.dataset import EnclaveDataset, open_dataset
@@ -190,6 +195,84 @@ def monai_items(
     return [i.as_monai() for i in items]
 
 
+def deterministic_part(transforms: Any) -> list[Any]:
+    """The transforms a cache stores the output of: those before the first random one."""
+    from monai.transforms import Compose, Randomizable
+
+    chain = list(transforms.transforms) if isinstance(transforms, Compose) else [transforms]
+    part = []
+    for t in chain:
+        if isinstance(t, Randomizable):
+            break
+        part.append(t)
+    return part
+
+
+def transform_hash(transforms: Any) -> str:
+    """SHA-256 of the pickled deterministic part and the MONAI version: a changed transform
+    (another spacing, window, reader...) gives another disk cache folder."""
+    import pickle
+
+    import monai
+
+    part = deterministic_part(transforms)
+    try:
+        blob = pickle.dumps(part, protocol=4)
+    except Exception:  # an unpicklable transform: fall back to its classes and reprs
+        blob = repr([(type(t).__qualname__, vars(t)) for t in part]).encode()
+    return hashlib.sha256(monai.__version__.encode() + b"\0" + blob).hexdigest()
+
+
+def _private_persistent_dataset(
+    items: list[dict[str, Any]], transforms: Any, cache_dir: Any
+) -> Any:
+    """MONAI's ``PersistentDataset``, writing its files inside ``cache_dir`` (mode 0600).
+
+    MONAI's own writes each item first into a ``tempfile`` folder (``/tmp``) and moves it over:
+    plaintext volumes in a shared folder, and a copy across filesystems. Here the temporary file
+    sits next to its final name and is renamed atomically.
+    """
+    import tempfile
+
+    import torch
+    from monai.data import PersistentDataset
+    from monai.data.utils import pickle_hashing
+    from monai.utils import convert_to_tensor
+
+    class PrivatePersistentDataset(PersistentDataset):
+        def _cachecheck(self, item_transformed: Any) -> Any:
+            import copy
+            import os
+
+            hashfile = Path(str(self.cache_dir)) / f"{pickle_hashing(item_transformed).decode()}.pt"
+            if hashfile.is_file():
+                try:
+                    return torch.load(hashfile, weights_only=self.weights_only)
+                except Exception:  # a torn or unreadable entry: compute it again
+                    hashfile.unlink(missing_ok=True)
+            result = self._pre_transform(copy.deepcopy(item_transformed))
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".pt")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    torch.save(
+                        convert_to_tensor(
+                            result, convert_numeric=False, track_meta=self.track_meta
+                        ),
+                        fh,
+                    )
+                os.replace(tmp, hashfile)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return result
+
+    # Entries keep their metadata (validation items are MetaTensors, as from memory); they are
+    # this user's own files in a 0700 folder, so loading them in full is no wider trust.
+    return PrivatePersistentDataset(
+        items, transform=transforms, cache_dir=cache_dir, track_meta=True, weights_only=False
+    )
+
+
 def monai_dataset(
     dataset: EnclaveDataset | str,
     version: int | None = None,
@@ -203,15 +286,27 @@ def monai_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     require_label: bool = True,
-    cache: bool = True,
+    cache: bool | str = "auto",
     num_workers: int | None = None,
+    cache_dir: str | Path | None = None,
+    memory_limit: int | None = None,
+    verbose: bool = True,
 ) -> Any:
-    """A MONAI ``CacheDataset`` (``cache=False``: plain ``Dataset``) of image/label dicts.
+    """A MONAI dataset of image/label dicts whose deterministic part is cached.
 
     ``split`` is ``"train"``, ``"val"`` or ``"all"`` (by subject, see :func:`split_subjects`);
     random patch transforms apply when ``train`` (default: split is "train"). ``pixdim`` is
     the target voxel spacing in mm, ``"median"`` (the dataset's median) or None (native).
+
+    ``cache``: ``"memory"`` (``CacheDataset``; ``True`` means this), ``"disk"``
+    (``PersistentDataset`` under ``cache_dir``, default ``~/.cache/enclave/monai``), ``"none"``
+    (plain ``Dataset``; ``False`` means this), or ``"auto"``: memory when the estimated cache
+    is at most half the memory limit (``memory_limit`` bytes, default this server's cgroup
+    limit), else disk. The choice and its reason are printed (``verbose=False``: logged only).
     """
+    import logging
+
+    from enclave.data import cache as caching
     from enclave.data.volumes import _quiet_monai
 
     _quiet_monai()
@@ -236,9 +331,38 @@ def monai_dataset(
             with_label=with_label,
             label_reader=_label_reader(dataset) if with_label else "NibabelReader",
         )
-    if not cache:
-        return Dataset(items, transform=transforms)
-    workers = num_workers if num_workers is not None else min(4, len(items))
-    return CacheDataset(
-        items, transform=transforms, cache_rate=1.0, num_workers=workers, progress=False
+    limit = (
+        caching.MemoryLimit(int(memory_limit), "memory_limit= given")
+        if memory_limit is not None
+        else caching.memory_limit()
     )
+    estimate = caching.estimate_cache_bytes(
+        caching.files_bytes(Path(i["image"]) for i in items), with_label=with_label, train=train
+    )
+    root = Path(cache_dir).expanduser() if cache_dir is not None else caching.cache_root()
+    choice = caching.choose_cache(
+        cache, estimated_bytes=estimate, limit=limit, disk_free=caching.disk_free(root)
+    )
+    folder = None
+    if choice.mode == "disk":
+        key = caching.cache_key(
+            dataset.name, dataset.version, dataset.content_hash, transform_hash(transforms)
+        )
+        folder = caching.prepare_cache_dir(key, root)
+    line = choice.describe(f"{dataset.label} {split}", folder)
+    logging.getLogger("enclave.data").info(line)
+    if verbose:
+        print(line, flush=True)
+    result: Any
+    if choice.mode == "none":
+        result = Dataset(items, transform=transforms)
+    elif choice.mode == "disk":
+        result = _private_persistent_dataset(items, transforms, folder)
+    else:
+        workers = num_workers if num_workers is not None else min(4, len(items))
+        result = CacheDataset(
+            items, transform=transforms, cache_rate=1.0, num_workers=workers, progress=False
+        )
+    result.cache_choice = choice
+    result.cache_dir = folder
+    return result
