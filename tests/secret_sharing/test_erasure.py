@@ -77,7 +77,7 @@ def test_isal_parity_of_a_full_segment_matches_and_decodes_with_zfec():
     primaries = [view[i * block : (i + 1) * block] for i in range(k)]
     parity = ParityEncoder(k, n).encode(primaries)
     assert [bytes(p) for p in parity] == zfec_parity(k, n, primaries)
-    # Any k of the n blocks rebuild the primaries with zfec's decoder (what combine uses).
+    # Any k of the n blocks rebuild the primaries with zfec's decoder (combine's fallback).
     blocks = list(primaries) + parity
     rebuilt = zfec.Decoder(k, n).decode([bytes(blocks[m]) for m in (1, 3, 4)], [1, 3, 4])
     assert b"".join(bytes(b) for b in rebuilt) == bytes(buffer)
