@@ -60,7 +60,10 @@ class GatewayEvent(StrEnum):
     RECEIVED = "received"
     REFUSED = "refused"
     DEIDENTIFIED = "deidentified"
+    QUEUED = "queued"
     SENT = "sent"
+    SEND_FAILED = "send-failed"
+    ALREADY_SENT = "already-sent"
 
 
 @dataclass
@@ -82,6 +85,8 @@ class GatewayConfig:
     tls_ca: Path | None = None
     title: str = "Studies received from the PACS"
     license: str = "provider-agreement"
+    #: Queue each completed study for ``ingestion.gateway_send`` (``serve --send-to``).
+    queue_sends: bool = False
 
     @property
     def state_dir(self) -> Path:
@@ -95,6 +100,16 @@ class GatewayConfig:
     def dataset_dir(self) -> Path:
         return self.out_dir / self.dataset
 
+    @property
+    def outbox(self) -> Path:
+        """Completed studies waiting to be sent: ``<study key>.json`` lists their files."""
+        return self.state_dir / "outbox"
+
+    @property
+    def sent_ledger(self) -> Path:
+        """One file per study key ever sent, holding its transfer id: never sent twice."""
+        return self.state_dir / "sent"
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -104,20 +119,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` or is untouched, across a crash (temp file, fsync, rename)."""
+def write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """``path`` holds ``data`` or is untouched, across a crash (temp file, fsync, rename).
+
+    With ``sync=False`` the file is complete or absent but not yet flushed: the caller
+    flushes a batch at once with ``sync_paths`` before relying on it."""
     tmp = path.with_name(path.name + ".part")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
+
+
+def sync_paths(paths: Iterable[Path], root: Path) -> None:
+    """Flush files written with ``sync=False`` and every folder from theirs up to ``root``
+    (new folders' entries too), each folder once."""
+    folders: set[Path] = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folder = path.parent
+        while folder not in folders and folder != root.parent and folder != folder.parent:
+            folders.add(folder)
+            folder = folder.parent
+    for folder in sorted(folders):
+        _fsync_dir(folder)
 
 
 def load_secret(state_dir: Path) -> bytes:
@@ -223,6 +261,8 @@ class Gateway:
         out_root = self.config.dataset_dir / "dicom"
         written = 0
         modalities: set[str] = set()
+        outputs: list[Path] = []
+        done: list[Path] = []
         for src in sorted(study.glob("*.dcm")):
             try:
                 ds = dcmread(src)
@@ -247,15 +287,24 @@ class Gateway:
 
             buf = BytesIO()
             ds.save_as(buf, enforce_file_format=True)
-            write_durably(target, buf.getvalue())
-            src.unlink()  # the output is durable: the PHI copy goes
+            write_durably(target, buf.getvalue(), sync=False)  # flushed as one batch below
+            outputs.append(target)
+            done.append(src)
             modalities.add(str(ds.get("Modality", "") or "OT"))
             written += 1
+        sync_paths(
+            outputs, self.config.out_dir
+        )  # one flush for the study instead of one per instance
+        if written:
+            self.write_manifest(modalities)
+            if self.config.queue_sends:
+                self._queue(study.name, outputs)
+        for src in done:  # every output (and the outbox entry) is durable: the PHI copy goes
+            src.unlink()
         with contextlib.suppress(OSError):
             study.rmdir()
         if written:
             self.deidentified += written
-            self.write_manifest(modalities)
             self.events.record(
                 GatewayEvent.DEIDENTIFIED,
                 study=study.name,
@@ -265,6 +314,19 @@ class Gateway:
             if self.on_progress is not None:
                 self.on_progress(f"study {study.name[:8]}: {written} instance(s) de-identified")
         return written
+
+    def _queue(self, study_key: str, outputs: list[Path]) -> None:
+        """Put a completed study in the outbox, unless its key was sent before."""
+        if (self.config.sent_ledger / study_key).exists():
+            self.events.record(GatewayEvent.ALREADY_SENT, study=study_key, count=len(outputs))
+            return
+        self.config.outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entry = self.config.outbox / f"{study_key}.json"
+        files = {p.relative_to(self.config.dataset_dir).as_posix() for p in outputs}
+        if entry.exists():  # more instances of a study not sent yet: one entry
+            files.update(json.loads(entry.read_text())["files"])
+        write_durably(entry, json.dumps({"study": study_key, "files": sorted(files)}).encode())
+        self.events.record(GatewayEvent.QUEUED, study=study_key, count=len(files))
 
     def write_manifest(self, modalities: Iterable[str] = ()) -> Path:
         """``dataset.yaml`` for the dataset folder, declaring profile and options."""

@@ -65,6 +65,25 @@ def _options(values: tuple[str, ...]) -> frozenset:
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="CA of client certificates: with it, peers must present one.",
 )
+@click.option(
+    "--send-to",
+    "send_to",
+    multiple=True,
+    metavar="URL",
+    help="Send each completed study to this enclave ingestion URL (repeat for receivers).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="File holding the provider upload token (with --send-to).",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The provider's signing key (with --send-to).",
+)
+@click.option("--k", "k", type=int, default=2, show_default=True, help="Shares that rebuild.")
+@click.option("--n", "n", type=int, default=3, show_default=True, help="Shares written.")
 def serve_cmd(
     ae_title: str,
     port: int,
@@ -79,12 +98,28 @@ def serve_cmd(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
+    send_to: tuple[str, ...],
+    token_file: Path | None,
+    sign_key: Path | None,
+    k: int,
+    n: int,
 ) -> None:
-    """Run the Storage SCP until interrupted, showing what arrives and is de-identified."""
+    """Run the Storage SCP until interrupted, showing what arrives, is de-identified and
+    (with --send-to) is sent."""
     from rich.console import Console
 
     from ingestion.gateway import Gateway, GatewayConfig, serve
+    from ingestion.gateway_send import Sender, SendTarget
     from ingestion.validators.deid_options import describe
+
+    target = None
+    if send_to:
+        if token_file is None or sign_key is None:
+            raise click.UsageError("--send-to needs --token-file and --sign-key")
+        token = token_file.read_text().strip()
+        if not token:
+            raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+        target = SendTarget(urls=send_to, token=token, signing_key=sign_key, k=k, n=n)
 
     config = GatewayConfig(
         ae_title=ae_title,
@@ -100,26 +135,40 @@ def serve_cmd(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
+        queue_sends=target is not None,
     )
     console = Console(stderr=True)
     gw = Gateway(config)
     gw.on_progress = lambda line: console.print(line)
     server = serve(config, gw, block=False)
+    sender = None
+    if target is not None:
+        sender = Sender(gw, target)
+        sender.on_progress = lambda line: console.print(line)
+        sender.run_once()  # what a crash left queued goes first
+        sender.thread()
     console.print(
         f"gateway {ae_title} on {host}:{port}, options: {describe(config.options)}; "
-        f"writing {config.dataset_dir}"
+        f"writing {config.dataset_dir}" + (f"; sending to {', '.join(send_to)}" if sender else "")
     )
     try:
         with console.status("") as status:
             while True:
-                status.update(
+                line = (
                     f"received {gw.received}, de-identified {gw.deidentified}, "
                     f"studies waiting {len(gw.pending_studies())}"
                 )
+                if sender is not None:
+                    line += f", sent {sender.sent}, to send {len(sender.pending())}"
+                    if sender.failures:
+                        line += f" (retrying in {sender.backoff():.0f} s)"
+                status.update(line)
                 time.sleep(1)
     finally:
         server.shutdown()
         gw.stop()
+        if sender is not None:
+            sender.stop()
         gw.process_ready(all_studies=False)
 
 
