@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from secret_sharing.allocator import uninitialized_bytearray
 from secret_sharing.errors import DatasetError
 from secret_sharing.format import FormatProblem, check_dataset_name
 
@@ -154,9 +155,11 @@ def measure_dataset(source: Path) -> DatasetSummary:
 
 def pack_segments(source: Path, segment_size: int) -> Iterator[bytearray]:
     """Yield the tar stream of ``source`` in segments of exactly ``segment_size`` bytes
-    (the last one shorter). Each yielded buffer is fresh: the caller owns it."""
+    (the last one shorter). Each yielded buffer is fresh: the caller owns it. Buffers are
+    not zero-filled first: every byte of one is written before it is yielded (the last is
+    cut to what was written)."""
     source = Path(os.path.abspath(source))
-    buffer = bytearray(segment_size)
+    buffer = uninitialized_bytearray(segment_size)
     view = memoryview(buffer)
     filled = 0
     member_bytes = 0
@@ -170,7 +173,7 @@ def pack_segments(source: Path, segment_size: int) -> Iterator[bytearray]:
             filled += take
             offset += take
             if filled == segment_size:
-                full, buffer = buffer, bytearray(segment_size)
+                full, buffer = buffer, uninitialized_bytearray(segment_size)
                 view.release()
                 view = memoryview(buffer)
                 filled = 0
@@ -195,7 +198,7 @@ def pack_segments(source: Path, segment_size: int) -> Iterator[bytearray]:
                 filled += got
                 remaining -= got
                 if filled == segment_size:
-                    full, buffer = buffer, bytearray(segment_size)
+                    full, buffer = buffer, uninitialized_bytearray(segment_size)
                     view.release()
                     view = memoryview(buffer)
                     filled = 0
