@@ -214,6 +214,32 @@ def digester_from_disk(prologue: Path, part: Path, probe: Path) -> BlockDigester
     return digester
 
 
+def warm_up_receiver(app: FastAPI) -> None:
+    """Pay before the first upload for what it would otherwise pay for on its way: import
+    the modules the handlers import on first use, let the catalog's ORM configure its
+    mappers, and run the lookups every upload makes once (a token and a transfer that do
+    not exist: read-only, nothing is recorded). A receiver runs for months; without this
+    the first transfer after each start pays for it in every receiver. Never fails: a
+    receiver that could not warm up does the same work on first use."""
+    from catalog.errors import NotFound
+    from secret_sharing.combine import read_share_info
+    from secret_sharing.verify import BlockDigester
+
+    del read_share_info, BlockDigester  # imported for their modules' sake
+    try:
+        from sqlalchemy.orm import configure_mappers
+
+        configure_mappers()
+        catalog = app.state.catalog
+        catalog.authenticate_provider("warm-up: no such token")
+        try:
+            catalog.get_transfer("0" * 32)
+        except NotFound:  # as expected; its query is compiled now
+            pass
+    except Exception:
+        log.debug("receiver warm-up incomplete", exc_info=True)
+
+
 def create_receiver_app(config: ReceiverConfig, *, catalog: Any = None) -> FastAPI:
     """The receiver's HTTP API; ``catalog`` defaults to ``open_catalog(config.database_url)``."""
     if catalog is None:

@@ -410,7 +410,8 @@ def run_receiver(
     """One receiver in the foreground (``enclave ingest receiver``)."""
     import uvicorn
 
-    from ingestion.receiver import ReceiverConfig, create_receiver_app
+    from ingestion.receiver import ReceiverConfig, create_receiver_app, warm_up_receiver
 
     app = create_receiver_app(ReceiverConfig(index, Path(store_dir), database_url, worker_token))
+    warm_up_receiver(app)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
