@@ -36,6 +36,8 @@ from enclave.desktop.layout import DISPLAY_NUMBER, DesktopPaths, display_name
 log = logging.getLogger("enclave.desktop.session")
 
 LAB_URL_FILE = "lab-url"
+#: Further Chromium flags from the session's environment (set by the pod, not the user).
+EXTRA_FLAGS_ENV = "ENCLAVE_CHROMIUM_EXTRA_FLAGS"
 X_WAIT_SECONDS = 30.0
 LAB_WAIT_SECONDS = 60.0
 #: Chromium inside the desktop: nothing fetched in the background (there is no network
@@ -101,7 +103,14 @@ def open_lab(paths: DesktopPaths) -> subprocess.Popen:
     profile = Path.home() / ".config" / "enclave-chromium"
     profile.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--app={url}"],
+        [
+            "chromium",
+            *CHROMIUM_FLAGS,
+            # A Kubernetes pod adds --no-sandbox (enclave.kubernetes.desktop says why).
+            *os.environ.get(EXTRA_FLAGS_ENV, "").split(),
+            f"--user-data-dir={profile}",
+            f"--app={url}",
+        ],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )

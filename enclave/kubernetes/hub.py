@@ -9,8 +9,8 @@ and this module wires the *same* pieces the embedded hub uses (``enclave.workspa
 authenticator (``EnclaveAuthenticator``: local accounts, TOTP, audited logins), the custom
 scopes and roles (``custom_scopes``, ``load_roles``), the role groups (``PEOPLE_GROUPS``) and
 the profiles (``enclave.workspace.profiles``), with ``EnclaveKubeSpawner`` in place of the
-local ``IsolatedSpawner``. The chart itself defines the services (their tokens are kept in its
-``hub`` Secret), the proxy, the idle culler and the network policies.
+local ``IsolatedSpawner``. The chart itself defines the services (catalog and airlock, their
+tokens kept in its ``hub`` Secret), the proxy, the idle culler and the network policies.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ from enclave.kubernetes.settings import KubeSettings
 #: The hub's environment (from Secrets, see manifests.hub_extra_env).
 KEYHOLDER_TOKEN_ENV = "ENCLAVE_KEYHOLDER_TOKEN"
 DB_URL_ENV = "ENCLAVE_DB_URL"
+#: Where ``enclave airlock`` in a user pod finds the airlock: the proxy's public Service, by
+#: the cluster IP and port the kubelet expands from service links (z2jh's ``proxy-public``).
+AIRLOCK_URL_IN_PODS = (
+    "http://$(PROXY_PUBLIC_SERVICE_HOST):$(PROXY_PUBLIC_SERVICE_PORT)/services/airlock/"
+)
 #: The z2jh culler's service is its own; the embedded hub's ``idle-culler`` role is not used.
 EMBEDDED_ONLY_ROLES = frozenset({"idle-culler"})
 
@@ -74,6 +79,8 @@ def configure_kubernetes(c: Any, raw_settings: dict[str, Any] | None) -> None:
 
 def configure_spawner(c: Any, settings: KubeSettings, *, keyholder_token: str) -> None:
     """The spawner's part (also what ``enclave k8s render`` builds pods with)."""
+    from enclave.workspace.hub import session_token_scopes
+
     c.JupyterHub.spawner_class = "enclave.kubernetes.spawner.EnclaveKubeSpawner"
     c.EnclaveKubeSpawner.profile_entries = all_entries(settings)
     c.EnclaveKubeSpawner.keyholder_url = settings.keyholder_url
@@ -91,5 +98,8 @@ def configure_spawner(c: Any, settings: KubeSettings, *, keyholder_token: str) -
     c.EnclaveKubeSpawner.cmd = ["python", "-m", "enclave.workspace.singleuser"]
     c.EnclaveKubeSpawner.image_pull_policy = settings.text("images.pull_policy")
     c.EnclaveKubeSpawner.events_enabled = True
-    # A session's own token may do nothing but report activity and reach its own server.
-    c.EnclaveKubeSpawner.server_token_scopes = ["users:activity!user", "access:servers!server"]
+    # A session's own token: activity, its own server, and the airlock (as on one machine).
+    c.EnclaveKubeSpawner.server_token_scopes = session_token_scopes()
+    # No DNS in user pods: the proxy's public Service by the cluster IP its service links give;
+    # the proxy routes /services/airlock/ to the airlock (the pods have no route to it).
+    c.EnclaveKubeSpawner.airlock_url = AIRLOCK_URL_IN_PODS

@@ -2,7 +2,8 @@
 
 Everything is built as plain dicts from :class:`KubeSettings`, so one place says what the
 cluster runs: the namespace (Pod Security ``restricted`` enforced), the catalog and ingestion
-Deployments with their Services, the ingestion state volume (the encrypted store, never
+Deployments with their Services, the airlock's Deployment, Service and volume, the ingestion
+state volume (the encrypted store, never
 plaintext), the Alembic upgrade Job and the NetworkPolicies of our pods. Secrets are only
 referenced: the operator creates them (docs/kubernetes.md), so no rendered file holds one.
 """
@@ -288,6 +289,114 @@ def ingestion_objects(settings: KubeSettings) -> list[Obj]:
     return [claim, deployment, _service(settings, name, "ingestion", ports)]
 
 
+AIRLOCK_DIR = "/var/lib/enclave-airlock"
+#: z2jh's public proxy port (its pods' ``http`` port), which user pods reach the airlock by.
+PROXY_HTTP_PORT = 8000
+
+
+def _hub_service_env(settings: KubeSettings, name: str, port: int) -> list[Obj]:
+    """What a hub service's process reads (as the hub gives it to services it runs itself)."""
+    hub_api = f"http://hub.{settings.namespace}.svc.cluster.local:8081/hub/api"
+    return [
+        _secret_env("JUPYTERHUB_API_TOKEN", HUB_SECRET, f"hub.services.{name}.apiToken"),
+        {"name": "JUPYTERHUB_API_URL", "value": hub_api},
+        {"name": "JUPYTERHUB_CLIENT_ID", "value": f"service-{name}"},
+        {"name": "JUPYTERHUB_SERVICE_NAME", "value": name},
+        {"name": "JUPYTERHUB_SERVICE_PREFIX", "value": f"/services/{name}/"},
+        {"name": "JUPYTERHUB_SERVICE_URL", "value": f"http://0.0.0.0:{port}"},
+        {"name": "JUPYTERHUB_BASE_URL", "value": "/"},
+        {"name": "JUPYTERHUB_OAUTH_CALLBACK_URL", "value": f"/services/{name}/oauth_callback"},
+        {"name": "JUPYTERHUB_PUBLIC_HUB_URL", "value": f"https://{settings.text('hub.host')}/"},
+    ]
+
+
+def airlock_objects(settings: KubeSettings) -> list[Obj]:
+    """The airlock (``enclave.kubernetes.airlock``): a Deployment the hub knows as the service
+    ``airlock`` (``hub.services`` in the chart's values), its Service, and its own volume.
+
+    The volume (``enclave-airlock``) holds only the airlock's folder: staged copies of request
+    files (``airlock/requests/ID/ROUND``), built releases (``airlock/releases/ID``) and the
+    site signing key (``audit/``, made on first use, mode 0600). It is mounted by this pod
+    alone (ReadWriteOnce, one replica), as uid 10001, with no other pod given it; people see
+    its files only through the service's pages and API, by their scopes."""
+    from enclave.airlock.scopes import SERVICE_NAME
+
+    port = settings.number("airlock.port")
+    name = "enclave-airlock"
+    container = _container(
+        settings,
+        "airlock",
+        [
+            "python",
+            "-m",
+            "enclave.kubernetes.airlock",
+            "--state-dir",
+            AIRLOCK_DIR,
+            "--database-url",
+            "$(ENCLAVE_DB_URL)",
+            "--port",
+            str(port),
+            "--site",
+            f"https://{settings.text('hub.host')}/",
+        ],  # fmt: skip
+        [_db_env(settings), *_hub_service_env(settings, SERVICE_NAME, port)],
+        [{"name": "http", "containerPort": port}],
+        {
+            "requests": {"cpu": "200m", "memory": "512Mi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},
+        },
+        [{"name": "airlock", "mountPath": AIRLOCK_DIR}],
+    )
+    container["readinessProbe"] = {"tcpSocket": {"port": port}, "periodSeconds": 10}
+    container["livenessProbe"] = {"tcpSocket": {"port": port}, "periodSeconds": 20}
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta("enclave-airlock", settings, "airlock"),
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": settings.text("airlock.store_size")}},
+            **(
+                {"storageClassName": settings.text("airlock.storage_class")}
+                if settings.text("airlock.storage_class")
+                else {}
+            ),
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, settings, "airlock"),
+        "spec": {
+            # One writer of the ledger's files and one signing key.
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": labels("airlock")},
+            "template": {
+                "metadata": {"labels": labels("airlock")},
+                "spec": _pod_spec(
+                    [container],
+                    [
+                        {
+                            "name": "airlock",
+                            "persistentVolumeClaim": {"claimName": "enclave-airlock"},
+                        }
+                    ],
+                ),
+            },
+        },
+    }
+    return [claim, deployment, _service(settings, name, "airlock", [("http", port)])]
+
+
+def airlock_hub_service(settings: KubeSettings) -> Obj:
+    """The airlock as a ``hub.services`` entry: the embedded hub's, with the in-cluster URL
+    (``enclave.workspace.hub.airlock_service`` gives the fields both share)."""
+    from enclave.workspace.hub import airlock_service_fields
+
+    return {"url": settings.airlock_url, **airlock_service_fields()}
+
+
 def migration_job(settings: KubeSettings) -> Obj:
     container = _container(
         settings,
@@ -416,6 +525,18 @@ def network_policies(settings: KubeSettings) -> list[Obj]:
             [_postgres(), _dns()],
         ),
         policy("migrate", [], [_postgres(), _dns()]),
+        # The airlock: reached through the proxy (and by the hub's health check), never from a
+        # user pod directly; it asks the hub about tokens and writes the ledger.
+        policy(
+            "airlock",
+            [
+                {
+                    "from": [_peer(HUB_POD), _peer(PROXY_POD)],
+                    "ports": [{"port": settings.number("airlock.port"), "protocol": "TCP"}],
+                }
+            ],
+            [_postgres(), _dns(), hub_api],
+        ),
     ]
 
 
@@ -424,6 +545,7 @@ def enclave_objects(settings: KubeSettings) -> list[Obj]:
         namespace(settings),
         *catalog_objects(settings),
         *ingestion_objects(settings),
+        *airlock_objects(settings),
         migration_job(settings),
         *network_policies(settings),
     ]
@@ -476,6 +598,7 @@ def chart_values(settings: KubeSettings) -> Obj:
                         "description": "Datasets granted to you, with their validation summaries"
                     },
                 },
+                "airlock": airlock_hub_service(settings),
                 "enclave-admin": {},
             },
             "networkPolicy": {
@@ -487,10 +610,15 @@ def chart_values(settings: KubeSettings) -> Obj:
                 },
                 "egress": [
                     {
-                        "to": [_peer(labels("catalog")), _peer(labels("ingestion"))],
+                        "to": [
+                            _peer(labels("catalog")),
+                            _peer(labels("ingestion")),
+                            _peer(labels("airlock")),
+                        ],
                         "ports": [
                             {"port": settings.number("catalog.port"), "protocol": "TCP"},
                             {"port": keyholder, "protocol": "TCP"},
+                            {"port": settings.number("airlock.port"), "protocol": "TCP"},
                         ],
                     },
                     _postgres(),
@@ -515,7 +643,11 @@ def chart_values(settings: KubeSettings) -> Obj:
                         {
                             "to": [_peer(labels("catalog"))],
                             "ports": [{"port": settings.number("catalog.port"), "protocol": "TCP"}],
-                        }
+                        },
+                        {
+                            "to": [_peer(labels("airlock"))],
+                            "ports": [{"port": settings.number("airlock.port"), "protocol": "TCP"}],
+                        },
                     ],
                 },
             },
@@ -546,13 +678,19 @@ def chart_values(settings: KubeSettings) -> Obj:
             "networkPolicy": {
                 "enabled": True,
                 # No DNS, no private or public addresses, no cloud metadata: user pods reach
-                # the hub and the proxy (the chart's own rules) and the key holder's port.
+                # the hub (the chart's own rule), the key holder's port, and the proxy's
+                # public port, through which `enclave airlock submit` reaches the airlock
+                # (/services/airlock/, with the session's token); never the airlock itself.
                 "egressAllowRules": {rule: False for rule in EGRESS_RULES},
                 "egress": [
                     {
                         "to": [_peer(labels("ingestion"))],
                         "ports": [{"port": keyholder, "protocol": "TCP"}],
-                    }
+                    },
+                    {
+                        "to": [_peer(PROXY_POD)],
+                        "ports": [{"port": PROXY_HTTP_PORT, "protocol": "TCP"}],
+                    },
                 ],
                 "ingress": [],
             },

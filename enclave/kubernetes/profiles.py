@@ -71,26 +71,42 @@ def pod_overrides(profile: Profile, settings: KubeSettings) -> dict[str, Any]:
     return overrides
 
 
+#: What the spawn page says of each session kind (the same choice as on one machine).
+KIND_CHOICES = {
+    AccessMode.DESKTOP: (
+        "Desktop: a Linux desktop in your browser, with JupyterLab and every dataset granted "
+        "to you inside it (only its pixels reach your browser)"
+    ),
+    AccessMode.NOTEBOOK: (
+        "Notebook: JupyterLab in your browser, with only the datasets an admin marked for notebooks"
+    ),
+}
+#: The profile option that carries the session kind (``user_options["kind"]``).
+KIND_OPTION = "kind"
+
+
 def profile_entry(profile: Profile, settings: KubeSettings) -> dict[str, Any]:
     """One ``profile_list`` entry: the profile, its pod, and the session kinds it offers.
 
-    Kubernetes mode runs notebook sessions; a desktop pod (gateway and desktop as two
-    containers) is not built yet, so the only kind offered is ``notebook`` and only versions
-    granted in notebook mode reach the pod (docs/kubernetes.md)."""
+    Both kinds of ``catalog.models.AccessMode`` are offered, the profile's
+    ``default_session`` selected (researchers: desktop; students: notebook). The choice
+    overrides nothing here: ``EnclaveKubeSpawner`` reads it (``session_kind``), asks the key
+    holder for that kind's versions and, for a desktop, builds the gateway container."""
     return {
         "display_name": profile.display,
         "slug": profile.name,
         "default": True,
         "kubespawner_override": pod_overrides(profile, settings),
         "profile_options": {
-            "kind": {
+            KIND_OPTION: {
                 "display_name": "Session",
                 "choices": {
-                    AccessMode.NOTEBOOK.value: {
-                        "display_name": "Notebook: JupyterLab in your browser",
-                        "default": True,
+                    kind.value: {
+                        "display_name": text,
+                        "default": kind is profile.default_session,
                         "kubespawner_override": {},
                     }
+                    for kind, text in KIND_CHOICES.items()
                 },
             }
         },

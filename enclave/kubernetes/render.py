@@ -5,7 +5,8 @@ The output folder holds
 * ``z2jh-values.yaml``: the Zero-to-JupyterHub chart's values (``helm upgrade --install ...
   --version CHART -f z2jh-values.yaml``);
 * ``enclave.yaml``: our own objects (``kubectl apply -f``);
-* ``pods/PROFILE.yaml``: the pod each profile produces, built by ``EnclaveKubeSpawner``'s own
+* ``pods/PROFILE.yaml`` and ``pods/PROFILE-desktop.yaml``: the notebook and the desktop pod
+  each profile produces, built by ``EnclaveKubeSpawner``'s own
   ``get_pod_manifest`` with ``_mock=True`` and a throwaway kubeconfig that is never contacted
   (the ticket in it is a placeholder: the key holder issues the real one at spawn).
 
@@ -30,6 +31,8 @@ from enclave.kubernetes.settings import KubeSettings
 
 #: Each profile is rendered for a member of this group.
 SAMPLE_GROUPS = {"researcher": "researchers", "student": "students"}
+#: Each profile is rendered in both session kinds: pods/PROFILE.yaml, pods/PROFILE-desktop.yaml.
+SAMPLE_KINDS = {"notebook": "", "desktop": "-desktop"}
 DUMMY_KUBECONFIG = """\
 apiVersion: v1
 kind: Config
@@ -128,6 +131,7 @@ async def build_pod(
     *,
     delivery: Any = None,
     config: Any = None,
+    kind: str = "",
 ) -> dict[str, Any]:
     """The pod ``user`` gets, as a plain dict (KubeSpawner ``_mock=True``, no API server)."""
     from kubernetes_asyncio.client import ApiClient
@@ -141,7 +145,7 @@ async def build_pod(
         _mock=True,
     )
     spawner.delivery = delivery if delivery is not None else OfflineDelivery()
-    spawner.user_options = {}
+    spawner.user_options = {"kind": kind} if kind else {}
     await spawner.load_user_options()
     try:
         pod = await spawner.get_pod_manifest()
@@ -158,8 +162,13 @@ async def build_pod(
 def profile_pods(settings: KubeSettings) -> dict[str, dict[str, Any]]:
     async def build_all() -> dict[str, dict[str, Any]]:
         return {
-            profile: await build_pod(settings, SampleUser(f"sample-{profile}", [_Group(group)]))
+            f"{profile}{suffix}": await build_pod(
+                settings,
+                SampleUser(f"sample-{profile}{suffix}", [_Group(group)]),
+                kind=kind,
+            )
             for profile, group in SAMPLE_GROUPS.items()
+            for kind, suffix in SAMPLE_KINDS.items()
         }
 
     return asyncio.run(build_all())

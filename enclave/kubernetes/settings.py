@@ -120,6 +120,8 @@ class KubeSettings:
             "users.storage_class",
             "users.home_size",
             "users.datasets_memory",
+            "airlock.store_size",
+            "airlock.storage_class",
         ):
             self.text(key)
         for key in (
@@ -128,6 +130,7 @@ class KubeSettings:
             "ingestion.port",
             "ingestion.receivers",
             "ingestion.keyholder_port",
+            "airlock.port",
             "users.uid",
             "users.gid",
             "hub.idle_timeout_seconds",
@@ -165,6 +168,10 @@ class KubeSettings:
     @property
     def catalog_url(self) -> str:
         return self.service_url("catalog", "catalog.port")
+
+    @property
+    def airlock_url(self) -> str:
+        return self.service_url("airlock", "airlock.port")
 
     @property
     def keyholder_url(self) -> str:

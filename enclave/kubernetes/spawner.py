@@ -15,7 +15,10 @@ What one spawn does (in the hub, which holds no master key on a cluster):
 4. every container runs as a non-root user, without privilege escalation, with all
    capabilities dropped and the runtime's default seccomp profile; no service-account token is
    mounted; the root filesystem is read-only (``/tmp`` is an emptyDir);
-5. a pod that cannot become ready fails the spawn at once, with the reason (:func:`pod_failure`:
+5. a desktop session (the kind chosen in the profile options, else the profile's default) gets
+   a second container, the gateway (``enclave.kubernetes.desktop``), which alone has the pod's
+   port and the hub's token; the main container runs the desktop session;
+6. a pod that cannot become ready fails the spawn at once, with the reason (:func:`pod_failure`:
    phase ``Failed``, an image that cannot be pulled, the loader exiting with an error), instead
    of KubeSpawner's wait until ``start_timeout``; the failed pod is deleted.
 """
@@ -34,8 +37,9 @@ from traitlets import Dict, Float, Int, Unicode, default
 
 from catalog.models import AccessMode
 from enclave.errors import EnclaveError
+from enclave.kubernetes import desktop
 from enclave.kubernetes.loader import TARGET_ENV, TICKET_ENV, URL_ENV
-from enclave.kubernetes.profiles import memory_quantity, quantity_bytes
+from enclave.kubernetes.profiles import KIND_OPTION, memory_quantity, quantity_bytes
 from enclave.workspace import policy, profiles
 
 DATASETS_VOLUME = "datasets"
@@ -43,6 +47,10 @@ TMP_VOLUME = "tmp"
 LOADER_TARGET = "/datasets"
 #: Where images/user installs the Jupyter policy (root-owned, read-only root filesystem).
 POLICY_DIR = "/etc/enclave/jupyter"
+#: The pod annotation that says the session's kind.
+SESSION_ANNOTATION = "enclave.example.org/session"
+#: Environment only the server's face to the hub has (the desktop's gateway).
+HUB_ENV_PREFIXES = ("JUPYTERHUB_", "JPY_")
 
 
 #: Container waiting reasons no wait cures: the spawn fails at once rather than at its timeout.
@@ -205,6 +213,12 @@ class EnclaveKubeSpawner(KubeSpawner):
         config=True
     )
     loader_uid = Int(10001, help="The loader's user id (not the notebook user's).").tag(config=True)
+    airlock_url = Unicode(
+        "", help="The airlock as sessions reach it (ENCLAVE_AIRLOCK_URL); empty: none."
+    ).tag(config=True)
+    display_uid = Int(
+        desktop.DISPLAY_UID, help="The desktop gateway's user id (not the notebook user's)."
+    ).tag(config=True)
     home_dir = Unicode("/home/enclave", help="The user's home inside the pod.").tag(config=True)
     failure_check_interval = Float(
         0.5, help="Seconds between start()'s checks whether the new pod failed (pod_failure)."
@@ -240,13 +254,27 @@ class EnclaveKubeSpawner(KubeSpawner):
 
     @property
     def session_kind(self) -> AccessMode:
-        """Notebook: the one kind Kubernetes mode runs (see profiles.profile_entry)."""
-        chosen = next(
-            (v for k, v in (self.user_options or {}).items() if k.endswith("--kind")), None
+        """This spawn's kind (``user_options["kind"]``, the profile option), else the
+        profile's default: researchers a desktop, students a notebook (as on one machine)."""
+        options = self.user_options or {}
+        chosen = options.get(KIND_OPTION) or next(
+            (v for k, v in options.items() if k.endswith(f"--{KIND_OPTION}")), None
         )
-        if chosen not in (None, "", AccessMode.NOTEBOOK.value):
-            raise DeliveryError(f"session kind {chosen!r} is not offered on Kubernetes")
-        return AccessMode.NOTEBOOK
+        if not chosen:
+            try:
+                return profiles.profile_for(self.group_names).default_session
+            except profiles.NoWorkspace:
+                return AccessMode.NOTEBOOK
+        try:
+            return AccessMode(chosen)
+        except ValueError:
+            raise DeliveryError(
+                f"unknown session kind {chosen!r}: choose desktop or notebook"
+            ) from None
+
+    @property
+    def is_desktop(self) -> bool:
+        return self.session_kind is AccessMode.DESKTOP
 
     def _delivery(self) -> Delivery:
         if self.delivery is not None:
@@ -298,40 +326,105 @@ class EnclaveKubeSpawner(KubeSpawner):
         return f"{self.home_dir}/{DATASETS_VOLUME}"
 
     async def get_pod_manifest(self) -> Any:
-        """The pod, with the loader's ticket issued now for exactly this spawn."""
+        """The pod, with the loader's ticket issued now for exactly this spawn and this kind;
+        a desktop pod gets the gateway container (``enclave.kubernetes.desktop``)."""
+        kind = self.session_kind
         issued = await self._delivery().issue(
-            self.user.name, self.group_names, self.session_kind.value, self.pod_name
+            self.user.name, self.group_names, kind.value, self.pod_name
         )
         self.granted = list(issued.get("versions", []))
+        is_desktop = kind is AccessMode.DESKTOP
+        desktop_volumes = desktop.desktop_volumes()
+        volumes = {
+            k: v
+            for k, v in dict(getattr(self, "volumes", None) or {}).items()
+            if k not in desktop_volumes
+        }
+        mounts = {
+            k: v
+            for k, v in dict(getattr(self, "volume_mounts", None) or {}).items()
+            if k not in desktop_volumes
+        }
         self.volumes = {
-            **dict(getattr(self, "volumes", None) or {}),
+            **volumes,
             DATASETS_VOLUME: {
                 "name": DATASETS_VOLUME,
                 "emptyDir": {"medium": "Memory", "sizeLimit": self.datasets_size},
             },
             TMP_VOLUME: {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
+            **(desktop_volumes if is_desktop else {}),
         }
         self.volume_mounts = {
-            **dict(getattr(self, "volume_mounts", None) or {}),
+            **mounts,
             DATASETS_VOLUME: {
                 "name": DATASETS_VOLUME,
                 "mountPath": self.datasets_path(),
                 "readOnly": True,
             },
             TMP_VOLUME: {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            **({desktop.X11_VOLUME: desktop.desktop_mount()} if is_desktop else {}),
         }
         self.init_containers = {
             **dict(getattr(self, "init_containers", None) or {}),
             "datasets": self._loader(str(issued["ticket"])),
         }
+        others = [
+            c
+            for c in list(getattr(self, "extra_containers", None) or [])
+            if (c.get("name") if isinstance(c, dict) else getattr(c, "name", None))
+            != desktop.GATEWAY_CONTAINER
+        ]
+        self.extra_containers = [*others, self._gateway()] if is_desktop else others
         self.extra_annotations = {
             **dict(getattr(self, "extra_annotations", None) or {}),
+            SESSION_ANNOTATION: kind.value,
             "enclave.example.org/datasets": ", ".join(
                 f"{v['name']}@{v['version']}" for v in self.granted
             )
             or "none",
         }
-        return await super().get_pod_manifest()
+        pod = await super().get_pod_manifest()
+        if is_desktop:
+            main = pod.spec.containers[0]
+            main.args = self.desktop_args()
+            main.ports = None  # the gateway's is the pod's only port
+            # A gateway that ends is not restarted: the hub sees the server stopped (poll).
+            pod.spec.restart_policy = "Never"
+        return pod
+
+    def _get_pod_port(self, pod: dict[str, Any]) -> int:
+        """KubeSpawner's, for pods in which not every container has ports (a desktop's
+        session container has none, and the API leaves the key out)."""
+        for container in pod["spec"]["containers"]:
+            for port in container.get("ports") or []:
+                if port.get("name") == "notebook-port":
+                    return int(port["containerPort"])
+        raise KeyError(f"no port 'notebook-port' in pod {pod['metadata']['name']}")
+
+    def _gateway(self) -> dict[str, Any]:
+        hub_env = {k: str(v) for k, v in self._full_env().items() if k.startswith(HUB_ENV_PREFIXES)}
+        return desktop.gateway_container(
+            image=self.image,
+            pull_policy=self.image_pull_policy or "IfNotPresent",
+            port=int(self.port),
+            user_gid=int(self.gid),
+            hub_env=hub_env,
+            security_context=restricted_container_context(self.display_uid, self.display_uid),
+        )
+
+    async def poll(self) -> Any:
+        """KubeSpawner's, and in a desktop pod a gateway that ended ends the server too."""
+        status = await super().poll()
+        if status is not None or self.pod_reflector is None:
+            return status
+        pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") or {}
+        for c in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = (c.get("state") or {}).get("terminated")
+            if c.get("name") == desktop.GATEWAY_CONTAINER and ended:
+                self.log.warning("The desktop gateway of %s ended; stopping", self.pod_name)
+                await self.stop(now=True)
+                return int(ended.get("exitCode") or 1)
+        return None
 
     granted: list[dict[str, Any]] = []
 
@@ -363,13 +456,28 @@ class EnclaveKubeSpawner(KubeSpawner):
 
     def get_args(self) -> list[str]:
         """The profile's switches and the no-download policy, last so nothing overrides them
-        (the same options ``IsolatedSpawner.get_args`` gives a local server)."""
+        (the same options ``IsolatedSpawner.get_args`` gives a local server). A desktop pod's
+        main container runs :meth:`desktop_args` instead."""
+        profile = profiles.profile_for(self.group_names)
         args = list(super().get_args())
-        args += profiles.profile_for(self.group_names).server_args()
+        args += profile.server_args()
         args += policy.user_state_args(self.home_dir)
         return args + policy.server_policy_args()
 
-    def get_env(self) -> dict[str, Any]:
+    def desktop_args(self) -> list[str]:
+        """The desktop container's command: the session, with the options the local spawner
+        gives the Jupyter server inside a desktop."""
+        profile = profiles.profile_for(self.group_names)
+        return desktop.session_args(
+            profile,
+            [
+                *profile.server_args(idle_shutdown=False),
+                *policy.user_state_args(self.home_dir),
+                *policy.desktop_server_policy_args(),
+            ],
+        )
+
+    def _full_env(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_env()
         env["HOME"] = self.home_dir
         # The root-owned policy the user image installs (enclave.workspace.policy).
@@ -377,4 +485,15 @@ class EnclaveKubeSpawner(KubeSpawner):
         env["ENCLAVE_DATASETS"] = self.datasets_path()
         env["ENCLAVE_OUTPUTS"] = f"{self.home_dir}/outputs"
         env["PYTHONNOUSERSITE"] = "1"
+        if self.airlock_url:
+            env["ENCLAVE_AIRLOCK_URL"] = self.airlock_url
+        return env
+
+    def get_env(self) -> dict[str, Any]:
+        """The main container's environment; in a desktop pod without the hub's token and
+        the rest of ``JUPYTERHUB_*`` (the gateway has them, nothing the user runs does)."""
+        env = self._full_env()
+        if self.is_desktop:
+            env = {k: v for k, v in env.items() if not k.startswith(HUB_ENV_PREFIXES)}
+            env.update(desktop.session_env(profiles.profile_for(self.group_names).name))
         return env

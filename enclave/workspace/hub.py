@@ -270,6 +270,24 @@ def load_roles(settings: HubSettings | None = None) -> list[dict[str, Any]]:
     return [r for r in roles if r["name"] != "idle-culler" or "idle-culler" in managed]
 
 
+def airlock_service_fields() -> dict[str, Any]:
+    """The airlock service's hub settings besides where it runs: the same on one machine and in
+    the Kubernetes chart's ``hub.services`` (``enclave.kubernetes.manifests``)."""
+    return {
+        "oauth_no_confirm": True,
+        # The login token carries the airlock scopes the person holds (no others).
+        "oauth_client_allowed_scopes": list(airlock.AIRLOCK_SCOPES),
+        "display": True,
+        "info": {"description": "Export results: automated checks, two-person review"},
+    }
+
+
+def session_token_scopes() -> list[str]:
+    """A session's own token: report activity, reach its server, and submit to the airlock
+    when its owner may (the ``enclave airlock`` command inside it needs nothing else)."""
+    return ["users:activity!user", "access:servers!server", airlock.SUBMIT, airlock.ACCESS]
+
+
 def services(settings: HubSettings) -> list[dict[str, Any]]:
     python = sys.executable
     found: list[dict[str, Any]] = [{"name": ADMIN_SERVICE, "api_token": admin_token(settings)}]
@@ -310,11 +328,7 @@ def services(settings: HubSettings) -> list[dict[str, Any]]:
                     settings.state_dir,
                 ],
                 "environment": env,
-                "oauth_no_confirm": True,
-                # The login token carries the airlock scopes the person holds (no others).
-                "oauth_client_allowed_scopes": list(airlock.AIRLOCK_SCOPES),
-                "display": True,
-                "info": {"description": "Export results: automated checks, two-person review"},
+                **airlock_service_fields(),
             }
         )
     if "ingest" in settings.managed_services:
@@ -442,12 +456,7 @@ def configure(c: Any, settings: HubSettings, *, master_key: Any = None) -> None:
     if "airlock" in settings.managed_services:
         # A session's own token may submit to the airlock (when its owner may): the
         # `enclave airlock` command inside it needs nothing else.
-        c.Spawner.server_token_scopes = [
-            "users:activity!user",
-            "access:servers!server",
-            airlock.SUBMIT,
-            airlock.ACCESS,
-        ]
+        c.Spawner.server_token_scopes = session_token_scopes()
         c.IsolatedSpawner.airlock_url = (
             f"http://{netns.service_address}:{settings.airlock_port}/services/airlock/"
         )

@@ -11,7 +11,13 @@ import pytest
 import yaml
 from traitlets.config import Config
 
-from enclave.kubernetes.manifests import EGRESS_RULES, EXTRA_CONFIG, labels
+from enclave.kubernetes.manifests import (
+    EGRESS_RULES,
+    EXTRA_CONFIG,
+    PROXY_HTTP_PORT,
+    PROXY_POD,
+    labels,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKOV = REPO / "build" / "checkov" / "bin" / "checkov"
@@ -59,6 +65,11 @@ def test_the_rendered_set_holds_each_part_of_the_enclave(objects):
         ("Service", "enclave-ingestion"),
         ("PersistentVolumeClaim", "enclave-state"),
         ("Job", "enclave-migrate-0-1-0"),
+        ("Deployment", "enclave-airlock"),
+        ("Service", "enclave-airlock"),
+        ("PersistentVolumeClaim", "enclave-airlock"),
+        ("Pod", "jupyter-sample-researcher-desktop"),
+        ("Pod", "jupyter-sample-student-desktop"),
         ("Pod", "jupyter-sample-researcher"),
         ("Pod", "jupyter-sample-student"),
     ]:
@@ -69,7 +80,8 @@ def test_the_rendered_set_holds_each_part_of_the_enclave(objects):
 
 def test_every_container_is_non_root_unprivileged_with_no_capabilities(objects):
     specs = pod_specs(objects)
-    assert len(specs) == 5
+    # catalog, ingestion, airlock, migration; a notebook and a desktop pod per profile
+    assert len(specs) == 8
     for name, spec in specs:
         assert spec["automountServiceAccountToken"] is False, name
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -106,7 +118,9 @@ def test_researcher_pod_gets_one_gpu_on_gpu_nodes_and_the_student_none(pods):
 
 
 def test_user_servers_run_with_the_no_download_policy_last(pods):
-    for pod in pods.values():
+    for name, pod in pods.items():
+        if name.endswith("-desktop"):
+            continue  # their Jupyter server faces only the desktop (test_desktop_pods)
         args = pod["spec"]["containers"][0]["args"]
         assert args[:3] == ["python", "-m", "enclave.workspace.singleuser"]
         assert (
@@ -147,11 +161,13 @@ def test_user_pods_egress_reaches_only_hub_proxy_and_the_key_holder(values, sett
     assert policy["enabled"] is True
     assert policy["egressAllowRules"] == {rule: False for rule in EGRESS_RULES}
     assert len(EGRESS_RULES) == 6
-    (rule,) = policy["egress"]
-    assert rule["to"] == [{"podSelector": {"matchLabels": labels("ingestion")}}]
-    assert rule["ports"] == [
+    keyholder, proxy = policy["egress"]
+    assert keyholder["to"] == [{"podSelector": {"matchLabels": labels("ingestion")}}]
+    assert keyholder["ports"] == [
         {"port": settings.number("ingestion.keyholder_port"), "protocol": "TCP"}
     ]
+    assert proxy["to"] == [{"podSelector": {"matchLabels": PROXY_POD}}]
+    assert proxy["ports"] == [{"port": PROXY_HTTP_PORT, "protocol": "TCP"}]
     assert values["proxy"]["chp"]["networkPolicy"]["egressAllowRules"] == {
         r: False for r in EGRESS_RULES
     }

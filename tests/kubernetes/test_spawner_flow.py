@@ -80,7 +80,9 @@ class Cluster:
     settings: KubeSettings
     keyholder_url: str = ""
 
-    def spawner(self, user: HubUser, delivery: Any = None) -> EnclaveKubeSpawner:
+    def spawner(
+        self, user: HubUser, delivery: Any = None, kind: str = "notebook"
+    ) -> EnclaveKubeSpawner:
         c = spawner_config(self.settings)
         c.EnclaveKubeSpawner.keyholder_token = TOKEN
         if self.keyholder_url:
@@ -96,7 +98,7 @@ class Cluster:
         spawner = EnclaveKubeSpawner(config=c, user=user, _mock=True)
         if delivery is not None:
             spawner.delivery = delivery
-        spawner.user_options = {}
+        spawner.user_options = {"kind": kind} if kind else {}
         return spawner
 
     async def pod_of(self, spawner: EnclaveKubeSpawner) -> dict[str, Any]:
