@@ -8,10 +8,11 @@ Generates a CT study (``--series`` x ``--slices`` slices of ``--size``² from
 - floor: dcmtk's ``storescu`` sends every file over loopback to dcmtk's own ``storescp``
   (which writes each to disk): the rate of a C++ Storage SCP on this machine (both tools
   with ``TCP_NODELAY=1``: Debian's build otherwise waits on delayed ACKs, ~45 ms an image);
-- gateway: the same ``storescu`` command to ``ingestion.gateway`` (spooled durably, fsync per
-  instance, before Success is answered); then every spooled study is de-identified into the
-  dataset folder (``process_ready``). "received" is the storescu wall time alone; "received
-  and de-identified" adds the de-identification.
+- gateway: the same ``storescu`` command to ``ingestion.gateway`` (each instance appended to
+  its record file and flushed with fdatasync before Success is answered); then every spooled
+  study is de-identified into the dataset folder (``process_ready``, by the gateway's worker
+  processes). "received" (acknowledged durably) is the storescu wall time alone; "received
+  and de-identified" adds the de-identification, run after the receiving, not beside it.
 
 - debian_default: the floor again without ``TCP_NODELAY`` (dcmtk as Debian ships it), for
   reference.
@@ -127,6 +128,7 @@ def run_gateway(source: Path, files: int, work: Path) -> dict[str, Any]:
     server = serve(config, gateway, block=False)
     try:
         wait_port(config.port)
+        gateway.start_workers(wait=True)  # a gateway runs for hours: not its start-up cost
         cpu0 = time.process_time()
         received_s = storescu(config.port, config.ae_title, source)
         cpu1 = time.process_time()
@@ -151,9 +153,10 @@ def run_gateway(source: Path, files: int, work: Path) -> dict[str, Any]:
         "received_images_per_s": round(files / received_s, 1),
         "deidentified_images_per_s": round(files / deid_s, 1),
         "images_per_s": round(files / total, 1),
-        # CPU time of this process per image: what the gateway itself costs, load aside.
+        # CPU time of this process per image: what receiving costs, load aside (the
+        # de-identification's CPU is mostly in the worker processes, not counted here).
         "receive_cpu_ms_per_image": round((cpu1 - cpu0) * 1000 / files, 2),
-        "deidentify_cpu_ms_per_image": round((cpu2 - cpu1) * 1000 / files, 2),
+        "deidentify_main_cpu_ms_per_image": round((cpu2 - cpu1) * 1000 / files, 2),
     }
 
 
@@ -203,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 extra = (
                     f" (received {figures['received_images_per_s']}/s, "
                     f"{figures['receive_cpu_ms_per_image']} ms CPU each; de-identified "
-                    f"{figures['deidentified_images_per_s']}/s, "
-                    f"{figures['deidentify_cpu_ms_per_image']} ms CPU each)"
+                    f"{figures['deidentified_images_per_s']}/s by worker processes)"
                     if name == "gateway"
                     else ""
                 )
@@ -218,6 +220,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     floor = round(statistics.median(r["images_per_s"] for r in runs["floor"]), 1)
     default = round(statistics.median(r["images_per_s"] for r in runs["debian_default"]), 1)
     gateway = round(statistics.median(r["images_per_s"] for r in runs["gateway"]), 1)
+    received = round(statistics.median(r["received_images_per_s"] for r in runs["gateway"]), 1)
+    deidentified = round(
+        statistics.median(r["deidentified_images_per_s"] for r in runs["gateway"]), 1
+    )
     ratio = gateway / floor
     result = {
         "files": files,
@@ -226,6 +232,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "floor_images_per_s": floor,
         "gateway_images_per_s": gateway,
+        "gateway_received_images_per_s": received,
+        "gateway_received_ratio": round(received / floor, 2),
+        "gateway_deidentified_images_per_s": deidentified,
         "debian_default_floor_images_per_s": default,
         "ratio": round(ratio, 2),
         "goal_ratio": GOAL_RATIO,
@@ -235,7 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"gateway {gateway:.1f} images/s received and de-identified vs storescp floor "
         f"{floor:.1f} images/s: {ratio:.2f}x (goal >= {GOAL_RATIO}x); storescp as Debian "
-        f"ships it (Nagle on) {default:.1f} images/s; {os.cpu_count()} CPUs, "
+        f"ships it (Nagle on) {default:.1f} images/s; received and acknowledged durably "
+        f"{received:.1f} images/s ({received / floor:.2f}x), de-identification alone "
+        f"{deidentified:.1f} images/s; {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )

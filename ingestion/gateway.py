@@ -1,11 +1,15 @@
 """The provider's PACS gateway: a DICOM Storage SCP a hospital PACS or modality pushes to.
 
 Runs on the provider's side (installed with the ``provider`` extra). Each instance received
-by C-STORE is written durably into a spool (temporary file, fsync, rename) before Success
-is answered, so a crash never loses an acknowledged image. A study is complete when no
-instance arrived for ``complete_after`` seconds; then every file is de-identified
-(``ingestion.deidentify``) into the dataset folder and its spool copy deleted only once the
-output is durable. De-identification is deterministic under the gateway's secret, so a crash
+by C-STORE is appended, as the bytes the peer sent with their file meta and never decoded
+beyond the study and instance UIDs, to its association's record file for the study
+(``ingestion.gateway_spool``) and flushed (fdatasync) before Success is answered, so a crash
+never loses an acknowledged image. The associations run on pynetdicom reactors that wait on
+their socket instead of polling (``ingestion.gateway_reactor``). A study is complete when no
+instance arrived for ``complete_after`` seconds; then every instance is de-identified
+(``ingestion.deidentify``; large studies by a pool of worker processes, off the receiving
+threads) into the dataset folder and its spool records deleted only once the output is
+durable. De-identification is deterministic under the gateway's secret, so a crash
 mid-way leaves a state the next start finishes with identical output. The dataset folder gets
 a ``dataset.yaml`` declaring the profile and options; ``enclave gateway send`` splits and
 sends it the way ``enclave share send`` does.
@@ -29,15 +33,18 @@ import os
 import secrets
 import shutil
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ingestion.deidentify import Deidentifier
+from ingestion.gateway_spool import SUFFIX, Record, RecordFile, fsync_dir, read_records
 from ingestion.validators.deid_options import DeidOption, option_codes
 
 log = logging.getLogger("enclave.gateway")
@@ -51,6 +58,10 @@ DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0x0110
 DEFAULT_RESERVE_BYTES = 512 * 1024 * 1024
+#: Studies with at least this many instances are de-identified by the worker processes.
+POOL_MIN_INSTANCES = 16
+#: Largest PDU the gateway accepts: large PDUs mean fewer reactor turns an image.
+MAX_PDU_BYTES = 1 << 20
 
 
 class GatewayEvent(StrEnum):
@@ -87,6 +98,9 @@ class GatewayConfig:
     license: str = "provider-agreement"
     #: Queue each completed study for ``ingestion.gateway_send`` (``serve --send-to``).
     queue_sends: bool = False
+    #: Worker processes de-identifying large studies; None: one a CPU (at most 4); 0: none,
+    #: every study is de-identified in the gateway's own de-identifying thread.
+    deidentify_workers: int | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -111,12 +125,7 @@ class GatewayConfig:
         return self.state_dir / "sent"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir
 
 
 def write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
@@ -195,8 +204,9 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         config.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._secret = load_secret(config.state_dir)
         self.deidentifier = Deidentifier(
-            load_secret(config.state_dir),
+            self._secret,
             config.options,
             frozenset(m.upper() for m in config.no_burned_in_modalities),
         )
@@ -205,21 +215,33 @@ class Gateway:
         self.deidentified = 0
         self._stop = threading.Event()
         self._process_lock = threading.Lock()
+        #: Open record files by (study key, receiving thread): one per association and study.
+        self._writers: dict[tuple[str, int], RecordFile] = {}
+        self._writers_lock = threading.Lock()
+        self._pool: Executor | None = None
+        self._pool_lock = threading.Lock()
         self.on_progress: Callable[[str], None] | None = None
 
     # --- receiving ---------------------------------------------------------------------
 
-    def store(self, encoded: bytes, study_uid: str, sop_uid: str) -> int:
-        """Spool one instance (PS3.10 file bytes); returns the DIMSE status to answer."""
+    def store(self, encoded: bytes | Sequence[bytes], study_uid: str, sop_uid: str) -> int:
+        """Spool one instance (PS3.10 file bytes, or their parts in order); returns the DIMSE
+        status to answer. Success means the record is flushed to disk."""
+        parts = [encoded] if isinstance(encoded, bytes | bytearray) else list(encoded)
+        size = sum(len(p) for p in parts)
         spool = self.config.spool
         try:
-            if shutil.disk_usage(spool).free - len(encoded) < self.config.reserve_bytes:
+            if shutil.disk_usage(spool).free - size < self.config.reserve_bytes:
                 self.events.record(GatewayEvent.REFUSED, reason="disk-full", count=1)
                 return OUT_OF_RESOURCES
-            study_dir = spool / self.deidentifier.name_of("study", study_uid)
-            study_dir.mkdir(exist_ok=True, mode=0o700)
-            write_durably(study_dir / (self.deidentifier.name_of("sop", sop_uid) + ".dcm"), encoded)
-            os.utime(study_dir)  # the study's last arrival: completeness is measured from it
+            study = self.deidentifier.name_of("study", study_uid)
+            while True:
+                writer = self._writer(study)
+                with writer.lock:
+                    if writer.sealed:  # the study is being de-identified: a new file
+                        continue
+                    writer.append(parts)
+                    break
         except OSError as exc:
             reason = "disk-full" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "io"
             self.events.record(GatewayEvent.REFUSED, reason=reason, count=1)
@@ -228,6 +250,26 @@ class Gateway:
         self.received += 1
         self.events.record(GatewayEvent.RECEIVED, count=1)
         return SUCCESS
+
+    def _writer(self, study: str) -> RecordFile:
+        key = (study, threading.get_ident())
+        with self._writers_lock:
+            writer = self._writers.get(key)
+            if writer is None or writer.sealed:
+                folder = self.config.spool / study
+                folder.mkdir(exist_ok=True, mode=0o700)
+                name = f"{time.time_ns():x}-{secrets.token_hex(4)}{SUFFIX}"
+                writer = self._writers[key] = RecordFile(folder / name)
+            return writer
+
+    def _seal(self, study: str) -> None:
+        """Close every record file of ``study``: later instances go to new files."""
+        with self._writers_lock:
+            keys = [k for k in self._writers if k[0] == study]
+            writers = [self._writers.pop(k) for k in keys]
+        for writer in writers:
+            with writer.lock:
+                writer.close()
 
     # --- de-identifying ----------------------------------------------------------------
 
@@ -238,8 +280,10 @@ class Gateway:
         for study in sorted(self.config.spool.iterdir()):
             if not study.is_dir():
                 continue
-            if older_than is not None and now - study.stat().st_mtime < older_than:
-                continue
+            if older_than is not None:
+                last = max([study.stat().st_mtime, *(p.stat().st_mtime for p in study.iterdir())])
+                if now - last < older_than:
+                    continue
             out.append(study)
         return out
 
@@ -255,51 +299,48 @@ class Gateway:
                 written += self._process_study(study)
             return written
 
-    def _process_study(self, study: Path) -> int:
-        from pydicom import dcmread
+    def _records(self, study: Path) -> tuple[list[Path], list[Record]]:
+        """The study's spool files and their intact records (legacy ``*.dcm`` files, one
+        instance each, from a gateway before record files, count as one record)."""
+        files = sorted(study.glob("*" + SUFFIX)) + sorted(study.glob("*.dcm"))
+        records: list[Record] = []
+        for path in files:
+            if path.suffix == SUFFIX:
+                records.extend(read_records(path))
+            else:
+                records.append(Record(path, 0, path.stat().st_size, 0))
+        return files, records
 
+    def _process_study(self, study: Path) -> int:
+        self._seal(study.name)
+        files, records = self._records(study)
         out_root = self.config.dataset_dir / "dicom"
-        written = 0
-        modalities: set[str] = set()
+        pool = self._workers() if len(records) >= POOL_MIN_INSTANCES else None
+        if pool is not None:
+            results = list(pool.map(_deidentify_record, records, [out_root] * len(records)))
+        else:
+            results = [_deidentify_record(r, out_root, self.deidentifier) for r in records]
         outputs: list[Path] = []
-        done: list[Path] = []
-        for src in sorted(study.glob("*.dcm")):
-            try:
-                ds = dcmread(src)
-                self.deidentifier.apply(ds)
-            except Exception as exc:  # a spooled file that no longer decodes: kept aside
+        modalities: set[str] = set()
+        for record, (target, modality, error) in zip(records, results, strict=True):
+            if target is None:  # a spooled instance that does not decode: kept aside
                 bad = self.config.state_dir / "unprocessable"
                 bad.mkdir(exist_ok=True, mode=0o700)
-                os.replace(src, bad / src.name)
+                write_durably(bad / f"{record.path.stem}-{record.index}.dcm", record.read())
                 self.events.record(
-                    GatewayEvent.REFUSED, reason="unprocessable", error=type(exc).__name__, count=1
+                    GatewayEvent.REFUSED, reason="unprocessable", error=error, count=1
                 )
                 continue
-            target = (
-                out_root
-                / str(ds.PatientID)
-                / self.deidentifier.name_of("study-dir", str(ds.StudyInstanceUID))
-                / self.deidentifier.name_of("series-dir", str(ds.SeriesInstanceUID))
-                / (self.deidentifier.name_of("file", str(ds.SOPInstanceUID)) + ".dcm")
-            )
-            target.parent.mkdir(parents=True, exist_ok=True)
-            from io import BytesIO
-
-            buf = BytesIO()
-            ds.save_as(buf, enforce_file_format=True)
-            write_durably(target, buf.getvalue(), sync=False)  # flushed as one batch below
-            outputs.append(target)
-            done.append(src)
-            modalities.add(str(ds.get("Modality", "") or "OT"))
-            written += 1
-        sync_paths(
-            outputs, self.config.out_dir
-        )  # one flush for the study instead of one per instance
+            if target not in outputs:  # the same instance sent twice: one output file
+                outputs.append(target)
+            modalities.add(modality)
+        written = len(outputs)
+        sync_paths(outputs, self.config.out_dir)  # one flush for the study, not one an image
         if written:
             self.write_manifest(modalities)
             if self.config.queue_sends:
                 self._queue(study.name, outputs)
-        for src in done:  # every output (and the outbox entry) is durable: the PHI copy goes
+        for src in files:  # every output (and the outbox entry) is durable: the PHI copy goes
             src.unlink()
         with contextlib.suppress(OSError):
             study.rmdir()
@@ -314,6 +355,40 @@ class Gateway:
             if self.on_progress is not None:
                 self.on_progress(f"study {study.name[:8]}: {written} instance(s) de-identified")
         return written
+
+    def _workers(self) -> Executor | None:
+        """The de-identifying worker processes, started on first use (None: configured off)."""
+        count = self.config.deidentify_workers
+        if count is None:
+            count = min(4, os.cpu_count() or 1)
+        if count < 1:
+            return None
+        with self._pool_lock:
+            if self._pool is None:
+                import multiprocessing
+
+                self._pool = ProcessPoolExecutor(
+                    max_workers=count,
+                    # forkserver: workers never inherit the receiving threads' locks.
+                    mp_context=multiprocessing.get_context("forkserver"),
+                    initializer=_init_worker,
+                    initargs=(
+                        self._secret,
+                        self.config.options,
+                        self.deidentifier.no_burned_in_modalities,
+                    ),
+                )
+            return self._pool
+
+    def start_workers(self, *, wait: bool = False) -> None:
+        """Start the worker processes now (in the background unless ``wait``), not on the
+        first study."""
+        pool = self._workers()
+        if pool is not None:
+            started = [pool.submit(_warm) for _ in range(min(4, os.cpu_count() or 1))]
+            if wait:
+                for future in started:
+                    future.result()
 
     def _queue(self, study_key: str, outputs: list[Path]) -> None:
         """Put a completed study in the outbox, unless its key was sent before."""
@@ -377,6 +452,134 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._writers_lock:
+            writers = list(self._writers.values())
+            self._writers.clear()
+        for writer in writers:
+            with writer.lock:
+                writer.close()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: The de-identifier of a worker process (set by ``_init_worker``).
+_WORKER_DEIDENTIFIER: Deidentifier | None = None
+
+
+def _init_worker(
+    secret: bytes, options: frozenset[DeidOption], no_burned_in: frozenset[str]
+) -> None:
+    global _WORKER_DEIDENTIFIER
+    _WORKER_DEIDENTIFIER = Deidentifier(secret, options, no_burned_in)
+    import pydicom  # noqa: F401 - imported once, before the first study
+
+
+def _warm() -> None:
+    """Nothing: makes the pool start its processes."""
+
+
+def _deidentify_record(
+    record: Record, out_root: Path, deidentifier: Deidentifier | None = None
+) -> tuple[Path | None, str, str]:
+    """De-identify one spooled instance into ``out_root`` (written, not yet flushed);
+    returns (output path, modality, "") or (None, "", error type) when it does not decode."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    deidentifier = deidentifier or _WORKER_DEIDENTIFIER
+    if deidentifier is None:
+        raise RuntimeError("the de-identifying worker was not initialised")
+    try:
+        ds = dcmread(BytesIO(record.read()))
+        deidentifier.apply(ds)
+        target = (
+            out_root
+            / str(ds.PatientID)
+            / deidentifier.name_of("study-dir", str(ds.StudyInstanceUID))
+            / deidentifier.name_of("series-dir", str(ds.SeriesInstanceUID))
+            / (deidentifier.name_of("file", str(ds.SOPInstanceUID)) + ".dcm")
+        )
+        buf = BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+    except Exception as exc:
+        return None, "", type(exc).__name__
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_durably(target, buf.getvalue(), sync=False)  # flushed with the study's batch
+    return target, str(ds.get("Modality", "") or "OT"), ""
+
+
+#: Transfer syntaxes offered: those whose pixel data the enclave's validator decodes with
+#: pydicom and its plugins (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pyjpegls).
+TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, first-order prediction
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K RPCL Lossless
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_STUDY_INSTANCE_UID = 0x0020000D
+
+
+def _identify(event: Any) -> tuple[str, str, str]:
+    """SOP class, study and instance UIDs of a C-STORE's dataset, reading only the elements
+    up to StudyInstanceUID (the pixel data is never decoded on the receiving path)."""
+    from pydicom.filereader import read_dataset
+
+    syntax = event.context.transfer_syntax
+    if syntax == _DEFLATED:  # compressed as a whole: pynetdicom inflates and decodes it
+        ds = event.dataset
+    else:
+        stream = event.request.DataSet
+        stream.seek(0)
+        ds = read_dataset(
+            stream,
+            is_implicit_VR=syntax.is_implicit_VR,
+            is_little_endian=syntax.is_little_endian,
+            stop_when=lambda tag, vr, length: tag > _STUDY_INSTANCE_UID,
+        )
+        stream.seek(0)
+    return str(ds.SOPClassUID), str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+
+
+def _ui(value: str) -> bytes:
+    data = value.encode("ascii")
+    return data + b"\0" if len(data) % 2 else data
+
+
+def file_meta_bytes(sop_class: str, sop_uid: str, syntax: str) -> bytes:
+    """Preamble, prefix and file meta group (PS3.10 7.1, explicit VR little endian) for a
+    received instance: what ``event.encoded_dataset()`` prepends, without building and
+    encoding a pydicom dataset for every image."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    name = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    name += b" " if len(name) % 2 else b""
+    body = struct.pack("<HH2sHI", 2, 0x0001, b"OB", 0, 2) + b"\0\1"
+    for element, vr, value in (
+        (0x0002, b"UI", _ui(sop_class)),
+        (0x0003, b"UI", _ui(sop_uid)),
+        (0x0010, b"UI", _ui(syntax)),
+        (0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
+        (0x0013, b"SH", name),
+    ):
+        body += struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+    group_length = struct.pack("<HH2sHI", 2, 0x0000, b"UL", 4, len(body))
+    return b"\0" * 128 + b"DICM" + group_length + body
 
 
 def _handlers(gateway: Gateway) -> list[Any]:
@@ -387,17 +590,16 @@ def _handlers(gateway: Gateway) -> list[Any]:
 
     def on_store(event: Any) -> int:
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            sop_class = str(ds.SOPClassUID)
-            study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+            sop_class, study_uid, sop_uid = _identify(event)
         except Exception:
             gateway.events.record(GatewayEvent.REFUSED, reason="cannot-decode", count=1)
             return CANNOT_UNDERSTAND
         if sop_class != str(event.context.abstract_syntax) or not study_uid or not sop_uid:
             gateway.events.record(GatewayEvent.REFUSED, reason="sop-class-mismatch", count=1)
             return DATASET_DOES_NOT_MATCH
-        return gateway.store(event.encoded_dataset(), study_uid, sop_uid)
+        # The bytes the peer sent, behind their file meta: never re-encoded here.
+        meta = file_meta_bytes(sop_class, sop_uid, str(event.context.transfer_syntax))
+        return gateway.store([meta, event.request.DataSet.getbuffer()], study_uid, sop_uid)
 
     return [(evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, on_store)]
 
@@ -414,15 +616,16 @@ def supported_storage_classes() -> list[str]:
 
 def make_ae(config: GatewayConfig) -> Any:
     """The pynetdicom AE: storage classes, C-ECHO, called and calling AE titles enforced."""
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
+    from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     ae = AE(ae_title=config.ae_title)
     ae.require_called_aet = True
     ae.require_calling_aet = sorted(config.allowed_calling)
     ae.maximum_associations = 8
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     for uid in supported_storage_classes():
-        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
     ae.add_supported_context(Verification)
     return ae
 
@@ -448,11 +651,23 @@ def serve(config: GatewayConfig, gateway: Gateway | None = None, *, block: bool 
     )
     gateway.process_ready(all_studies=False)
     gateway.processor()
+    gateway.start_workers()
+    from ingestion.gateway_reactor import start_server
+
     ae = make_ae(config)
-    server = ae.start_server(
+    server = start_server(
+        ae,
         (config.host, config.port),
-        block=block,
         evt_handlers=_handlers(gateway),
         ssl_context=tls_context(config),
     )
+    if block:
+        try:
+            while not gateway._stop.wait(3600):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
+        return None
     return server

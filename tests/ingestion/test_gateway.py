@@ -14,6 +14,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from ingestion.gateway import Gateway, GatewayConfig, serve
+from ingestion.gateway_spool import SUFFIX, read_records
 from ingestion.validate import validate_dataset
 from ingestion.validators.deid_options import DeidOption
 from tests.ingestion.gateway_peers import needs
@@ -136,8 +137,8 @@ def test_a_full_disk_is_answered_out_of_resources_and_the_retry_is_kept(running)
 def test_a_crash_between_output_and_spool_cleanup_is_finished_by_the_next_start(running):
     config, gateway = running
     assert dcmtk("storescu", config, CT, MR).returncode == 0
-    spooled = {p: p.read_bytes() for p in config.spool.rglob("*.dcm")}
-    assert len(spooled) == 2
+    spooled = {p: p.read_bytes() for p in config.spool.rglob("*" + SUFFIX)}
+    assert sum(len(list(read_records(p))) for p in spooled) == 2
     gateway.process_ready(all_studies=True)
     out = sorted((config.dataset_dir / "dicom").rglob("*.dcm"))
     # The crash window: outputs written, but the spool copies not yet deleted.
