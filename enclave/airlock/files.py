@@ -170,7 +170,7 @@ class OutputsReader:
 
     def lineage_records(self) -> list[dict[str, Any]]:
         """The requester's lineage records (``~/outputs/.lineage/*.json``), read safely."""
-        from enclave.data.lineage import FORMAT, LINEAGE_DIR
+        from enclave.data.lineage import LINEAGE_DIR
 
         records = []
         try:
@@ -195,19 +195,30 @@ class OutputsReader:
                         if not stat.S_ISREG(st.st_mode) or st.st_uid != self.uid:
                             continue
                         raw = fh.read(MAX_LINEAGE_BYTES + 1)
-                    if len(raw) > MAX_LINEAGE_BYTES:
-                        continue
-                    try:
-                        data = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if isinstance(data, dict) and data.get("format") == FORMAT:
+                    data = parse_lineage(raw)
+                    if data is not None:
                         records.append(data)
             finally:
                 os.close(folder)
         finally:
             os.close(parent)
         return records
+
+
+def parse_lineage(raw: bytes) -> dict[str, Any] | None:
+    """A lineage record's JSON (format ``enclave-lineage/1``), or None when ``raw`` is not one
+    (too large, not JSON, another format): such a file is ignored, not an error."""
+    from enclave.data.lineage import FORMAT
+
+    if len(raw) > MAX_LINEAGE_BYTES:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return data
+    return None
 
 
 def stage(

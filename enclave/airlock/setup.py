@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enclave.airlock.uploads import FileSource
 from enclave.airlock.workflow import Airlock
 
 
@@ -46,6 +47,8 @@ def open_airlock(state_dir: Path, database_url: str | None = None) -> tuple[Airl
         home_root=Path(settings.home_root),
         unix_prefix=settings.unix_prefix,
         site=settings.public_url,
+        # One machine: the airlock runs as root and copies from ~/outputs itself.
+        file_source=FileSource.HOME,
     )
     return airlock, Transparency(catalog, airlock, Path(state_dir))
 

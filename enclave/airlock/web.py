@@ -10,6 +10,12 @@ Who may do what comes from the hub token's scopes (``enclave.workspace.hub.load_
 * ``custom:airlock:oversee`` (admins): see every request, without voting;
 * ``custom:airlock:transparency`` (providers): the provider page (``/provider``).
 
+Where a deployment's airlock reads no homes (``FileSource.UPLOAD``: Kubernetes), the requester
+uploads a draft request's files first: ``PUT api/requests/ID/files?name=NAME`` with the bytes as
+the body and their SHA-256 in ``X-Content-SHA256``, ``PUT api/requests/ID/lineage?name=RUN.json``
+for each lineage record, then ``POST api/requests/ID/submit``. ``GET api/intake`` says which
+path the deployment takes and its caps.
+
 Pages use the hub's OAuth login and a cookie (forms carry a CSRF token bound to it); the API
 takes ``Authorization: Bearer TOKEN`` (or ``token TOKEN``). Run by the hub:
 ``python -m enclave.airlock.web --state-dir DIR``.
@@ -38,6 +44,7 @@ from enclave.airlock.scopes import (
     SUBMIT,
     TRANSPARENCY,
 )
+from enclave.airlock.uploads import UploadError
 from enclave.airlock.workflow import Airlock, AirlockError, Requester
 from enclave.workspace.hub_login import (
     HubLogin,
@@ -266,6 +273,58 @@ def create_app(
             raise error(exc) from None
         run_checks(request_id, requester_of(user))
         return view.to_dict()
+
+    @app.get(prefix + "/api/intake")
+    def api_intake(request: Request) -> Any:
+        user_of(request)
+        caps = airlock.caps
+        return {
+            "files": airlock.file_source.value,
+            "max_file_bytes": caps.max_file_bytes,
+            "max_request_bytes": caps.max_request_bytes,
+            "max_files": caps.max_files,
+        }
+
+    @app.put(prefix + "/api/requests/{request_id}/files", status_code=201)
+    async def api_upload(request: Request, request_id: int, name: str = "") -> Any:
+        from starlette.requests import ClientDisconnect
+
+        user = user_of(request)  # from the headers: nothing is read before the caller is known
+        need(user, SUBMIT, "upload files to export")
+        try:
+            received = await airlock.receive_file(
+                request_id,
+                requester_of(user),
+                name,
+                request.stream(),
+                request.headers.get("x-content-sha256"),
+                _length(request),
+            )
+        except ClientDisconnect:
+            log.info("export %s: the upload of %r was cut off; nothing kept", request_id, name)
+            raise HTTPException(400, f"the upload of {name!r} was cut off: send it again") from None
+        except UploadError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        except Exception as exc:
+            raise error(exc) from None
+        return {"name": received.name, "size": received.size, "sha256": received.sha256}
+
+    @app.put(prefix + "/api/requests/{request_id}/lineage", status_code=201)
+    async def api_upload_lineage(request: Request, request_id: int, name: str = "") -> Any:
+        from enclave.airlock.files import MAX_LINEAGE_BYTES
+
+        user = user_of(request)
+        need(user, SUBMIT, "upload files to export")
+        try:
+            raw = await _bounded_body(request, MAX_LINEAGE_BYTES, f"lineage record {name!r}")
+            kept = airlock.receive_lineage(request_id, requester_of(user), name, raw)
+        except UploadError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise error(exc) from None
+        return {"name": kept}
 
     @app.post(prefix + "/api/requests/{request_id}/withdraw")
     def api_withdraw(request: Request, request_id: int) -> Any:
@@ -502,6 +561,39 @@ def create_app(
         HubLogin(hub_auth, prefix, COOKIE).install(app, wants_login=wants_login)
 
     return app
+
+
+def _length(request: Request) -> int | None:
+    """The declared ``Content-Length``, if any (a cap refuses it before a byte is read)."""
+    from fastapi import HTTPException
+
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPException(400, f"Content-Length {raw!r} is not a number") from None
+    if value < 0:
+        raise HTTPException(400, f"Content-Length {raw!r} is negative")
+    return value
+
+
+async def _bounded_body(request: Request, cap: int, what: str) -> bytes:
+    """The body, read while counting: over ``cap`` bytes it is refused (413) unread."""
+    from fastapi import HTTPException
+
+    declared = _length(request)
+    if declared is not None and declared > cap:
+        raise HTTPException(413, f"{what} is {declared} bytes, over the cap of {cap}")
+    parts = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"{what} is over the cap of {cap} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _json(request: Request, *, optional: bool = False) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """The airlock's work around the ledger's rules: copy, check, decide, release, download.
 
 ``Airlock`` is what the hub-managed service (``enclave.airlock.web``) and the admin CLI call.
-Submitting copies the request's files out of the requester's ``~/outputs`` into
-``<state>/airlock/requests/<id>/<round>/`` (root only; ``enclave.airlock.files``), runs every
-check on the copies (``enclave.airlock.checks``) and records the verdicts; the second
+Submitting stages the request's files in ``<state>/airlock/requests/<id>/<round>/`` (root
+only) from where the deployment's ``FileSource`` says: on one machine copied out of the
+requester's ``~/outputs`` (``enclave.airlock.files``); on Kubernetes linked from what the
+requester's session uploaded (``enclave.airlock.uploads``). From there on one path: every
+check runs on the staged files (``enclave.airlock.checks``) and records the verdicts; the second
 approving vote releases (``enclave.airlock.release``). A crash at any point leaves a state
 ``recover()`` completes: a submission whose checks did not finish is checked again from
 scratch; an approval whose release was not built is built.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,9 @@ from enclave.airlock.checks import (
     check_file,
     check_request_size,
 )
-from enclave.airlock.files import OutputsReader, StagingError, stage
+from enclave.airlock.files import OutputsReader, StagedFile, StagingError, stage
 from enclave.airlock.release import Release, Signer, build_release
+from enclave.airlock.uploads import UPLOAD_DIR, Caps, FileSource, UploadArea
 from enclave.errors import EnclaveError
 
 log = logging.getLogger("enclave.airlock")
@@ -100,6 +103,7 @@ class Airlock:
         limits: Limits | None = None,
         max_files: int = 1000,
         site: str = "enclave",
+        file_source: FileSource = FileSource.HOME,
     ) -> None:
         self.catalog = catalog
         self.ledger = AirlockLedger(catalog)
@@ -111,6 +115,9 @@ class Airlock:
         self.limits = limits or Limits()
         self.max_files = max_files
         self.site = site
+        self.file_source = FileSource(file_source)
+        #: Bytes of uploads being received, by request (counted against the request's cap).
+        self.receiving: dict[int, int] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
 
@@ -122,8 +129,22 @@ class Airlock:
     def release_dir(self, request_id: int) -> Path:
         return self.root / "releases" / str(request_id)
 
+    def upload_area(self, request_id: int) -> UploadArea:
+        return UploadArea(self.root / "requests" / str(request_id) / UPLOAD_DIR)
+
+    @property
+    def caps(self) -> Caps:
+        return Caps(self.limits.max_file_bytes, self.limits.max_request_bytes, self.max_files)
+
     def outputs_reader(self, requester: Requester) -> OutputsReader:
         from enclave.workspace.accounts import lookup_account
+
+        if self.file_source is FileSource.UPLOAD:
+            raise AirlockError(
+                f"this airlock does not read {requester.name}'s ~/outputs (each home is a "
+                "volume of its own session): send the files with `enclave airlock submit` "
+                "from the session, which uploads them"
+            )
 
         account = lookup_account(requester.name, self.unix_prefix)
         if account is None:
@@ -144,6 +165,56 @@ class Airlock:
     ) -> RequestView:
         return self.ledger.create(requester.name, list(paths), justification, note)
 
+    def _uploading(self, request_id: int, requester: Requester) -> UploadArea:
+        """The upload area of ``requester``'s own draft or returned request, or why not."""
+        if self.file_source is not FileSource.UPLOAD:
+            raise Conflict(
+                "this airlock copies files from ~/outputs itself (one machine) and takes no "
+                "uploads: submit the paths"
+            )
+        try:
+            view = self.ledger.get(request_id, Viewer(requester.name))
+        except NotFound:
+            view = None
+        if view is None or view.requester != requester.name:
+            raise NotFound(
+                f"no export request {request_id} of {requester.name}'s: only its requester "
+                "uploads its files"
+            )
+        if view.state not in (ExportState.DRAFT, ExportState.RETURNED):
+            raise Conflict(
+                f"export request {request_id} is {view.state}: files are uploaded to a draft "
+                "or a returned request only"
+            )
+        return self.upload_area(request_id)
+
+    async def receive_file(
+        self,
+        request_id: int,
+        requester: Requester,
+        name: str,
+        chunks: AsyncIterator[bytes],
+        sha256: str | None,
+        length: int | None = None,
+    ) -> StagedFile:
+        """Receive one uploaded file of a draft or returned request (``enclave.airlock.uploads``)."""
+        area = self._uploading(request_id, requester)
+        received = await area.receive(
+            name,
+            chunks,
+            sha256,
+            self.caps,
+            length=length,
+            in_flight=self.receiving,
+            key=request_id,
+        )
+        log.info("export %s: received %s (%s bytes)", request_id, received.name, received.size)
+        return received
+
+    def receive_lineage(self, request_id: int, requester: Requester, name: str, raw: bytes) -> str:
+        """Keep a lineage record sent with a draft or returned request's files."""
+        return self._uploading(request_id, requester).receive_lineage(name, raw)
+
     def submit(self, request_id: int, requester: Requester) -> RequestView:
         """Move to ``submitted``; the caller then runs ``check`` (the service in a thread)."""
         return self.ledger.start_submission(request_id, requester.name)
@@ -156,16 +227,8 @@ class Airlock:
         dest = self.staged_dir(request_id, view.round)
         shutil.rmtree(dest, ignore_errors=True)  # a crashed attempt starts over
         try:
-            reader = self.outputs_reader(requester)
-            staged = stage(
-                reader,
-                view.paths,
-                dest,
-                max_file_bytes=self.limits.max_file_bytes,
-                max_request_bytes=self.limits.max_request_bytes,
-                max_files=self.max_files,
-            )
-            lineage = self.lineage_records(reader, requester)
+            staged, records = self._stage(view, requester, dest)
+            lineage = self.lineage_records(records, requester)
         except (StagingError, AirlockError) as exc:
             shutil.rmtree(dest, ignore_errors=True)
             log.info("export %s returned: %s", request_id, exc)
@@ -187,6 +250,25 @@ class Airlock:
             request_id, [self._checked(r, lineage, total) for r in reports]
         )
 
+    def _stage(
+        self, view: RequestView, requester: Requester, dest: Path
+    ) -> tuple[list[StagedFile], list[dict[str, Any]]]:
+        """The round's files in ``dest`` and the requester's lineage records, from where this
+        deployment takes them (the only step that differs between the two)."""
+        if self.file_source is FileSource.UPLOAD:
+            area = self.upload_area(view.id)
+            return area.stage(view.paths, dest, self.caps), area.lineage_records()
+        reader = self.outputs_reader(requester)
+        staged = stage(
+            reader,
+            view.paths,
+            dest,
+            max_file_bytes=self.limits.max_file_bytes,
+            max_request_bytes=self.limits.max_request_bytes,
+            max_files=self.max_files,
+        )
+        return staged, reader.lineage_records()
+
     @staticmethod
     def _checked(report: FileReport, lineage: LineageRecords, total: Any) -> CheckedFile:
         checks = [c.to_dict() for c in report.checks]
@@ -204,9 +286,9 @@ class Airlock:
             lineage=lineage.record_for(report.sha256),
         )
 
-    def lineage_records(self, reader: OutputsReader, requester: Requester) -> LineageRecords:
+    def lineage_records(self, found: list[dict[str, Any]], requester: Requester) -> LineageRecords:
         records = LineageRecords()
-        for record in reader.lineage_records():
+        for record in found:
             confirmed = _confirm_datasets(self.catalog, requester, record)
             for output in record.get("outputs") or []:
                 sha = output.get("sha256") if isinstance(output, dict) else None
@@ -271,6 +353,8 @@ class Airlock:
         """Finish what a crash interrupted: checks of submitted requests, approved releases.
         A request that fails again is logged and left in its state for the next start."""
         done = []
+        for partial in (self.root / "requests").glob(f"*/{UPLOAD_DIR}"):
+            UploadArea(partial).clear_partial()  # uploads a crash cut off leave nothing
         pending = [
             *self.ledger.in_state(ExportState.SUBMITTED),
             *self.ledger.in_state(ExportState.APPROVED),

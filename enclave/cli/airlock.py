@@ -4,12 +4,19 @@ These commands talk to the airlock service over HTTP with a hub token. Inside a 
 come from the environment the hub set (``ENCLAVE_AIRLOCK_URL`` and ``JUPYTERHUB_API_TOKEN``,
 which may submit); a reviewer elsewhere passes ``--url`` (the hub's ``/services/airlock/``)
 and a token from the hub's token page (``--token`` or ``ENCLAVE_TOKEN``).
+
+``submit`` asks the service how it takes files (``api/intake``): on one machine it names the
+paths and the airlock copies them from ``~/outputs`` itself; where it reads no homes
+(Kubernetes) this command uploads each file, streamed from disk with its SHA-256, and the
+lineage records of those files, to a draft request, then submits it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,10 @@ import click
 from enclave.errors import EnclaveError
 
 DEFAULT_URL = "http://127.0.0.1:8000/services/airlock/"
+#: Tries of one upload when the connection drops (the service keeps nothing of a cut-off one).
+UPLOAD_TRIES = 3
+#: Folders under ~/outputs never exported as files (as the service's ``files.SKIPPED_DIRS``).
+SKIPPED_DIRS = frozenset({".lineage", ".ipynb_checkpoints"})
 #: How long ``submit`` waits for the automated checks by default (seconds).
 CHECK_WAIT_SECONDS = 600
 
@@ -53,21 +64,23 @@ class AirlockClient:
                 "ENCLAVE_TOKEN; inside a session the server's own token is used"
             )
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def call(
+        self, method: str, path: str, headers_extra: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
         import httpx
 
         try:
             response = httpx.request(
                 method,
                 self.url + path,
-                headers={"Authorization": f"Bearer {self.token}"},
+                headers={"Authorization": f"Bearer {self.token}", **(headers_extra or {})},
                 timeout=120,
                 **kwargs,
             )
         except httpx.HTTPError as exc:
-            raise AirlockClientError(
-                f"the airlock at {self.url} cannot be reached: {exc}"
-            ) from None
+            error = AirlockClientError(f"the airlock at {self.url} cannot be reached: {exc}")
+            error.__context__ = exc  # an upload tries again after a dropped connection
+            raise error from None
         if response.status_code >= 400:
             try:
                 message = response.json().get("error") or response.text
@@ -78,6 +91,31 @@ class AirlockClient:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.call(method, path, **kwargs).json()
+
+    def upload(self, request_id: int, name: str, path: Path, sha256: str) -> None:
+        """Stream one file to a draft request; tried again if the connection drops."""
+        import httpx
+
+        for attempt in range(1, UPLOAD_TRIES + 1):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as fh:
+                try:
+                    self.call(
+                        "PUT",
+                        f"api/requests/{request_id}/files",
+                        params={"name": name},
+                        content=fh,
+                        headers_extra={
+                            "X-Content-SHA256": sha256,
+                            "Content-Length": str(os.fstat(fd).st_size),
+                        },
+                    )
+                    return
+                except AirlockClientError as exc:
+                    if attempt == UPLOAD_TRIES or not isinstance(
+                        exc.__context__, httpx.TransportError
+                    ):
+                        raise
 
 
 def _print_request(r: dict[str, Any]) -> None:
@@ -154,8 +192,12 @@ def submit(
                         f"{raw} is not under {outputs}: only ~/outputs can be exported"
                     ) from None
         names.append(raw)
-    body = {"paths": names, "justification": justification, "note": note, "submit": True}
-    r = client.json("POST", "api/requests", json=body)
+    intake = client.json("GET", "api/intake")
+    if intake.get("files") == "upload":
+        r = _upload_and_submit(client, outputs, names, justification, note, intake)
+    else:
+        body = {"paths": names, "justification": justification, "note": note, "submit": True}
+        r = client.json("POST", "api/requests", json=body)
     deadline = time.monotonic() + (0 if no_wait else CHECK_WAIT_SECONDS)
     while r["state"] == "submitted" and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -164,6 +206,111 @@ def submit(
         click.echo(json.dumps(r, indent=2))
     else:
         _print_request(r)
+
+
+def _local_files(outputs: Path, names: list[str]) -> dict[str, Path]:
+    """Each regular file the names hold (folders walked), by its name under ``outputs``;
+    a symbolic link, a path that leaves ``outputs`` or anything not a file is refused."""
+    found: dict[str, Path] = {}
+
+    def visit(rel: str, path: Path) -> None:
+        shown = f"~/outputs/{rel}" if rel else "~/outputs"
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            raise AirlockClientError(f"{shown} does not exist") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise AirlockClientError(f"{shown} is a symbolic link: not exported")
+        if stat.S_ISREG(st.st_mode):
+            found[rel] = path
+        elif stat.S_ISDIR(st.st_mode):
+            for entry in sorted(os.listdir(path)):
+                if entry not in SKIPPED_DIRS:
+                    visit(f"{rel}/{entry}" if rel else entry, path / entry)
+        else:
+            raise AirlockClientError(f"{shown} is not a regular file or a folder: not exported")
+
+    for raw in names:
+        parts = [p for p in Path(raw).parts if p not in ("", ".")]
+        if Path(raw).is_absolute() or ".." in parts:
+            raise AirlockClientError(
+                f"{raw} is not under {outputs}: only ~/outputs can be exported"
+            )
+        for i in range(1, len(parts)):  # no link on the way either
+            if outputs.joinpath(*parts[:i]).is_symlink():
+                shown = "/".join(parts[:i])
+                raise AirlockClientError(f"~/outputs/{shown} is a symbolic link: not exported")
+        visit("/".join(parts), outputs.joinpath(*parts))
+    if not found:
+        raise AirlockClientError("the paths named hold no file to export")
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _lineage_for(outputs: Path, hashes: set[str]) -> dict[str, bytes]:
+    """The lineage records (``~/outputs/.lineage/*.json``) naming one of these files' hashes."""
+    from enclave.data.lineage import FORMAT, LINEAGE_DIR
+
+    records: dict[str, bytes] = {}
+    folder = outputs / LINEAGE_DIR
+    if not folder.is_dir() or folder.is_symlink():
+        return records
+    for path in sorted(folder.glob("[!.]*.json")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        raw = path.read_bytes()
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            continue
+        produced = {o.get("sha256") for o in record.get("outputs") or [] if isinstance(o, dict)}
+        if produced & hashes:
+            records[path.name] = raw
+    return records
+
+
+def _upload_and_submit(
+    client: AirlockClient,
+    outputs: Path,
+    names: list[str],
+    justification: str,
+    note: str,
+    intake: dict[str, Any],
+) -> Any:
+    files = _local_files(outputs, names)
+    sizes = {name: path.stat().st_size for name, path in files.items()}
+    for name, size in sizes.items():  # the service enforces these; say so before sending
+        if size > intake["max_file_bytes"]:
+            raise AirlockClientError(
+                f"~/outputs/{name} is {size} bytes, over the per-file cap of "
+                f"{intake['max_file_bytes']} bytes"
+            )
+    if sum(sizes.values()) > intake["max_request_bytes"]:
+        raise AirlockClientError(
+            f"the files hold {sum(sizes.values())} bytes, over the per-request cap of "
+            f"{intake['max_request_bytes']} bytes: split them"
+        )
+    if len(files) > intake["max_files"]:
+        raise AirlockClientError(f"{len(files)} files, over the {intake['max_files']} allowed")
+    hashes = {name: _sha256(path) for name, path in files.items()}
+    body = {"paths": names, "justification": justification, "note": note, "submit": False}
+    draft = client.json("POST", "api/requests", json=body)
+    for name, path in files.items():
+        client.upload(draft["id"], name, path, hashes[name])
+    for name, raw in _lineage_for(outputs, set(hashes.values())).items():
+        client.call(
+            "PUT", f"api/requests/{draft['id']}/lineage", params={"name": name}, content=raw
+        )
+    return client.json("POST", f"api/requests/{draft['id']}/submit")
 
 
 @airlock.command("list")

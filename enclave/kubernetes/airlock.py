@@ -20,8 +20,10 @@ anywhere but this pod's volume (back it up with the volume), and only its public
 
 What differs from one machine: there the airlock (root) copies a request's files from the
 requester's ``~/outputs``. On a cluster each home is a volume of that user's own pod, which this
-pod does not mount, so :class:`ClusterAirlock` refuses a submission by name (see
-docs/kubernetes.md) rather than look for a local account.
+pod does not mount, so this airlock takes files only as uploads (``FileSource.UPLOAD``):
+``enclave airlock submit`` in the pod uploads them, with their lineage records, into this
+volume's staging area (``enclave.airlock.uploads``), and everything after staging is the same
+code as on one machine (see docs/kubernetes.md).
 """
 
 from __future__ import annotations
@@ -33,22 +35,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from enclave.airlock.files import OutputsReader
-from enclave.airlock.workflow import Airlock, AirlockError, Requester
+from enclave.airlock.uploads import FileSource
+from enclave.airlock.workflow import Airlock
 
 log = logging.getLogger("enclave.airlock")
-
-NO_OUTPUTS = (
-    "on Kubernetes the airlock cannot read {user}'s ~/outputs: each home is a volume of its "
-    "own user pod, which the airlock does not mount (docs/kubernetes.md, the airlock)"
-)
-
-
-class ClusterAirlock(Airlock):
-    """The airlock with no local home folders to copy from."""
-
-    def outputs_reader(self, requester: Requester) -> OutputsReader:
-        raise AirlockError(NO_OUTPUTS.format(user=requester.name))
 
 
 def open_cluster_airlock(state_dir: Path, database_url: str, site: str) -> tuple[Airlock, Any]:
@@ -61,7 +51,7 @@ def open_cluster_airlock(state_dir: Path, database_url: str, site: str) -> tuple
 
     catalog = open_catalog(resolve_database_url(Path(state_dir), database_url))
     signer = SiteSigner(load_or_create_signing_key(Path(state_dir)))
-    airlock = ClusterAirlock(catalog, Path(state_dir), signer, site=site)
+    airlock = Airlock(catalog, Path(state_dir), signer, site=site, file_source=FileSource.UPLOAD)
     return airlock, Transparency(catalog, airlock, Path(state_dir))
 
 
