@@ -11,7 +11,8 @@ file::
 It prints ``ready`` on its standard output once the kernel has the mount, and serves until
 the mount is unmounted or it gets SIGTERM/SIGINT. It imports everything before reading its
 input, so the hub can start one ahead of need (a spare) and hand it a version at once; an
-empty input ends it quietly. A read that fails authentication is an
+empty input ends it quietly. With the native binary built (``enclave.datafs.nativefs``) it
+hands the version to that process and supervises it instead of serving itself. A read that fails authentication is an
 ``EIO`` for the reader, a line on standard error, and an audit entry
 (``dataset.read_failed``) naming the version, the file and the store object.
 """
@@ -94,8 +95,11 @@ class AuditFaults:
             )
 
 
-def serve(config: dict[str, Any]) -> None:
+def serve(config: dict[str, Any]) -> int:
+    """Mount and serve until unmounted: with the native binary when :func:`implementation`
+    says so (the tree is still built here, to refuse what the Python path refuses)."""
     from enclave.datafs.fs import DecryptingFS, DirectFUSE
+    from enclave.datafs.nativefs import implementation, native_binary, serve_native
     from enclave.datafs.tree import Attributes, Tree
     from ingestion.store import StoredDataset
 
@@ -113,19 +117,29 @@ def serve(config: dict[str, Any]) -> None:
         os.write(ready, b"ready\n")
         os.close(ready)
 
-    fs = DecryptingFS(
-        tree,
-        store,
-        on_fault=AuditFaults(config["label"], config.get("catalog_url")),
-        on_ready=signal_ready,
-    )
+    on_fault = AuditFaults(config["label"], config.get("catalog_url"))
+    if implementation() == "native":
+        binary = native_binary()
+        assert binary is not None
+        return serve_native(
+            binary,
+            store,
+            config["mountpoint"],
+            extra,
+            tree.attributes.mtime_ns,
+            on_ready=signal_ready,
+            on_fault=on_fault,
+        )
+    fs = DecryptingFS(tree, store, on_fault=on_fault, on_ready=signal_ready)
     DirectFUSE(fs, config["mountpoint"], foreground=True, raw_fi=True, **MOUNT_OPTIONS)
+    return 0
 
 
 def main() -> int:
     # Imported before the configuration is read: the hub keeps one process waiting here, so
     # that a spawn pays for the index and the mount, not for starting Python.
-    import enclave.datafs.fs  # noqa: F401
+    import enclave.datafs.fs
+    import enclave.datafs.nativefs  # noqa: F401
     import ingestion.store  # noqa: F401
 
     text = sys.stdin.read()
@@ -138,11 +152,10 @@ def main() -> int:
             file=sys.stderr,
             flush=True,
         )
-        serve(config)
+        return serve(config)
     except EnclaveError as exc:
         print(f"enclave-datafs: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # libfuse's own failure (it printed why)
         print(f"enclave-datafs: the mount failed ({exc})", file=sys.stderr)
         return 1
-    return 0

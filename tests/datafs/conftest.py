@@ -14,6 +14,19 @@ from enclave.custody import MasterKey
 from ingestion import store
 
 
+@pytest.fixture(autouse=True, params=["python", "native"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every mount test runs with both filesystems (``enclave.datafs.nativefs``). The native
+    one must be built (``enclave/datafs/native/build.sh``; ``make`` builds it): a missing
+    binary fails the test rather than skipping it."""
+    from enclave.datafs.nativefs import BUILD_SCRIPT, IMPLEMENTATION_ENV, native_binary
+
+    if request.param == "native" and native_binary() is None:
+        pytest.fail(f"the native datafs binary is not built (run {BUILD_SCRIPT})", pytrace=False)
+    monkeypatch.setenv(IMPLEMENTATION_ENV, request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def as_root() -> None:
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
