@@ -1,15 +1,18 @@
 """The airlock on Kubernetes: a Deployment the hub knows as the service ``airlock`` with the
 embedded hub's settings and scopes, its own volume and key, reached by user pods only through
-the proxy."""
+the proxy; it reads no home and takes a request's files as uploads from the pod."""
 
 from __future__ import annotations
 
+import hashlib
 import stat
+import time
 from pathlib import Path
 
 import pytest
 from traitlets.config import Config
 
+from catalog.airlock import CheckVerdict, ExportState, Viewer
 from enclave.airlock import scopes as airlock
 from enclave.airlock.workflow import AirlockError, Requester
 from enclave.kubernetes.hub import AIRLOCK_URL_IN_PODS
@@ -115,10 +118,15 @@ def test_the_airlock_runs_restricted_with_its_own_volume_and_the_chart_s_token(o
             assert "enclave-airlock" not in claims, name
 
 
-def test_the_airlock_makes_its_signing_key_in_its_volume_and_names_what_it_cannot_read(
+def test_the_airlock_makes_its_signing_key_in_its_volume_and_accepts_uploaded_files(
     tmp_path: Path,
 ):
+    from fastapi.testclient import TestClient
+
+    from enclave.airlock.uploads import FileSource
+    from enclave.airlock.web import create_app
     from enclave.kubernetes.airlock import open_cluster_airlock
+    from enclave.workspace.hub_login import HubUser
 
     state = tmp_path / "airlock-volume"
     state.mkdir()
@@ -132,7 +140,38 @@ def test_the_airlock_makes_its_signing_key_in_its_volume_and_names_what_it_canno
         for key in private:
             assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert airlock_.site == "https://enclave.example.org/"
-        with pytest.raises(AirlockError, match="cannot read ana's ~/outputs"):
+        # It reads no home (each is a volume of its own pod): files come as uploads.
+        assert airlock_.file_source is FileSource.UPLOAD
+        with pytest.raises(AirlockError, match="does not read ana's ~/outputs"):
             airlock_.outputs_reader(Requester("ana"))
+        ana = HubUser("ana", frozenset({"researchers"}), frozenset({airlock.SUBMIT}))
+
+        class Users:
+            def resolve(self, token: str) -> HubUser | None:
+                return ana if token == "t-ana" else None
+
+        prefix = "/services/airlock"
+        client = TestClient(create_app(airlock_, Users(), prefix=prefix))
+        headers = {"Authorization": "Bearer t-ana"}
+        body = {"paths": ["results.txt"], "justification": "the paper's numbers", "submit": False}
+        rid = client.post(f"{prefix}/api/requests", json=body, headers=headers).json()["id"]
+        data = b"accuracy 0.91 on the held-out fold\n"
+        uploaded = client.put(
+            f"{prefix}/api/requests/{rid}/files",
+            params={"name": "results.txt"},
+            content=data,
+            headers={**headers, "X-Content-SHA256": hashlib.sha256(data).hexdigest()},
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        assert client.post(f"{prefix}/api/requests/{rid}/submit", headers=headers).is_success
+        deadline = time.monotonic() + 60
+        while (r := airlock_.ledger.get(rid, Viewer("ana"))).state is ExportState.SUBMITTED:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert r.state is ExportState.IN_REVIEW
+        assert [(f.name, f.verdict) for f in r.files] == [("results.txt", CheckVerdict.PASS)]
+        assert (
+            state / "airlock" / "requests" / str(rid) / "1" / "results.txt"
+        ).read_bytes() == data
     finally:
         airlock_.catalog.close()
