@@ -546,7 +546,7 @@ def test_export_gives_each_entry_with_its_leaf_and_checkpoint_since_a_time(catal
             conn.execute(text("SELECT leaf_hashes FROM audit_checkpoints")).scalar_one()
         )
     assert b"".join(bytes.fromhex(e["leaf_hash"]) for e in entries[: len(history)]) == recorded
-    assert entries[0]["details"] == {"fingerprint": "SHA256:stmary"}
+    assert entries[0]["details"] == {"fingerprint": "SHA256:stmary", "deid_options": []}
 
     cut = datetime.fromisoformat(entries[5]["at"].replace("Z", "+00:00"))
     later = list(export(catalog, since=cut))
