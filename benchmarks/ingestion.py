@@ -188,19 +188,53 @@ def _machine_times() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
+FINAL_STATES = ("cataloged", "quarantined", "failed")
+
+
 def _watch_transfer(catalog: Any, transfer_id: str, finished: dict[str, Any]) -> None:
-    """Record when the transfer reaches a final state (every 50 ms)."""
+    """Record when the transfer reaches a final state.
+
+    The worker shares ``catalog`` with this process: its calls that end a transfer
+    (``catalog_version``, ``set_transfer_state`` to a final state) are wrapped to note the
+    moment they return and wake this thread, which then reads the transfer back: no
+    polling on the two cores the path runs on, and the end is the moment the entry exists,
+    not the next poll after it. The catalog is still read once a second, in case something
+    else ends the transfer."""
     from catalog import UnknownTransfer
 
-    while True:
-        try:
-            transfer = catalog.get_transfer(transfer_id)
-        except UnknownTransfer:  # no share has arrived yet
-            transfer = None
-        if transfer is not None and transfer.state in ("cataloged", "quarantined", "failed"):
-            finished.update(transfer=transfer, at=time.perf_counter())
-            return
-        time.sleep(0.05)
+    ended = threading.Event()
+    ended_at: dict[str, float] = {}
+    originals = {name: getattr(catalog, name) for name in ("catalog_version", "set_transfer_state")}
+
+    def watched(name: str) -> Any:
+        original = originals[name]
+
+        def call(tid: str, *args: Any, **kwargs: Any) -> Any:
+            result = original(tid, *args, **kwargs)
+            state = "cataloged" if name == "catalog_version" else (args or [kwargs.get("state")])[0]
+            if tid == transfer_id and state in FINAL_STATES:
+                ended_at.setdefault("at", time.perf_counter())
+                ended.set()
+            return result
+
+        return call
+
+    for name in originals:
+        setattr(catalog, name, watched(name))
+    try:
+        while True:
+            ended.wait(1.0)
+            try:
+                transfer = catalog.get_transfer(transfer_id)
+            except UnknownTransfer:  # no share has arrived yet
+                transfer = None
+            if transfer is not None and transfer.state in FINAL_STATES:
+                finished.update(transfer=transfer, at=ended_at.get("at", time.perf_counter()))
+                return
+            ended.clear()
+    finally:
+        for name in originals:
+            delattr(catalog, name)  # the instance attributes go; the class's methods remain
 
 
 def _process_cpu(pid: int, *, children: bool = False) -> float:

@@ -232,20 +232,35 @@ def _flush_to_disk(folder: Path) -> None:
     Packs had their writeback started as objects were written, so each flush mostly waits for
     the journal, and concurrent flushes share journal commits. Unlike ``syncfs`` it does not
     also flush whatever else is dirty on the filesystem (another transfer's staging, shares
-    being received).
+    being received). A version holds a handful of files (its packs, index and metadata): one
+    short-lived thread per file beyond the first, which this thread flushes itself, rather
+    than a thread pool built for every commit.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    paths = [p for p in folder.rglob("*") if p.is_file()]
+    errors: list[BaseException] = []
 
     def flush(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY)
         try:
-            fdatasync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fdatasync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # raised in the committing thread below
+            errors.append(exc)
 
-    paths = [p for p in folder.rglob("*") if p.is_file()]
-    with ThreadPoolExecutor(16, thread_name_prefix="store-flush") as pool:
-        list(pool.map(flush, paths))
+    helpers = [
+        threading.Thread(target=flush, args=(path,), name="store-flush", daemon=True)
+        for path in paths[1:]
+    ]
+    for helper in helpers:
+        helper.start()
+    if paths:
+        flush(paths[0])
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]
 
 
 def _fsync_dir(path: Path) -> None:

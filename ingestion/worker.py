@@ -15,6 +15,7 @@ retry can neither half-catalog a dataset nor catalog it twice.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -110,13 +111,20 @@ def _more_shares_expected(found: list[tuple[ReceiverLink, dict[str, Any]]]) -> b
 
 def _warm_up() -> None:
     """Import what reconstruction and validation use and start the validation pool's server
-    while no transfer waits; otherwise the first transfer after a start pays for them."""
+    while no transfer waits; otherwise the first transfer after a start pays for them.
+
+    Then everything alive so far (modules, the catalog's mappers, the receivers' links) is
+    moved out of the garbage collector's view, as the zygote does: a transfer allocates
+    enough objects to trigger full collections, and each would otherwise walk every one of
+    them again, on the thread that is reconstructing."""
     import ingestion.pipeline
     import ingestion.validate  # noqa: F401
     import secret_sharing.combine  # noqa: F401
     from ingestion.validators.dicom import warm_pool
 
     warm_pool()
+    gc.collect()
+    gc.freeze()
 
 
 def fits_in_memory(tmpfs: Path, size: int, fraction: float) -> bool:

@@ -457,15 +457,44 @@ class _BufferReader:
         return self._pos
 
 
+#: Files up to this size are read into a buffer the checking thread reuses; larger ones
+#: are mapped, so memory stays bounded whatever a submission holds.
+READ_BUFFER_LIMIT = 16 * 1024 * 1024
+_read_buffers = threading.local()
+
+
 def _map_file(path: str) -> tuple[mmap.mmap | None, memoryview]:
-    """The file's bytes without copying them: hashing, header parsing and native pixel decoding
-    all read the page cache in place (a fresh 512 KiB copy per slice costs more in page faults
-    than parsing the header)."""
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
+    """The file's bytes for hashing, header parsing and native pixel decoding.
+
+    A file up to ``READ_BUFFER_LIMIT`` is read into a buffer this thread keeps for the next
+    file: its pages stay mapped, so a slice costs one copy out of the page cache, where mapping
+    each file afresh faults in and unmaps every page of it (and a fresh buffer per file would
+    fault in as many). Larger files are mapped, never copied. The view is valid until the next
+    call on this thread; a caller drops every view into it before then (``_check_file``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
             return None, memoryview(b"")
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    return mapped, memoryview(mapped)
+        if size > READ_BUFFER_LIMIT:
+            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            return mapped, memoryview(mapped)
+        buffer = getattr(_read_buffers, "buffer", None)
+        if buffer is None or len(buffer) < size:
+            # A new buffer rather than a resized one: a view some garbage cycle still holds
+            # into the old one keeps it alive instead of making the resize fail.
+            buffer = bytearray(max(size, 1 << 20))
+            _read_buffers.buffer = buffer
+        whole = memoryview(buffer)
+        got = 0
+        while got < size:
+            count = os.readv(fd, [whole[got:size]])
+            if count == 0:  # shorter than it was a moment ago: what is there is the file
+                break
+            got += count
+        return None, whole[:got]
+    finally:
+        os.close(fd)
 
 
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"

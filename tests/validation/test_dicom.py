@@ -508,3 +508,24 @@ def test_empty_and_unreadable_files(ct_series, tmp_path):
     by_path = {f["path"]: f for f in result.files}
     assert by_path["series/empty.dcm"]["size"] == 0
     assert by_path["series/folder.dcm"]["sha256"] is None
+
+
+def test_files_read_into_the_reused_buffer_check_as_when_mapped(make_series, monkeypatch, tmp_path):
+    """A file read into the buffer the thread reuses (after a larger one, whose bytes are
+    still in it) gives the outcome a mapping of the file gives, hash and size included."""
+    import ingestion.validators.dicom as dicom
+
+    make_series("clean")
+    broken = make_series("broken", slices=2)
+    broken[0].write_bytes(broken[0].read_bytes()[:-10])
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    rels = sorted(
+        (p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.dcm")),
+        key=lambda rel: -(tmp_path / rel).stat().st_size,  # largest first
+    )
+    rels += list(reversed(rels))  # and smallest first, the buffer already grown
+    buffered = [dicom._check_file(str(tmp_path), rel, frozenset(), "PatientID") for rel in rels]
+    monkeypatch.setattr(dicom, "READ_BUFFER_LIMIT", 0)
+    mapped = [dicom._check_file(str(tmp_path), rel, frozenset(), "PatientID") for rel in rels]
+    assert buffered == mapped
+    assert any(o.findings for o in buffered) and any(not o.findings for o in buffered)
