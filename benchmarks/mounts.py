@@ -2,7 +2,8 @@
 next to reading the same plaintext from the local disk.
 
     python -m benchmarks.mounts [--small-gb 1] [--large-gb auto] [--spawns 5]
-                                [--random-reads 4000] [--skip-large] [--skip-training]   (root)
+                                [--random-reads 4000] [--skip-large] [--skip-training]
+                                [--implementation auto|python|native]   (root)
 
 In one run:
 
@@ -20,6 +21,9 @@ In one run:
   Goals: sequential >= 0.7x, random >= 0.5x the local disk;
 * one epoch of the training benchmark's model over a version twice a server's memory limit
   (``benchmarks.training.epoch_larger_than_memory``), served through a decrypting mount.
+
+``--implementation`` picks the mounts' filesystem process (``enclave.datafs.nativefs``; the
+default ``auto`` is the native one when built) for the reads and the spawns alike.
 
 Prints figures and, last, one line of JSON with ``spawn_small_s``, ``spawn_large_s``,
 ``seq_read_ratio`` and ``random_read_ratio``.
@@ -254,7 +258,7 @@ def fuse_ceiling(folder: Path) -> float:
     from enclave.datafs.mounts import READ_AHEAD_KB
 
     point = folder / "zeros-mount"
-    point.mkdir()
+    point.mkdir(exist_ok=True)  # measured twice in one run
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.mounts", "--serve-zeros", str(point)],
         stderr=subprocess.DEVNULL,
@@ -441,14 +445,20 @@ def main() -> None:
     parser.add_argument("--memory-limit-mib", type=int, default=1024)
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--implementation", choices=["auto", "python", "native"], default="auto")
     parser.add_argument("--serve-zeros", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_zeros:
         serve_zeros(args.serve_zeros)
         return
+    from enclave.datafs.nativefs import IMPLEMENTATION_ENV, implementation
+
+    os.environ[IMPLEMENTATION_ENV] = args.implementation  # the hub's mounts inherit it
+    print(f"decrypting mounts served by the {implementation()} filesystem")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     result = run(args)
     result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    result["implementation"] = implementation()
     print(json.dumps(result, sort_keys=True))
 
 

@@ -224,3 +224,29 @@ def test_a_reader_in_a_memory_limited_cgroup_reads_a_file_larger_than_its_limit(
     finally:
         limits.remove()
         mounter.release_all()
+
+
+def test_a_segment_whose_length_field_was_changed_is_an_io_error_and_an_audit_entry(
+    tmp_path, mounter, stored
+):
+    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    catalog = open_catalog(catalog_url)
+    mounter.catalog_url = catalog_url
+    opened = store.open_version(stored.version, stored.master_key)
+    entry = opened.files["dicom/series-1/a.dcm"]
+    pack = Path(stored.version.store_location) / "packs" / f"{entry.pack:06d}.pack"
+    at = entry.offset + len(store.MAGIC) + 2 * (5 + opened.segment_size + 16)  # segment 2
+    with open(pack, "r+b") as fh:
+        fh.seek(at)
+        fh.write((opened.segment_size + 15).to_bytes(4, "big"))
+    point = mounter.plaintext_for(stored.version)
+    plain = (stored.source / "dicom" / "series-1" / "a.dcm").read_bytes()
+    with open(point / "dicom" / "series-1" / "a.dcm", "rb", buffering=0) as fh:
+        assert os.pread(fh.fileno(), 4096, 0) == plain[:4096]
+        with pytest.raises(OSError) as caught:
+            os.pread(fh.fileno(), 100, 2 * opened.segment_size + 5)
+        assert os.pread(fh.fileno(), 4096, 4 * opened.segment_size) == plain[4 * 65536 :][:4096]
+    assert caught.value.errno == errno.EIO
+    events = [e for e in catalog.audit_events() if e.action == "dataset.read_failed"]
+    assert [e.details["path"] for e in events] == ["dicom/series-1/a.dcm"]
+    assert "segment 2 has the wrong length or flags" in events[0].details["error"]
