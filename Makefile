@@ -14,19 +14,23 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) Makefile | sha256
 TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 TORCH_PIP_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*+cpu-*.whl),,--extra-index-url https://download.pytorch.org/whl/cpu)
 # Debian packages the suite and the embedded enclave need: the base (fuse3: the decrypting
-# dataset mounts), desktop sessions (TigerVNC's Xvnc, a light Xfce desktop, noVNC for the
+# dataset mounts; gcc, pkg-config and the -dev packages build their native filesystem), desktop sessions (TigerVNC's Xvnc, a light Xfce desktop, noVNC for the
 # browser; xclip for the tests), and the PACS peers the provider gateway is tested against
 # (dcmtk's storescu/echoscu/storescp, Orthanc).
 APT_PACKAGES := postgresql nftables iproute2 util-linux dicom3tools chromium chromium-driver libisal2 fuse3 \
+  gcc pkg-config libfuse3-dev libssl-dev \
   tigervnc-standalone-server xfwm4 xfce4-panel xfdesktop4 xfce4-settings xfconf xfce4-terminal \
   dbus-x11 x11-utils fonts-dejavu-core novnc websockify xclip dcmtk orthanc
+# The decrypting mounts' native filesystem process (C, libfuse3, OpenSSL); without it the
+# enclave serves mounts with the Python one.
+NATIVE_DATAFS := enclave/datafs/native/enclave-datafs
 # checkov (Kubernetes mode's static checks) has pins of its own: its own lock and virtualenv.
 CHECKOV_LOCK := requirements-checkov.lock
 CHECKOV_VENV := build/checkov
 # `make test-latest` builds this throwaway virtualenv from the newest versions pyproject allows.
 LATEST_VENV := .venv-latest
 
-.PHONY: test test-fast test-latest up down lint typecheck system-deps venv lock bench clean
+.PHONY: native test test-fast test-latest up down lint typecheck system-deps venv lock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +73,11 @@ define static_checks
 	$(1)/lint-imports --no-cache
 endef
 
+$(NATIVE_DATAFS): enclave/datafs/native/datafs.c enclave/datafs/native/build.sh | system-deps
+	enclave/datafs/native/build.sh $@
+
+native: $(NATIVE_DATAFS)
+
 lint: venv
 	$(call static_checks,$(BIN))
 
@@ -77,7 +86,7 @@ typecheck: venv
 
 # Everything, as root: the static gates, then the whole suite (real PostgreSQL, JupyterHub,
 # network namespaces, headless Chromium, the wheel check).
-test: system-deps venv $(CHECKOV_VENV)/.installed
+test: system-deps venv $(NATIVE_DATAFS) $(CHECKOV_VENV)/.installed
 	$(call static_checks,$(BIN))
 	$(BIN)/python -m pytest -q
 
@@ -98,7 +107,7 @@ test-latest: system-deps
 	$(call static_checks,$(LATEST_VENV)/bin)
 	$(LATEST_VENV)/bin/python -m pytest -q
 
-up: system-deps venv
+up: system-deps venv $(NATIVE_DATAFS)
 	$(BIN)/enclave up --state-dir $(STATE_DIR)
 
 down: venv

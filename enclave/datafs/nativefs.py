@@ -33,8 +33,9 @@ from ingestion.store import StoredDataset, StoredFile, object_length
 IMPLEMENTATION_ENV = "ENCLAVE_DATAFS_IMPLEMENTATION"
 #: Overrides where the binary is looked for.
 BINARY_ENV = "ENCLAVE_DATAFS_BINARY"
-#: Where ``build.sh`` puts the binary by default: ``build/`` at the repository root.
-DEFAULT_BINARY = Path(__file__).resolve().parents[2] / "build" / "enclave-datafs"
+#: Where ``build.sh`` puts the binary by default: beside its source, inside the package (not
+#: under version control; a wheel built without it serves mounts with the Python path).
+DEFAULT_BINARY = Path(__file__).resolve().parent / "native" / "enclave-datafs"
 BUILD_SCRIPT = Path(__file__).resolve().parent / "native" / "build.sh"
 TABLE_MAGIC = b"EDFS1"
 
