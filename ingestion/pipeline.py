@@ -26,7 +26,6 @@ from typing import Any
 from ingestion.manifest import MANIFEST_NAME, DatasetManifest
 from ingestion.store import VersionWriter
 from ingestion.validate import DERIVED_DIR, PrecheckedDicom, is_dicom_candidate
-from secret_sharing.allocator import tune_allocator
 
 log = logging.getLogger("enclave.ingest.pipeline")
 
@@ -134,11 +133,11 @@ class StreamingIngest:
     def _submit_pending(self) -> None:
         if not self._pending:
             return
-        from ingestion.validators.dicom import pool_context, precheck_files
+        from ingestion.validators.dicom import pool_context, precheck_files, prepare_pool_process
 
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=pool_context(), initializer=tune_allocator
+                self.workers, mp_context=pool_context(), initializer=prepare_pool_process
             )
         rels, self._pending = self._pending, []
         future = self._pool.submit(
