@@ -59,7 +59,7 @@ def test_every_subset_rebuilds_with_either_erasure_engine(
 ):
     """Shares split with ISA-L's parity decode with zfec, and the other way round."""
     if engine == "isa-l" and not erasure.isal_available():
-        pytest.skip("ISA-L (Debian libisal2) is missing")
+        pytest.fail("ISA-L is missing: apt-get install libisal2 (make test does)", pytrace=False)
     monkeypatch.setenv(erasure.USE_ISAL_ENV, "0" if engine == "isa-l" else "1")
     erasure._isal.cache_clear()
     transfer = split_transfer(multi_segment_study, 3, 5)  # split by the other engine
