@@ -72,8 +72,9 @@ def test_every_process_on_the_data_path_tunes_itself():
 
     assert "tune_allocator()" in inspect.getsource(cli.main)
     assert "tune_allocator()" in inspect.getsource(service.IngestService.__post_init__)
-    assert "initializer=tune_allocator" in inspect.getsource(pipeline.StreamingIngest)
-    assert "initializer=tune_allocator" in inspect.getsource(dicom.validate_dicom_files)
+    assert "initializer=prepare_pool_process" in inspect.getsource(pipeline.StreamingIngest)
+    assert "initializer=prepare_pool_process" in inspect.getsource(dicom.validate_dicom_files)
+    assert "tune_allocator()" in inspect.getsource(dicom.prepare_pool_process)
 
 
 def test_an_uninitialized_bytearray_has_the_length_asked_for_and_takes_writes():
