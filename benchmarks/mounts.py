@@ -41,7 +41,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,48 +51,26 @@ GOALS = {"spawn_difference_s": 0.3, "seq_read_ratio": 0.7, "random_read_ratio": 
 # benchmark writes (user name -> versions) instead of from a catalog.
 HUB_CONFIG = """
 import json
-from dataclasses import dataclass
 
+from enclave.workspace.datasets import VersionRecord
 from enclave.workspace.launcher import hub_config_file
 
 c = get_config()
 load_subconfig(str(hub_config_file()))
 
 
-@dataclass(frozen=True)
-class BenchVersion:
-    name: str
-    version: int
-    store_location: str
-    wrapped_key: bytes
-    content_hash: str
-    mode: str = "notebook"
-    expires_at: object = None
-
-
 def bench_grants(principal):
     with open({grants_file!r}) as fh:
         granted = json.load(fh).get(principal.name, [])
     return [
-        BenchVersion(g["name"], g["version"], g["store_location"], bytes.fromhex(g["wrapped_key"]),
-                     g["content_hash"])
+        VersionRecord(g["name"], g["version"], g["store_location"], bytes.fromhex(g["wrapped_key"]),
+                      g["content_hash"], mode="notebook")
         for g in granted
     ]
 
 
 c.IsolatedSpawner.grants_source = bench_grants
 """
-
-
-@dataclass(frozen=True)
-class Version:
-    name: str
-    version: int
-    store_location: str
-    wrapped_key: bytes
-    content_hash: str
-    mode: str = "notebook"
-    expires_at: Any = None
 
 
 def drop_caches() -> None:
@@ -326,7 +303,7 @@ def measure_spawns(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from enclave.custody import init_custody, unseal
-    from enclave.workspace.datasets import DatasetMounter
+    from enclave.workspace.datasets import DatasetMounter, VersionRecord
     from ingestion.store import write_version
 
     if os.geteuid() != 0:
@@ -366,7 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mounter = DatasetMounter(work / "plaintext", key)
         try:
             point = mounter.plaintext_for(
-                Version("bench-small", 1, small.store_location, small.wrapped_key, "0" * 64)
+                VersionRecord("bench-small", 1, small.store_location, small.wrapped_key, "0" * 64)
             )
             mounted = [point / p.relative_to(work / "plain") for p in plain]
             reads = measure_reads(plain, mounted, args.random_reads)

@@ -40,8 +40,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -433,19 +431,6 @@ def epoch_larger_than_memory(
     return result
 
 
-@dataclass
-class _Version:
-    """What ``DatasetMounter.plaintext_for`` reads of a catalog version."""
-
-    name: str
-    version: int
-    store_location: str
-    wrapped_key: bytes
-    content_hash: str
-    expires_at: datetime | None = None
-    mode: str = "desktop"
-
-
 def _series_bytes(size: int, slices: int) -> int:
     """Bytes of one sample series on disk (16-bit pixels plus ~1.6 KB of header a slice)."""
     return slices * (size * size * 2 + 1600)
@@ -458,6 +443,7 @@ def larger_than_memory(
     from enclave.custody import MasterKey
     from enclave.data.mounts import compute_content_hash
     from enclave.samples import make_sample_dataset
+    from enclave.workspace.datasets import VersionRecord
     from ingestion.store import materialize, write_version
 
     limit = memory_limit_mib * MiB
@@ -481,7 +467,7 @@ def larger_than_memory(
         stored = write_version(source, workdir / "store", key, name_hint="bench-ct-large")
         t2 = time.perf_counter()
         shutil.rmtree(source)  # only the encrypted store is left
-        version = _Version(
+        version = VersionRecord(
             "bench-ct-large", 1, str(stored.store_location), stored.wrapped_key, digest
         )
         served_by = "datafs (decrypting FUSE mount)"

@@ -43,7 +43,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.sequence import Sequence as DicomSequence
 
-from ingestion.validators.deid import basic_profile
+from ingestion.validators.deid import TEXT_VRS, basic_profile
 from ingestion.validators.deid_options import (
     BASIC_PROFILE_CODE,
     BASIC_PROFILE_MEANING,
@@ -307,9 +307,9 @@ class Deidentifier:
                     self._walk(item, {}, ctx, top=False)
             return
         if action == "Z":
-            elem.value = "" if vr in _STRING_VRS else None
+            elem.value = "" if vr in TEXT_VRS else None
         elif action == "D":
-            elem.value = _DUMMY.get(vr, "REMOVED" if vr in _STRING_VRS else 0)
+            elem.value = _DUMMY.get(vr, "REMOVED" if vr in TEXT_VRS else 0)
 
     def _clean(self, ds: Dataset, tag: int, vr: str, ctx: _Context) -> None:
         elem = ds[tag]
@@ -330,29 +330,6 @@ class Deidentifier:
                 self._walk(item, {}, ctx, top=False)
             return
         del ds[tag]  # a cleaning this tool does not know: removing is always safe
-
-
-_STRING_VRS = frozenset(
-    {
-        "AE",
-        "AS",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "IS",
-        "LO",
-        "LT",
-        "PN",
-        "SH",
-        "ST",
-        "TM",
-        "UC",
-        "UI",
-        "UR",
-        "UT",
-    }
-)
 
 
 @dataclass(frozen=True)

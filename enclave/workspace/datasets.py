@@ -48,6 +48,20 @@ class DatasetMountError(EnclaveError):
 
 
 @dataclass(frozen=True)
+class VersionRecord:
+    """What the mounter reads of a granted version: a catalog ``DatasetVersion`` carries these
+    and more; benchmarks, tests and grant sources without a catalog build this one."""
+
+    name: str
+    version: int
+    store_location: str
+    wrapped_key: bytes
+    content_hash: str
+    expires_at: datetime | None = None
+    mode: str = "desktop"  # catalog.models.AccessMode of the grant
+
+
+@dataclass(frozen=True)
 class MountedDataset:
     name: str
     version: int

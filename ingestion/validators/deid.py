@@ -119,8 +119,8 @@ EQUIPMENT_SITE_TAGS = frozenset(
 #: a real birth date survives many tools, and a dummy one is useless for research anyway.
 MUST_BE_EMPTY = frozenset({PATIENT_BIRTH_DATE})
 
-# VRs whose raw bytes are text; everything else is binary (a zero byte is a value there).
-_TEXT_VRS = frozenset(
+#: VRs whose raw bytes are text; everything else is binary (a zero byte is a value there).
+TEXT_VRS = frozenset(
     {
         "AE",
         "AS",
@@ -180,7 +180,7 @@ def has_value(elem: DataElement | RawDataElement, vr: str) -> bool:
     if vr == "SQ":
         return bool(value)
     if type(value) is bytes:  # a raw element: most of a file's values
-        if vr in _TEXT_VRS:
+        if vr in TEXT_VRS:
             return bool(value.strip(_PN_PADDING if vr == "PN" else _TEXT_PADDING))
         return len(value) > 0
     if isinstance(value, MultiValue | list | tuple):
@@ -192,7 +192,7 @@ def _scalar_has_value(value: Any, vr: str) -> bool:
     if value is None:
         return False
     if isinstance(value, bytes | bytearray):
-        if vr in _TEXT_VRS:
+        if vr in TEXT_VRS:
             return bool(bytes(value).strip(_PN_PADDING if vr == "PN" else _TEXT_PADDING))
         return len(value) > 0
     if isinstance(value, str | PersonName):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from enclave.custody import MasterKey
+from enclave.workspace.datasets import VersionRecord
 from ingestion import store
 
 
@@ -34,17 +34,7 @@ def as_root() -> None:
         pytest.fail("decrypting-mount tests need root and /dev/fuse", pytrace=False)
 
 
-@dataclass
-class Version:
-    """The fields of a catalog version the mounter reads."""
-
-    name: str
-    version: int
-    store_location: str
-    wrapped_key: bytes
-    content_hash: str
-    expires_at: datetime | None = None
-    mode: str = "desktop"
+Version = VersionRecord  # the fields of a catalog version the mounter reads
 
 
 @dataclass
