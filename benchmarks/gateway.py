@@ -38,17 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ingestion.service import free_port
+
 GOAL_RATIO = 0.5
 #: Debian's dcmtk 3.6.7 leaves Nagle's algorithm on unless TCP_NODELAY=1 is in the
 #: environment; storescp then stalls ~45 ms an image on delayed ACKs. Both tools run with it
 #: off, so the floor is dcmtk at its best and the gateway faces the same sender.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10) -> None:

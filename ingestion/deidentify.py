@@ -33,7 +33,6 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
@@ -379,14 +378,3 @@ def _shift(value: Any, vr: str, days: int) -> Any:
     except ValueError:
         return ""
     return day.strftime("%Y%m%d") + text[8:]
-
-
-def options_from(values: Iterable[str | DeidOption]) -> frozenset[DeidOption]:
-    """Options from codes or names, for the CLI; raises DeidentificationError for a bad one."""
-    out = set()
-    for value in values:
-        try:
-            out.add(value if isinstance(value, DeidOption) else DeidOption.parse(value))
-        except ValueError as exc:
-            raise DeidentificationError(str(exc)) from None
-    return frozenset(out)

@@ -11,11 +11,12 @@ It makes nothing durable by itself: callers still ``fsync`` before they promise 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Shared with the provider's splitter, which writes shares the same way.
 from secret_sharing.fileio import drop_behind, start_writeback
 
-__all__ = ["drop_behind", "fdatasync", "start_writeback"]
+__all__ = ["drop_behind", "fdatasync", "fsync_dir", "start_writeback"]
 
 
 def fdatasync(fd: int) -> None:
@@ -24,3 +25,12 @@ def fdatasync(fd: int) -> None:
         os.fdatasync(fd)
     else:  # macOS
         os.fsync(fd)
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a folder's entries (a new or renamed file in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

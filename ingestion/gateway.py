@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from ingestion.deidentify import Deidentifier
-from ingestion.gateway_spool import SUFFIX, Record, RecordFile, fsync_dir, read_records
+from ingestion.diskio import fsync_dir
+from ingestion.gateway_spool import SUFFIX, Record, RecordFile, read_records
 from ingestion.validators.deid_options import DeidOption, option_codes
 
 log = logging.getLogger("enclave.gateway")
@@ -125,9 +126,6 @@ class GatewayConfig:
         return self.state_dir / "sent"
 
 
-_fsync_dir = fsync_dir
-
-
 def write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
     """``path`` holds ``data`` or is untouched, across a crash (temp file, fsync, rename).
 
@@ -146,7 +144,7 @@ def write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
             tmp.unlink()
         raise
     if sync:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def sync_paths(paths: Iterable[Path], root: Path) -> None:
@@ -164,7 +162,7 @@ def sync_paths(paths: Iterable[Path], root: Path) -> None:
             folders.add(folder)
             folder = folder.parent
     for folder in sorted(folders):
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def load_secret(state_dir: Path) -> bytes:

@@ -24,17 +24,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingestion.diskio import fdatasync, fsync_dir
+
 MAGIC = b"EGS1"
 HEADER = struct.Struct("<4sQI")
 SUFFIX = ".rec"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RecordFile:
@@ -73,12 +67,12 @@ class RecordFile:
                 n = os.writev(self._fd, chunks)
                 written += n
                 chunks = _advance(chunks, n)
-            os.fdatasync(self._fd)
+            fdatasync(self._fd)
         except BaseException:
             self.sealed = True
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # cut the torn record off
-                os.fdatasync(self._fd)
+                fdatasync(self._fd)
             self.close()
             raise
         self._size += total

@@ -52,7 +52,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ingestion.content_index import ChunkHasher
-from ingestion.diskio import drop_behind, fdatasync, start_writeback
+from ingestion.diskio import drop_behind, fdatasync, fsync_dir, start_writeback
 from secret_sharing.errors import EnclaveError
 from secret_sharing.fileio import writev_at
 
@@ -261,14 +261,6 @@ def _flush_to_disk(folder: Path) -> None:
         helper.join()
     if errors:
         raise errors[0]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def object_length(size: int, seg_size: int) -> int:
@@ -522,10 +514,10 @@ class VersionWriter:
             }
             (self.tmp / "store.json").write_text(json.dumps(meta, indent=2))
             _flush_to_disk(self.tmp)
-            _fsync_dir(self.tmp / "packs")
-            _fsync_dir(self.tmp)
+            fsync_dir(self.tmp / "packs")
+            fsync_dir(self.tmp)
             os.rename(self.tmp, self.final)
-            _fsync_dir(self.store_root)
+            fsync_dir(self.store_root)
         except BaseException:
             self.abort()
             raise

@@ -14,10 +14,10 @@ def gateway() -> None:
 
 
 def _options(values: tuple[str, ...]) -> frozenset:
-    from ingestion.deidentify import options_from
+    from ingestion.validators.deid_options import parse_options
 
     try:
-        return options_from(values)
+        return parse_options(values)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--deid-option") from None
 
@@ -194,7 +194,7 @@ def send_cmd(
     """Split DATASET_DIR (the gateway's dataset folder) k-of-n and send it as `share send` does."""
     from enclave.cli.share import transfer_progress
     from ingestion.client import send_shares
-    from ingestion.gateway import EventLog, GatewayEvent
+    from ingestion.gateway import EVENTS_NAME, EventLog, GatewayEvent
     from secret_sharing import load_signing_key, measure_dataset, split_dataset
 
     shares_dir = shares_dir or dataset_dir.parent / ".gateway" / "shares" / dataset_dir.name
@@ -209,7 +209,7 @@ def send_cmd(
             progress=advance,
         )
     sent = send_shares(list(result.share_paths), list(urls), token)
-    EventLog(dataset_dir.parent / ".gateway" / "events.jsonl").record(
-        GatewayEvent.SENT, files=summary.file_count, transfer=result.transfer_id
+    EventLog(dataset_dir.parent / ".gateway" / EVENTS_NAME).record(
+        GatewayEvent.SENT, files=summary.file_count, transfer=sent.transfer_id
     )
     click.echo(f"{summary.file_count} files sent as transfer {sent.transfer_id}")

@@ -129,10 +129,16 @@ def describe(options: Iterable[DeidOption]) -> str:
 
 
 @lru_cache(1)
+def _profile_options() -> dict[str, Any]:
+    """``profile_options.json``, parsed once for both tables."""
+    return dict(json.loads(PROFILE_OPTIONS_PATH.read_text()))
+
+
+@lru_cache(1)
 def option_table() -> dict[int, dict[DeidOption, str]]:
     """Table E.1-1's option columns as ``{tag: {option: "K" | "C"}}`` (attributes with no
     option entry are absent: the Basic Profile action alone applies to them)."""
-    data = json.loads(PROFILE_OPTIONS_PATH.read_text())
+    data = _profile_options()
     table: dict[int, dict[DeidOption, str]] = {}
     for tag, columns in data["attributes"].items():
         table[int(tag, 16)] = {DeidOption(code): action for code, action in columns.items()}
@@ -142,7 +148,7 @@ def option_table() -> dict[int, dict[DeidOption, str]]:
 @lru_cache(1)
 def masked_option_table() -> dict[str, dict[DeidOption, str]]:
     """The option columns of Table E.1-1's masked rows: ``curve``, ``overlay``, ``private``."""
-    data = json.loads(PROFILE_OPTIONS_PATH.read_text())["masked"]
+    data = _profile_options()["masked"]
     names = {
         "(50XX,XXXX)": "curve",
         "(60XX,3000)": "overlay",
