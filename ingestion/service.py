@@ -49,6 +49,12 @@ class ServiceError(EnclaveError):
     """The ingestion service cannot start or reach its receivers."""
 
 
+def receiver_ports(port: int, receivers: int) -> list[int]:
+    """The ports the share receivers of a service on ``port`` listen on (the next ones; a
+    service falls back to free ports when one of them is taken)."""
+    return [port + j for j in range(1, receivers + 1)]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -270,7 +276,7 @@ class IngestService:
     # receivers
 
     def _receiver_ports(self) -> list[int]:
-        ports = [self.port + j for j in range(1, self.receivers + 1)]
+        ports = receiver_ports(self.port, self.receivers)
         if any(not _port_free(self.host, p) for p in ports):
             ports = [free_port(self.host) for _ in range(self.receivers)]
         return ports

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enclave.kubernetes.settings import KubeSettings
+from enclave.kubernetes.settings import KubeSettings, KubeSettingsError
 
 Obj = dict[str, Any]
 
@@ -145,19 +145,7 @@ def namespace(settings: KubeSettings) -> Obj:
 def catalog_objects(settings: KubeSettings) -> list[Obj]:
     port = settings.number("catalog.port")
     name = "enclave-catalog"
-    hub_api = f"http://hub.{settings.namespace}.svc.cluster.local:8081/hub/api"
-    env = [
-        _db_env(settings),
-        _secret_env("JUPYTERHUB_API_TOKEN", HUB_SECRET, "hub.services.catalog.apiToken"),
-        {"name": "JUPYTERHUB_API_URL", "value": hub_api},
-        {"name": "JUPYTERHUB_CLIENT_ID", "value": "service-catalog"},
-        {"name": "JUPYTERHUB_SERVICE_NAME", "value": "catalog"},
-        {"name": "JUPYTERHUB_SERVICE_PREFIX", "value": "/services/catalog/"},
-        {"name": "JUPYTERHUB_SERVICE_URL", "value": f"http://0.0.0.0:{port}"},
-        {"name": "JUPYTERHUB_BASE_URL", "value": "/"},
-        {"name": "JUPYTERHUB_OAUTH_CALLBACK_URL", "value": "/services/catalog/oauth_callback"},
-        {"name": "JUPYTERHUB_PUBLIC_HUB_URL", "value": f"https://{settings.text('hub.host')}/"},
-    ]
+    env = [_db_env(settings), *_hub_service_env(settings, "catalog", port)]
     container = _container(
         settings,
         "catalog",
@@ -213,12 +201,20 @@ def _service(
 
 
 def ingestion_ports(settings: KubeSettings) -> list[tuple[str, int]]:
+    from ingestion.service import receiver_ports
+
     base = settings.number("ingestion.port")
-    receivers = settings.number("ingestion.receivers")
+    keyholder = settings.number("ingestion.keyholder_port")
+    receivers = receiver_ports(base, settings.number("ingestion.receivers"))
+    if keyholder in (base, *receivers):
+        raise KubeSettingsError(
+            f"ingestion.keyholder_port {keyholder} is one of the ingestion service's ports "
+            f"({base} and its receivers' {receivers[0]}-{receivers[-1]}): choose another"
+        )
     return [
-        ("keyholder", settings.number("ingestion.keyholder_port")),
+        ("keyholder", keyholder),
         ("coordinator", base),
-        *((f"receiver-{j}", base + 100 + j) for j in range(1, receivers + 1)),
+        *((f"receiver-{j}", p) for j, p in enumerate(receivers, start=1)),
     ]
 
 
@@ -227,7 +223,6 @@ def ingestion_objects(settings: KubeSettings) -> list[Obj]:
     name = "enclave-ingestion"
     keyholder = settings.number("ingestion.keyholder_port")
     ports = ingestion_ports(settings)
-    receivers = [str(p) for n, p in ports if n.startswith("receiver-")]
     command = [
         "python", "-m", "enclave.kubernetes.keyholder",
         "--state-dir", STATE_DIR, "--port", str(keyholder),
@@ -235,7 +230,7 @@ def ingestion_objects(settings: KubeSettings) -> list[Obj]:
         "python", "-m", "enclave", "ingest", "serve", "--state-dir", STATE_DIR,
         "--db-url", "$(ENCLAVE_DB_URL)", "--host", "0.0.0.0",
         "--port", str(settings.number("ingestion.port")),
-        "--receivers", str(len(receivers)),
+        "--receivers", str(settings.number("ingestion.receivers")),
     ]  # fmt: skip
     container = _container(
         settings,
