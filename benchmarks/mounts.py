@@ -232,7 +232,7 @@ def fuse_ceiling(folder: Path) -> float:
     """MB/s reading the zero filesystem once, cold, with the mounts' read-ahead."""
     import sys
 
-    from enclave.datafs.mounts import READ_AHEAD_KB
+    from enclave.datafs.mounts import READ_AHEAD_KB, read_ahead_knob
 
     point = folder / "zeros-mount"
     point.mkdir(exist_ok=True)  # measured twice in one run
@@ -246,9 +246,7 @@ def fuse_ceiling(folder: Path) -> float:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("error: the zero filesystem did not mount")
             time.sleep(0.05)
-        device = os.stat(point).st_dev
-        knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
-        knob.write_text(str(READ_AHEAD_KB))
+        read_ahead_knob(point).write_text(str(READ_AHEAD_KB))
         return sequential_read([point / "zeros"])
     finally:
         subprocess.run(["umount", str(point)], check=False)

@@ -480,7 +480,7 @@ class IsolatedSpawner(LocalProcessSpawner):
             self.user.name,
             "server.start",
             f"user:{self.user.name}",
-            session=self.session_kind.value,
+            session=kind.value,
             datasets=[f"{m.name}@{m.version}" for m in self.mounted],
         )
         self.log.info(

@@ -204,12 +204,16 @@ class DatafsProcesses:
                 del self._procs[name]
 
 
+def read_ahead_knob(point: Path) -> Path:
+    """The kernel's read-ahead setting (KiB) of the filesystem mounted at ``point``."""
+    device = os.stat(point).st_dev
+    return Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+
+
 def _set_read_ahead(point: Path) -> None:
     """Raise the mount's read-ahead (best effort: without it reads are only slower)."""
-    device = os.stat(point).st_dev
-    knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
     with contextlib.suppress(OSError):
-        knob.write_text(str(READ_AHEAD_KB))
+        read_ahead_knob(point).write_text(str(READ_AHEAD_KB))
 
 
 def _mtime_ns(store_location: str) -> int:

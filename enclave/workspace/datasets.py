@@ -298,16 +298,15 @@ class DatasetMounter:
         for home in homes:
             self.unmount_user(home)
         mountinfo = read_mountinfo()
-        served = {m.device for m in datafs_mounts(self.plaintext_root, mountinfo).values()}
+        target = str(self.plaintext_root.resolve())
+        served = datafs_mounts(self.plaintext_root, mountinfo)
+        devices = {m.device for m in served.values()}
         for m in sorted(mountinfo, key=lambda m: m.mount_point, reverse=True):
-            if m.device in served and not m.mount_point.startswith(
-                str(self.plaintext_root.resolve()) + "/"
-            ):
+            if m.device in devices and not m.mount_point.startswith(target + "/"):
                 _run(["umount", "--lazy", m.mount_point], f"unmounting {m.mount_point}")
-        for mount in datafs_mounts(self.plaintext_root, read_mountinfo()).values():
+        for mount in served.values():
             self._processes.stop(mount)
         self._processes.close_spare()
-        target = str(self.plaintext_root.resolve())
-        for m in read_mountinfo():
+        for m in mountinfo:
             if m.mount_point == target and m.source == PLAINTEXT_FS:
                 _run(["umount", "--lazy", target], "unmounting the old plaintext tmpfs")
