@@ -616,19 +616,22 @@ class StoredDataset:
             )
         self.files: dict[str, StoredFile] = {f["path"]: StoredFile(**f) for f in json.loads(raw)}
 
-    def iter_bytes(self, path: str) -> Iterator[bytes]:
-        """Stream one file's plaintext, segment by segment, checking its sha256 at the end."""
+    def object_span(self, path: str) -> tuple[StoredFile, Path, int, int | None]:
+        """Where ``path``'s object lies: its entry, the file holding it, the offset there and
+        its length (None for an ``enclave-store/1`` object, which is its whole file)."""
         try:
             entry = self.files[path]
         except KeyError:
             raise StoreError(f"{path} is not in stored version {self.store_id}") from None
-        digest = hashlib.sha256()
         if entry.pack is None:  # enclave-store/1: one file per object
-            obj = self.location / "objects" / f"{entry.object:06d}.enc"
-            window = None
-        else:
-            obj = self.location / "packs" / f"{entry.pack:06d}.pack"
-            window = (entry.offset, entry.length)
+            return entry, self.location / "objects" / f"{entry.object:06d}.enc", 0, None
+        return entry, self.location / "packs" / f"{entry.pack:06d}.pack", entry.offset, entry.length
+
+    def iter_bytes(self, path: str) -> Iterator[bytes]:
+        """Stream one file's plaintext, segment by segment, checking its sha256 at the end."""
+        entry, obj, offset, length = self.object_span(path)
+        digest = hashlib.sha256()
+        window = None if length is None else (offset, length)
         with open(obj, "rb", buffering=0) as raw:
             src: Any = raw if window is None else _Window(raw, *window)
             for chunk in _decrypt_segments(
@@ -648,16 +651,9 @@ class StoredDataset:
     def ranges(self, path: str) -> RangeReader:
         """Random access to one file: each read decrypts and authenticates only the segments
         it touches (the decrypting mounts, ``enclave.datafs``)."""
-        try:
-            entry = self.files[path]
-        except KeyError:
-            raise StoreError(f"{path} is not in stored version {self.store_id}") from None
-        if entry.pack is None:
-            obj = self.location / "objects" / f"{entry.object:06d}.enc"
-            base, length = 0, obj.stat().st_size
-        else:
-            obj = self.location / "packs" / f"{entry.pack:06d}.pack"
-            base, length = entry.offset, entry.length
+        entry, obj, base, length = self.object_span(path)
+        if length is None:
+            length = obj.stat().st_size
         return RangeReader(self, entry, obj, base, length)
 
     def open(self, path: str) -> BinaryIO:
@@ -666,6 +662,29 @@ class StoredDataset:
 
     def read_bytes(self, path: str) -> bytes:
         return b"".join(self.iter_bytes(path))
+
+
+# What a range read that meets a damaged store says; the native filesystem process
+# (``enclave.datafs.nativefs``) reports its faults in the same words.
+
+
+def failed_authentication(path: str, object_name: str, segment: int) -> str:
+    return f"{path} ({object_name}) segment {segment} failed authentication (damaged, moved or wrong key)"
+
+
+def wrong_segment(path: str, object_name: str, segment: int) -> str:
+    return f"{path} ({object_name}) segment {segment} has the wrong length or flags (damaged store)"
+
+
+def truncated(path: str, object_name: str) -> str:
+    return f"{path} ({object_name}) is truncated"
+
+
+def wrong_object_length(entry: StoredFile, store_id: str, length: int, expected: int) -> str:
+    return (
+        f"{entry.path} in stored version {store_id}: its object is {length} bytes, "
+        f"{expected} expected for {entry.size} bytes of plaintext (damaged store)"
+    )
 
 
 class RangeReader:
@@ -694,10 +713,7 @@ class RangeReader:
         self._end = base + length
         expected = object_length(entry.size, self._seg)
         if length != expected:
-            raise StoreError(
-                f"{entry.path} in stored version {dataset.store_id}: its object is {length} "
-                f"bytes, {expected} expected for {entry.size} bytes of plaintext (damaged store)"
-            )
+            raise StoreError(wrong_object_length(entry, dataset.store_id, length, expected))
         self._fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
 
     def close(self) -> None:
@@ -733,7 +749,7 @@ class RangeReader:
         while got < want:
             more = os.preadv(self._fd, [memoryview(raw)[got:]], start + got)
             if not more:
-                raise StoreError(f"{self.path} ({self.object_path.name}) is truncated")
+                raise StoreError(truncated(self.path, self.object_path.name))
             got += more
         view = memoryview(raw)
         at = 0
@@ -742,10 +758,7 @@ class RangeReader:
             plain = self.size - index * self._seg if final else self._seg
             length, flags = _SEG_HEADER.unpack_from(view, at)
             if length != plain + _TAG_LEN or bool(flags & _FLAG_LAST) != final:
-                raise StoreError(
-                    f"{self.path} ({self.object_path.name}) segment {index} has the wrong "
-                    "length or flags (damaged store)"
-                )
+                raise StoreError(wrong_segment(self.path, self.object_path.name, index))
             at += _SEG_HEADER.size
             seg_start = index * self._seg
             lo, hi = max(offset, seg_start), min(end, seg_start + plain)
@@ -760,8 +773,7 @@ class RangeReader:
                     out[lo - offset : hi - offset] = segment[lo - seg_start : hi - seg_start]
             except InvalidTag:
                 raise StoreError(
-                    f"{self.path} ({self.object_path.name}) segment {index} failed "
-                    "authentication (damaged, moved or wrong key)"
+                    failed_authentication(self.path, self.object_path.name, index)
                 ) from None
             at += length
         return end - offset

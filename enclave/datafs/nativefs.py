@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from enclave.errors import EnclaveError
-from ingestion.store import StoredDataset, StoredFile, object_length
+from ingestion.store import (
+    StoredDataset,
+    StoredFile,
+    failed_authentication,
+    object_length,
+    truncated,
+    wrong_object_length,
+    wrong_segment,
+)
 
 #: Selects the implementation (auto, native, python).
 IMPLEMENTATION_ENV = "ENCLAVE_DATAFS_IMPLEMENTATION"
@@ -75,10 +83,10 @@ def _text(value: str) -> bytes:
 
 def object_file(store: StoredDataset, entry: StoredFile) -> tuple[Path, int, int]:
     """The file holding ``entry``'s object, where it starts and how long it is."""
-    if entry.pack is not None:
-        return store.location / "packs" / f"{entry.pack:06d}.pack", entry.offset, entry.length
-    obj = store.location / "objects" / f"{entry.object:06d}.enc"  # enclave-store/1
-    try:
+    _, obj, base, length = store.object_span(entry.path)
+    if length is not None:
+        return obj, base, length
+    try:  # enclave-store/1: the object is its whole file
         return obj, 0, obj.stat().st_size
     except OSError:  # the binary's open reports it, as RangeReader does
         return obj, 0, object_length(entry.size, store.segment_size)
@@ -121,25 +129,17 @@ def fault_message(
         return None
     name = obj.name if obj is not None else "memory"
     if kind == "auth":
-        return path, (
-            f"{path} ({name}) segment {value} failed authentication (damaged, moved or wrong key)"
-        )
+        return path, failed_authentication(path, name, value)
     if kind == "length":
-        return (
-            path,
-            f"{path} ({name}) segment {value} has the wrong length or flags (damaged store)",
-        )
+        return path, wrong_segment(path, name, value)
     if kind == "truncated":
-        return path, f"{path} ({name}) is truncated"
+        return path, truncated(path, name)
     if kind in ("io", "open"):
         return path, f"{path} ({name}): [Errno {value}] {os.strerror(value)}: '{obj}'"
     if kind == "object":
         entry = store.files[path]
         length = object_file(store, entry)[2]
-        return path, (
-            f"{path} in stored version {store.store_id}: its object is {length} bytes, "
-            f"{value} expected for {entry.size} bytes of plaintext (damaged store)"
-        )
+        return path, wrong_object_length(entry, store.store_id, length, value)
     return path, f"{path}: {' '.join(fields[1:])}"
 
 
