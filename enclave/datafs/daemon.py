@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -65,27 +66,31 @@ def read_config(text: str) -> dict[str, Any]:
 
 
 class AuditFaults:
-    """Reports read faults to standard error and, with a catalog, to the audit log."""
+    """Reports read faults to standard error and, with a catalog, to the audit log
+    (``enclave.workspace.access_log``), each distinct fault once."""
 
     def __init__(self, label: str, catalog_url: str | None) -> None:
         self.label = label
-        self.catalog_url = catalog_url
-        self._catalog: Any = None
+        self.catalog_url = catalog_url or ""
+        self._reported: set[str] = set()
+        self._lock = threading.Lock()
 
     def __call__(self, stored: str, message: str) -> None:
+        with self._lock:
+            if message in self._reported:
+                return
+            self._reported.add(message)
         print(f"enclave-datafs: {self.label}: {message}", file=sys.stderr, flush=True)
-        if not self.catalog_url:
-            return
         try:
-            if self._catalog is None:
-                from catalog.service import open_catalog
+            from enclave.workspace import access_log
 
-                self._catalog = open_catalog(self.catalog_url)
-            self._catalog.record_event(
+            access_log.record(
+                self.catalog_url,
                 "enclave-datafs",
                 "dataset.read_failed",
                 self.label,
-                {"path": stored, "error": message},
+                path=stored,
+                error=message,
             )
         except Exception as exc:  # the reader already has its EIO; say the audit failed
             print(

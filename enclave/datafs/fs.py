@@ -2,7 +2,7 @@
 authenticate the store segments they cover (:class:`ingestion.store.RangeReader`).
 
 A segment that fails authentication is never served: the read fails with ``EIO`` and the
-fault is reported once per file and segment (the daemon turns that into an audit entry).
+fault is reported (the daemon's reporter writes each distinct one once to the audit log).
 The content of a stored version never changes, so the kernel may keep pages, attributes and
 names cached as long as it likes (``kernel_cache``, long timeouts): a second read of a file is
 the page cache's, not ours.
@@ -54,7 +54,6 @@ class DecryptingFS(mfusepy.Operations):
         self._handles: dict[int, RangeReader | Node] = {}
         self._next = 1
         self._lock = threading.Lock()
-        self._reported: set[str] = set()
 
     # ---- life
 
@@ -153,10 +152,6 @@ class DecryptingFS(mfusepy.Operations):
         return 0
 
     def _fault(self, stored: str, message: str) -> None:
-        with self._lock:
-            if message in self._reported:
-                return
-            self._reported.add(message)
         if self.on_fault is not None:
             self.on_fault(stored, message)
 

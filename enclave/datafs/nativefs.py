@@ -202,7 +202,6 @@ def _supervise(
     on_ready: Callable[[], None],
     on_fault: Callable[[str, str], None],
 ) -> None:
-    reported: set[str] = set()
     for raw in _lines(lines):
         fields = raw.decode("ascii", "replace").split()
         if fields == ["ready"]:
@@ -210,9 +209,8 @@ def _supervise(
         elif fields[:1] == ["fault"]:
             try:
                 fault = fault_message(store, files, fields[1:])
-                if fault is not None and fault[1] not in reported:  # once per file, segment
-                    reported.add(fault[1])
-                    on_fault(*fault)
+                if fault is not None:
+                    on_fault(*fault)  # AuditFaults writes each distinct fault once
             finally:
                 with contextlib.suppress(OSError):
                     channel.sendall(b"k")  # the reader's EIO may go now
