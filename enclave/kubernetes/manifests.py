@@ -53,11 +53,13 @@ def _meta(name: str, settings: KubeSettings, component: str) -> Obj:
     return {"name": name, "namespace": settings.namespace, "labels": labels(component)}
 
 
-def container_security(uid: int = SERVICE_UID) -> Obj:
+def container_security(uid: int = SERVICE_UID, gid: int | None = None) -> Obj:
+    """The Pod Security Standards' *restricted* profile, and a read-only root filesystem
+    (services' containers and, through ``EnclaveKubeSpawner``, user pods' too)."""
     return {
         "runAsNonRoot": True,
         "runAsUser": uid,
-        "runAsGroup": uid,
+        "runAsGroup": uid if gid is None else gid,
         "allowPrivilegeEscalation": False,
         "privileged": False,
         "readOnlyRootFilesystem": True,

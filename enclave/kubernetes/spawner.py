@@ -39,6 +39,7 @@ from catalog.models import AccessMode
 from enclave.errors import EnclaveError
 from enclave.kubernetes import desktop
 from enclave.kubernetes.loader import TARGET_ENV, TICKET_ENV, URL_ENV
+from enclave.kubernetes.manifests import container_security
 from enclave.kubernetes.profiles import KIND_OPTION, memory_quantity, quantity_bytes
 from enclave.workspace import policy, profiles
 
@@ -175,20 +176,6 @@ def profile_list_for(spawner: EnclaveKubeSpawner) -> list[dict[str, Any]]:
     return [entry]
 
 
-def restricted_container_context(uid: int, gid: int) -> dict[str, Any]:
-    """The Pod Security Standards' *restricted* profile, and a read-only root filesystem."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "runAsGroup": gid,
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 class EnclaveKubeSpawner(KubeSpawner):
     """A KubeSpawner whose pods are restricted and get their granted datasets in memory."""
 
@@ -238,7 +225,7 @@ class EnclaveKubeSpawner(KubeSpawner):
 
     @default("container_security_context")
     def _default_container_security_context(self) -> dict[str, Any]:
-        return restricted_container_context(int(self.uid), int(self.gid))
+        return container_security(int(self.uid), int(self.gid))
 
     @default("pod_security_context")
     def _default_pod_security_context(self) -> dict[str, Any]:
@@ -409,7 +396,7 @@ class EnclaveKubeSpawner(KubeSpawner):
             port=int(self.port),
             user_gid=int(self.gid),
             hub_env=hub_env,
-            security_context=restricted_container_context(self.display_uid, self.display_uid),
+            security_context=container_security(self.display_uid, self.display_uid),
         )
 
     async def poll(self) -> Any:
@@ -451,7 +438,7 @@ class EnclaveKubeSpawner(KubeSpawner):
                 },
                 "requests": {"cpu": "100m", "memory": "128Mi"},
             },
-            "securityContext": restricted_container_context(self.loader_uid, int(self.gid)),
+            "securityContext": container_security(self.loader_uid, int(self.gid)),
         }
 
     def get_args(self) -> list[str]:
