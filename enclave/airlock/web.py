@@ -625,15 +625,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args(argv)
 
+    from enclave.airlock.setup import open_airlock
+
+    airlock, transparency = open_airlock(args.state_dir, args.database_url)
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8091"))
+    serve(airlock, transparency, url.hostname or "127.0.0.1", url.port or 8091)
+
+
+def serve(airlock: Airlock, transparency: Any, host: str, port: int) -> None:
+    """Run the airlock service as a hub service (one machine or a cluster's Deployment):
+    finish what a crash interrupted, seal the audit log every few minutes, serve."""
+    import threading
+
     import uvicorn
     from jupyterhub.services.auth import HubOAuth
 
-    from enclave.airlock.setup import checkpoint_forever, open_airlock
+    from enclave.airlock.setup import checkpoint_forever
 
-    airlock, transparency = open_airlock(args.state_dir, args.database_url)
     # ACRO (with statsmodels) takes seconds to import: not in the first request's time.
-    import threading
-
     threading.Thread(target=_preload_acro, daemon=True).start()
     # The audit log is sealed by a signed checkpoint every few minutes (the key is root's).
     threading.Thread(
@@ -641,18 +650,11 @@ def main(argv: list[str] | None = None) -> None:
     ).start()
     airlock.recover()
     hub_auth = HubOAuth(cache_max_age=30)
-    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8091"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     app = create_app(
         airlock, HubUsers(hub_auth), hub_auth=hub_auth, prefix=prefix, transparency=transparency
     )
-    uvicorn.run(
-        app,
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 8091,
-        log_level="warning",
-        proxy_headers=False,
-    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
 
 
 if __name__ == "__main__":

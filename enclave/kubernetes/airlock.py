@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +56,7 @@ def open_cluster_airlock(state_dir: Path, database_url: str, site: str) -> tuple
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m enclave.kubernetes.airlock --state-dir DIR --port PORT --site URL``."""
-    import uvicorn
-    from jupyterhub.services.auth import HubOAuth
-
-    from enclave.airlock.scopes import SERVICE_NAME
-    from enclave.airlock.setup import checkpoint_forever
-    from enclave.airlock.web import _preload_acro, create_app
-    from enclave.workspace.hub_login import HubUsers
+    from enclave.airlock.web import serve
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, required=True)
@@ -75,17 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="[%(levelname).1s %(asctime)s airlock] %(message)s"
     )
     airlock, transparency = open_cluster_airlock(args.state_dir, args.database_url, args.site)
-    threading.Thread(target=_preload_acro, daemon=True).start()
-    threading.Thread(
-        target=checkpoint_forever, args=(airlock.catalog, airlock.signer), daemon=True
-    ).start()
-    airlock.recover()
-    hub_auth = HubOAuth(cache_max_age=30)
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
-    app = create_app(
-        airlock, HubUsers(hub_auth), hub_auth=hub_auth, prefix=prefix, transparency=transparency
-    )
-    uvicorn.run(app, host="0.0.0.0", port=args.port, log_level="warning", proxy_headers=False)
+    serve(airlock, transparency, "0.0.0.0", args.port)
 
 
 if __name__ == "__main__":
