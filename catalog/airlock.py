@@ -37,7 +37,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    func,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
@@ -769,10 +768,6 @@ class ContentIndex:
                 known.setdefault(bytes(digest), self._where(name, version))
             self._loaded = (now, known)
         return self._loaded[1]
-
-    def chunk_count(self) -> int:
-        with self.catalog._read() as s:
-            return int(s.scalar(select(func.count()).select_from(ContentChunk)) or 0)
 
 
 def index_version_content(

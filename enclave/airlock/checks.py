@@ -21,14 +21,14 @@ leave as it is) and a reason a researcher can act on. The checks, per file:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 from catalog.airlock import CheckVerdict
-from enclave.airlock.sniff import HEAD_BYTES, IMAGING, PICKLED, Kind, sniff
+from enclave.airlock.sniff import IMAGING, PICKLED, Kind, sniff_file
 from ingestion.content_index import identifier_digest, iter_chunk_digests
 
 #: Where a token is cut into the pieces also looked up.
@@ -291,7 +291,7 @@ def _read_table(path: Path) -> Any:
     )
 
 
-def check_table(path: Path, kind: Kind) -> Check:
+def check_table(path: Path) -> Check:
     """ACRO's minimum cell count and zero checks on the count cells of a CSV/TSV table.
 
     A column is a count when every cell is a whole number (read as integers), it is not named
@@ -472,15 +472,14 @@ def check_file(
 
     size = path.stat().st_size
     sha256 = sha256 or sha256_file(path)
-    with open(path, "rb") as fh:
-        kind = sniff(fh.read(HEAD_BYTES), path)
+    kind = sniff_file(path)
     record = lineage.record_for(sha256)
     type_check, matched = check_type(kind, name, lineage=record, note=note)
     checks = [type_check, check_size(size, limits), check_imaging(kind)]
     checks.append(check_copy(path, sha256, index))
     if kind in TEXT_KINDS or kind is Kind.EMPTY:
         if Path(name).suffix.lower() in (".csv", ".tsv"):
-            checks.append(check_table(path, kind))
+            checks.append(check_table(path))
         checks.append(check_identifiers(path, index))
     if matched is not None and matched.model:
         checks.append(check_lineage(record))
@@ -497,19 +496,3 @@ def check_request_size(reports: Iterable[FileReport], limits: Limits) -> Check:
             "split it",
         )
     return Check("size", Verdict.PASS, f"{total} bytes in all")
-
-
-@dataclass
-class NoData:
-    """A ``DataIndex`` that knows nothing (tests of single checks)."""
-
-    hashes: Mapping[str, list[str]] = field(default_factory=dict)
-
-    def files_with_sha256(self, sha256: str) -> list[str]:
-        return list(self.hashes.get(sha256, []))
-
-    def chunks_found(self, digests: list[bytes]) -> dict[bytes, str]:
-        return {}
-
-    def identifiers_found(self, digests: list[bytes]) -> dict[bytes, str]:
-        return {}

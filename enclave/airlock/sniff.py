@@ -90,7 +90,7 @@ def _text(head: bytes) -> bool:
     return True
 
 
-def _zip_kind(path: Path | None, head: bytes) -> Kind:
+def _zip_kind(path: Path | None) -> Kind:
     if path is None:
         return Kind.ZIP
     try:
@@ -153,7 +153,7 @@ def sniff(head: bytes, path: Path | None = None) -> Kind:
     if head.startswith(b"%PDF-"):
         return Kind.PDF
     if head.startswith(b"PK\x03\x04"):
-        return _zip_kind(path, head)
+        return _zip_kind(path)
     if head.startswith(b"PAR1"):
         return Kind.PARQUET
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):

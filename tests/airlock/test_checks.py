@@ -8,14 +8,32 @@ import io
 import json
 import struct
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from catalog.airlock import CheckVerdict, ContentIndex
-from enclave.airlock.checks import Limits, NoData, check_file
+from enclave.airlock.checks import Limits, check_file
 from enclave.airlock.sniff import Kind, sniff_file
 from ingestion.content_index import CHUNK_BYTES
+
+
+@dataclass
+class NoData:
+    """A ``DataIndex`` that knows nothing."""
+
+    hashes: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def files_with_sha256(self, sha256: str) -> list[str]:
+        return list(self.hashes.get(sha256, []))
+
+    def chunks_found(self, digests: list[bytes]) -> dict[bytes, str]:
+        return {}
+
+    def identifiers_found(self, digests: list[bytes]) -> dict[bytes, str]:
+        return {}
 
 
 class NoLineage:
